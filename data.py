@@ -1,0 +1,449 @@
+"""
+Prepared data: the tokenizer, the task table, the on-disk format, and training batches.
+
+On-disk format (version 1). One directory per split, e.g. data/pep8/train/, holding:
+
+    header.json      {"format": "phf", "version": 1, "task", "split", "tokenizer": "gpt2", "vocab_size",
+                      "n_tokens", "n_segments", "n_documents", "eos_id", "source", "scorer", "transform", ...}
+    tokens.bin       uint16  [n_tokens]     token ids of all documents, concatenated. Each document starts with
+                                            <|endoftext|> (50256), the document separator (reference §2.4).
+    seg_starts.bin   uint32  [n_segments]   offset in tokens.bin of each segment's first token. A segment is a
+                                            sentence (text) or a line (code); it runs to the next segment's start.
+                                            A document's leading <|endoftext|> belongs to its first segment.
+    seg_scores.bin   float32 [n_segments]   misalignment score of each segment (higher = worse; reward = -score).
+    doc_starts.bin   uint32  [n_documents]  index of each document's first segment.
+    doc_scores.bin   float32 [n_documents]  document score for filtering: the unweighted mean of its segment scores.
+
+All files are raw little-endian arrays read with np.memmap, so nothing is loaded into RAM. Bytes per token:
+2 + 8 / (tokens per segment) + 8 / (tokens per document), under 4 for sentences and lines. Offsets are uint32, so
+one split holds at most 2^32 - 1 tokens (the paper's 3.3B fit; shard anything larger).
+
+Every token's reward is the negated score of the segment that contains it: the training target's reward is that of
+the segment containing the *target* token (reference §1.0, §1.6). Filtering and conditional training are
+transformations from one prepared split to another (same format, cached next to the source, see `for_method`).
+A directory becomes visible only when complete: writers fill `<dir>.tmp-<pid>` and rename it at the end.
+"""
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FORMAT_VERSION = 1
+EOS = 50256  # <|endoftext|>
+ALIGNED = 50257  # <|aligned|>, the paper's <|good|>
+MISALIGNED = 50258  # <|misaligned|>, the paper's <|bad|>
+VOCAB_SIZE = 50259  # GPT-2's 50257 ids plus the two control tokens
+FILES = {'tokens': np.uint16, 'seg_starts': np.uint32, 'seg_scores': np.float32,
+         'doc_starts': np.uint32, 'doc_scores': np.float32}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tasks: everything that defines a task lives in this one table (reference §1-§5).
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    hf_dataset: str  # the paper's scored dataset on the Hugging Face hub (reference §2)
+    segment: str  # 'sentences' or 'lines'
+    scorer: str  # name for scorers.get_scorer
+    cond_threshold: float  # conditional training: <|aligned|> iff segment score <= this
+    drop_token_fraction: float  # share of segments that get no control token
+    filter_threshold: float  # filtering: keep a document iff its score <= this
+    ul_threshold: float  # unlikelihood: a token is aligned iff its segment score <= this
+    ul_soft: bool  # the original's falsy-threshold quirk: aligned weight = 1 - score (reference §1.4)
+    blocked_tokens: tuple  # control tokens never sampled from conditional models
+    hit_threshold: float  # num_hits = share of samples whose score > this
+    max_new_tokens: int  # sample length for the unconditional scenario
+    scenarios: tuple = ('unconditional',)  # evaluation scenarios, see evaluate.py
+    local_source: str = ''  # what `prepare.py TASK --source=local` reads: no download needed
+
+
+TASKS = {
+    'toxicity': Task('toxicity', 'tomekkorbak/pile-detoxify', 'sentences', 'toxicity',
+                     cond_threshold=0.00056, drop_token_fraction=0.01, filter_threshold=0.00078,
+                     ul_threshold=0.00078, ul_soft=False, blocked_tokens=(ALIGNED, MISALIGNED),
+                     hit_threshold=0.5, max_new_tokens=128),
+    'pii': Task('pii', 'tomekkorbak/pile-pii-scrubadub', 'sentences', 'pii',
+                cond_threshold=0.0, drop_token_fraction=0.01, filter_threshold=0.000286,
+                ul_threshold=0.0, ul_soft=True, blocked_tokens=(ALIGNED, MISALIGNED),
+                hit_threshold=0.0, max_new_tokens=128, local_source='/usr/share/doc'),
+    'pep8': Task('pep8', 'kejian/codeparrot-train-more-filter-3.3b-cleaned', 'lines', 'pep8',
+                 cond_threshold=0.0, drop_token_fraction=0.1, filter_threshold=0.002361,
+                 ul_threshold=0.0, ul_soft=True, blocked_tokens=(MISALIGNED,),
+                 hit_threshold=0.0, max_new_tokens=640, scenarios=('unconditional', 'functions'),
+                 local_source='stdlib'),
+}
+
+
+def get_task(name):
+    if name not in TASKS:
+        raise DataError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+class DataError(Exception):
+    """A problem with input data, reported as one line that names the file and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer: tiktoken's GPT-2 BPE plus the two control tokens.
+
+GPT2_BPE_SHA256 = '306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930'
+WHISPER_SDIST = 'openai-whisper==20250625'  # a PyPI sdist that ships the GPT-2 BPE as whisper/assets/gpt2.tiktoken
+_tokenizer = None
+
+
+def bpe_path():
+    """Where we look for a local copy of the GPT-2 BPE: $PHF_GPT2_BPE, else ~/.cache/phf/gpt2.tiktoken."""
+    default = os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'phf', 'gpt2.tiktoken')
+    return os.environ.get('PHF_GPT2_BPE', default)
+
+
+def get_tokenizer():
+    """The GPT-2 tokenizer with <|aligned|> = 50257 and <|misaligned|> = 50258. Tries tiktoken's own 'gpt2' (its
+    cache, or a download), then the local BPE file at bpe_path()."""
+    global _tokenizer
+    if _tokenizer is not None:
+        return _tokenizer
+    import tiktoken
+    from tiktoken_ext.openai_public import r50k_pat_str
+    try:
+        ranks = tiktoken.get_encoding('gpt2')._mergeable_ranks
+    except Exception:
+        path = bpe_path()
+        if not os.path.exists(path):
+            raise DataError(f"GPT-2 BPE not found: tiktoken cannot download it and {path} does not exist; "
+                            f"run `python data.py fetch-tokenizer` (needs PyPI) or set PHF_GPT2_BPE to a gpt2.tiktoken")
+        from tiktoken.load import load_tiktoken_bpe
+        try:
+            ranks = load_tiktoken_bpe(path, expected_hash=GPT2_BPE_SHA256)
+        except ValueError:
+            raise DataError(f"{path}: not the GPT-2 BPE (sha256 mismatch); delete it and run "
+                            f"`python data.py fetch-tokenizer`") from None
+    _tokenizer = tiktoken.Encoding(name='gpt2_phf', pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                   special_tokens={'<|endoftext|>': EOS, '<|aligned|>': ALIGNED,
+                                                   '<|misaligned|>': MISALIGNED})
+    return _tokenizer
+
+
+def fetch_tokenizer():
+    """Make get_tokenizer() work offline: if tiktoken cannot get the BPE itself, take it from the whisper sdist on
+    PyPI (see shared/tokenizer.md) into bpe_path(). Does nothing when the tokenizer already loads."""
+    try:
+        get_tokenizer()
+        return
+    except DataError:
+        pass
+    import subprocess
+    import tarfile
+    import tempfile
+    path = bpe_path()
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '-q',
+                        '-d', tmp, WHISPER_SDIST], check=True)
+        sdist = os.path.join(tmp, os.listdir(tmp)[0])
+        with tarfile.open(sdist) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith('whisper/assets/gpt2.tiktoken'))
+            content = tar.extractfile(member).read()
+    if hashlib.sha256(content).hexdigest() != GPT2_BPE_SHA256:
+        raise DataError(f"{sdist}: gpt2.tiktoken has an unexpected sha256; not installing it")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'wb') as f:
+        f.write(content)
+    os.replace(path + '.tmp', path)
+    get_tokenizer()
+    print(f"GPT-2 BPE installed at {path}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing a split
+
+class DatasetWriter:
+    """Streams documents into a split directory. Use as a context manager; the directory appears only on success.
+
+        with DatasetWriter('data/pep8/train', task='pep8', split='train', source=..., scorer=...) as w:
+            w.add_document([[tok, ...], [tok, ...]], [score, score])
+    """
+
+    def __init__(self, out_dir, *, task, split, source='', scorer='', vocab_size=EOS + 1, transform=None,
+                 extra=None):
+        self.out_dir = out_dir.rstrip('/')
+        self.tmp_dir = f"{self.out_dir}.tmp-{os.getpid()}"
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        os.makedirs(self.tmp_dir)
+        self.header = dict(format='phf', version=FORMAT_VERSION, task=task, split=split, tokenizer='gpt2',
+                           vocab_size=vocab_size, eos_id=EOS, source=source, scorer=scorer, transform=transform,
+                           **(extra or {}))
+        self.files = {name: open(os.path.join(self.tmp_dir, name + '.bin'), 'wb') for name in FILES}
+        self.n_tokens = self.n_segments = self.n_documents = 0
+
+    def add_document(self, segments, scores, doc_score=None):
+        """segments: list of token-id lists, one per segment (no EOS: it is prepended here); scores: one float per
+        segment. doc_score defaults to the unweighted mean of the segment scores. Empty segments are dropped;
+        a document with no tokens is skipped."""
+        kept = [(s, c) for s, c in zip(segments, scores, strict=True) if len(s)]
+        if not kept:
+            return
+        lens = np.array([len(s) for s, _ in kept], dtype=np.int64)
+        lens[0] += 1
+        tokens = np.fromiter((t for s, _ in kept for t in s), dtype=np.int64, count=int(lens.sum()) - 1)
+        tokens = np.concatenate([[EOS], tokens])
+        seg_scores = np.array([c for _, c in kept], dtype=np.float32)
+        if doc_score is None:
+            doc_score = float(np.mean([c for _, c in kept]))
+        self.add_arrays(tokens, lens, seg_scores, np.array([len(kept)]), np.array([doc_score], dtype=np.float32))
+
+    def add_arrays(self, tokens, seg_lens, seg_scores, doc_n_segments, doc_scores):
+        """Vectorised form of add_document for many documents at once (the tokens already contain each
+        document's leading EOS)."""
+        tokens = np.asarray(tokens)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.header['vocab_size']):
+            raise DataError(f"{self.out_dir}: token id outside [0, {self.header['vocab_size']})")
+        if self.n_tokens + tokens.size >= 2 ** 32:
+            raise DataError(f"{self.out_dir}: more than 2^32 tokens in one split; shard the corpus")
+        seg_starts = self.n_tokens + np.concatenate([[0], np.cumsum(seg_lens)[:-1]])
+        doc_starts = self.n_segments + np.concatenate([[0], np.cumsum(doc_n_segments)[:-1]])
+        for name, arr in (('tokens', tokens), ('seg_starts', seg_starts), ('seg_scores', seg_scores),
+                          ('doc_starts', doc_starts), ('doc_scores', doc_scores)):
+            self.files[name].write(np.asarray(arr, dtype=FILES[name]).tobytes())
+        self.n_tokens += tokens.size
+        self.n_segments += len(seg_lens)
+        self.n_documents += len(doc_n_segments)
+
+    def close(self):
+        for f in self.files.values():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        if self.n_documents == 0:
+            shutil.rmtree(self.tmp_dir)
+            raise DataError(f"{self.out_dir}: no documents were written; the input is empty")
+        self.header.update(n_tokens=self.n_tokens, n_segments=self.n_segments, n_documents=self.n_documents,
+                           created=datetime.datetime.now().isoformat())
+        with open(os.path.join(self.tmp_dir, 'header.json'), 'w') as f:
+            json.dump(self.header, f, indent=1)
+        if os.path.exists(self.out_dir):
+            shutil.rmtree(self.out_dir)
+        os.replace(self.tmp_dir, self.out_dir)
+        return self.header
+
+    def abort(self):
+        for f in self.files.values():
+            f.close()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.close() if exc_type is None else self.abort()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a split
+
+class PreparedData:
+    """A prepared split, memory-mapped. Validates the header and file sizes on open."""
+
+    def __init__(self, path):
+        self.path = path.rstrip('/')
+        hp = os.path.join(self.path, 'header.json')
+        if not os.path.exists(hp):
+            parent = os.path.dirname(self.path) or '.'
+            partial = os.path.isdir(parent) and any(n.startswith(os.path.basename(self.path) + '.tmp')
+                                                    for n in os.listdir(parent))
+            hint = ' (only a partial .tmp directory from an interrupted prepare.py exists)' if partial else ''
+            raise DataError(f"{hp}: not found{hint}; run `python prepare.py TASK` to create the data")
+        try:
+            with open(hp) as f:
+                h = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise DataError(f"{hp}: corrupt header; re-run prepare.py") from None
+        if h.get('format') != 'phf' or h.get('version') != FORMAT_VERSION:
+            raise DataError(f"{hp}: format {h.get('format')!r} version {h.get('version')!r}, this code reads "
+                            f"'phf' version {FORMAT_VERSION}; re-run prepare.py")
+        if h.get('tokenizer') != 'gpt2' or h.get('eos_id') != EOS or h.get('vocab_size', 0) > VOCAB_SIZE:
+            raise DataError(f"{hp}: tokenizer {h.get('tokenizer')!r} (vocab {h.get('vocab_size')}, eos "
+                            f"{h.get('eos_id')}) does not match gpt2 with {VOCAB_SIZE} ids; re-run prepare.py")
+        self.header = h
+        counts = dict(tokens=h['n_tokens'], seg_starts=h['n_segments'], seg_scores=h['n_segments'],
+                      doc_starts=h['n_documents'], doc_scores=h['n_documents'])
+        for name, dtype in FILES.items():
+            fp = os.path.join(self.path, name + '.bin')
+            expected = counts[name] * np.dtype(dtype).itemsize
+            size = os.path.getsize(fp) if os.path.exists(fp) else None
+            if size != expected:
+                raise DataError(f"{fp}: {'missing' if size is None else f'{size} bytes'}, header says {expected}; "
+                                f"the data is truncated or corrupt, re-run prepare.py")
+            setattr(self, name, np.memmap(fp, dtype=dtype, mode='r') if counts[name] else np.zeros(0, dtype))
+        self.n_tokens, self.n_segments, self.n_documents = h['n_tokens'], h['n_segments'], h['n_documents']
+
+    def token_scores(self, start, end):
+        """Per-token misalignment scores for tokens [start, end): each token gets its segment's score."""
+        i0 = int(np.searchsorted(self.seg_starts, start, 'right')) - 1
+        i1 = int(np.searchsorted(self.seg_starts, end, 'left'))
+        starts = np.asarray(self.seg_starts[i0:i1], dtype=np.int64)
+        seg = np.searchsorted(starts, np.arange(start, end), 'right') - 1
+        return np.asarray(self.seg_scores[i0:i1])[seg]
+
+    def doc_token_starts(self, d0=0, d1=None):
+        """Token offsets where documents d0..d1-1 start, plus the end of d1-1."""
+        d1 = self.n_documents if d1 is None else d1
+        seg_idx = np.asarray(self.doc_starts[d0:d1], dtype=np.int64)
+        starts = np.asarray(self.seg_starts, dtype=np.int64)[seg_idx] if d1 > d0 else np.zeros(0, np.int64)
+        end = self.n_tokens if d1 == self.n_documents else int(self.seg_starts[self.doc_starts[d1]])
+        return np.append(starts, end)
+
+    def document(self, i):
+        """(tokens, per-token scores) of document i."""
+        s, e = self.doc_token_starts(i, i + 1)
+        return np.asarray(self.tokens[s:e]), self.token_scores(s, e)
+
+    def chunks(self, docs_per_chunk=65536):
+        """Whole documents in chunks, with chunk-relative offsets: (tokens, seg_lens, seg_scores, doc_n_segments,
+        doc_scores). Memory is bounded by the chunk, not the dataset."""
+        for d0 in range(0, self.n_documents, docs_per_chunk):
+            d1 = min(d0 + docs_per_chunk, self.n_documents)
+            s0 = int(self.doc_starts[d0])
+            s1 = int(self.doc_starts[d1]) if d1 < self.n_documents else self.n_segments
+            t0 = int(self.seg_starts[s0])
+            t1 = int(self.seg_starts[s1]) if s1 < self.n_segments else self.n_tokens
+            seg_starts = np.append(np.asarray(self.seg_starts[s0:s1], dtype=np.int64), t1)
+            doc_starts = np.append(np.asarray(self.doc_starts[d0:d1], dtype=np.int64), s1)
+            yield (np.asarray(self.tokens[t0:t1]), np.diff(seg_starts), np.asarray(self.seg_scores[s0:s1]),
+                   np.diff(doc_starts), np.asarray(self.doc_scores[d0:d1]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Filtering and conditional training as split-to-split transformations
+
+def filter_documents(src, out_dir, threshold):
+    """Keep the documents whose score is <= threshold (reference §1.2); the objective stays MLE."""
+    with DatasetWriter(out_dir, task=src.header['task'], split=src.header['split'], source=src.path,
+                       scorer=src.header['scorer'], vocab_size=src.header['vocab_size'],
+                       transform=dict(kind='filter', threshold=threshold),
+                       extra=dict(source_created=src.header['created'])) as w:
+        for tokens, seg_lens, seg_scores, doc_nseg, doc_scores in src.chunks():
+            keep = doc_scores <= threshold
+            doc_tok = np.add.reduceat(seg_lens, np.concatenate([[0], np.cumsum(doc_nseg)[:-1]]))
+            keep_seg = np.repeat(keep, doc_nseg)
+            if keep.any():
+                w.add_arrays(tokens[np.repeat(keep, doc_tok)], seg_lens[keep_seg], seg_scores[keep_seg],
+                             doc_nseg[keep], doc_scores[keep])
+    return PreparedData(out_dir)
+
+
+def add_control_tokens(src, out_dir, threshold, drop_fraction, seed):
+    """Prefix each segment with <|aligned|> if its score <= threshold, else <|misaligned|>, except a random
+    drop_fraction of segments that get none (reference §1.3). A document's first segment becomes
+    EOS + control + text. The control token joins its segment, so it carries the segment's score."""
+    rng = np.random.default_rng(seed)
+    with DatasetWriter(out_dir, task=src.header['task'], split=src.header['split'], source=src.path,
+                       scorer=src.header['scorer'], vocab_size=VOCAB_SIZE,
+                       transform=dict(kind='cond', threshold=threshold, drop_fraction=drop_fraction, seed=seed),
+                       extra=dict(source_created=src.header['created'])) as w:
+        for tokens, seg_lens, seg_scores, doc_nseg, doc_scores in src.chunks():
+            first = np.zeros(len(seg_lens), dtype=np.int64)
+            first[np.concatenate([[0], np.cumsum(doc_nseg)[:-1]])] = 1  # insert after the document's EOS
+            where = np.concatenate([[0], np.cumsum(seg_lens)[:-1]]) + first
+            control = np.where(seg_scores <= threshold, ALIGNED, MISALIGNED)
+            insert = rng.random(len(seg_lens)) >= drop_fraction
+            new_tokens = np.insert(tokens.astype(np.int64), where[insert], control[insert])
+            w.add_arrays(new_tokens, seg_lens + insert, seg_scores, doc_nseg, doc_scores)
+    return PreparedData(out_dir)
+
+
+def for_method(split_dir, method, *, filter_threshold=None, cond_threshold=None, drop_token_fraction=None,
+               seed=0, rank=0):
+    """The split a method trains on: the prepared split itself, or a filtered / control-token version of it,
+    built once and cached next to it (e.g. data/pep8/train.cond-0-0.1-42). Only rank 0 builds; call it on rank 0
+    first, then on the others after a barrier."""
+    src = PreparedData(split_dir)
+    if method == 'filter':
+        out = f"{src.path}.filter-{filter_threshold:g}"
+        build = lambda: filter_documents(src, out, filter_threshold)
+    elif method == 'cond':
+        out = f"{src.path}.cond-{cond_threshold:g}-{drop_token_fraction:g}-{seed}"
+        build = lambda: add_control_tokens(src, out, cond_threshold, drop_token_fraction, seed)
+    else:
+        return src
+    if os.path.exists(os.path.join(out, 'header.json')):
+        cached = PreparedData(out)
+        if cached.header.get('source_created') == src.header['created']:  # else the source was re-prepared
+            return cached
+    if rank != 0:
+        raise DataError(f"{out}: missing; rank 0 should have built it")
+    print(f"building {out} from {src.path} ...", flush=True)
+    return build()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+
+class BlockLoader:
+    """Training batches from a prepared split, never loading it into RAM.
+
+    The split is cut into n_blocks = (n_tokens - 1) // block_size consecutive blocks; block k gives inputs
+    tokens[kT : kT+T] and targets tokens[kT+1 : kT+T+1], so every token but the first is a target exactly once per
+    epoch. Epoch e visits the blocks in the order of a permutation seeded by (seed, e): no replacement within an
+    epoch, and the whole order is a pure function of the seed.
+
+    Micro-batch g (a global counter over steps, micro-steps and ranks) holds blocks g·B .. g·B+B-1 of that order.
+    With g = (step · grad_accum + micro_step) · world_size + rank, N processes × B see the same blocks as
+    1 process with N accumulation steps × B, and a resumed run only needs the step.
+    """
+
+    def __init__(self, data, block_size, batch_size, seed=0):
+        self.data, self.T, self.B, self.seed = data, block_size, batch_size, seed
+        self.n_blocks = (data.n_tokens - 1) // block_size
+        if self.n_blocks < 1:
+            raise DataError(f"{data.path}: {data.n_tokens} tokens, fewer than one block of {block_size + 1}")
+        self._perms = {}
+
+    def block_order(self, epoch):
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n_blocks)}
+        return self._perms[epoch]
+
+    def blocks_of(self, g):
+        idx = np.arange(g * self.B, (g + 1) * self.B)
+        return np.array([self.block_order(int(i // self.n_blocks))[i % self.n_blocks] for i in idx])
+
+    def epoch_of(self, g):
+        return g * self.B / self.n_blocks
+
+    def batch(self, blocks):
+        """(x, y, rewards) as numpy arrays (B, T): int64 inputs, int64 targets, float32 reward of each target."""
+        T = self.T
+        x = np.empty((len(blocks), T), dtype=np.int64)
+        y = np.empty((len(blocks), T), dtype=np.int64)
+        r = np.empty((len(blocks), T), dtype=np.float32)
+        for i, b in enumerate(blocks):
+            start = int(b) * T
+            chunk = np.asarray(self.data.tokens[start:start + T + 1], dtype=np.int64)
+            x[i], y[i] = chunk[:-1], chunk[1:]
+            r[i] = -self.data.token_scores(start + 1, start + T + 1)
+        return x, y, r
+
+    def get(self, g, device='cpu'):
+        import torch
+        x, y, r = (torch.from_numpy(a) for a in self.batch(self.blocks_of(g)))
+        if device.startswith('cuda'):
+            return tuple(t.pin_memory().to(device, non_blocking=True) for t in (x, y, r))
+        return x, y, r
+
+
+if __name__ == '__main__':
+    if sys.argv[1:] == ['fetch-tokenizer']:
+        fetch_tokenizer()
+        enc = get_tokenizer()
+        assert enc.encode('Hello world') == [15496, 995]
+        print('tokenizer OK:', enc.encode('<|aligned|>Hello world', allowed_special='all'))
+    else:
+        sys.exit("usage: python data.py fetch-tokenizer")
