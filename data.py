@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
