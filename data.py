@@ -393,13 +393,15 @@ class BlockLoader:
     epoch. Epoch e visits the blocks in the order of a permutation seeded by (seed, e): no replacement within an
     epoch, and the whole order is a pure function of the seed.
 
-    Micro-batch g (a global counter over steps, micro-steps and ranks) holds blocks g·B .. g·B+B-1 of that order.
+    Micro-batch g (a global counter over steps, micro-steps and ranks) holds blocks offset+g·B .. offset+g·B+B-1
+    of that order.
     With g = (step · grad_accum + micro_step) · world_size + rank, N processes × B see the same blocks as
     1 process with N accumulation steps × B, and a resumed run only needs the step.
     """
 
-    def __init__(self, data, block_size, batch_size, seed=0):
+    def __init__(self, data, block_size, batch_size, seed=0, offset=0):
         self.data, self.T, self.B, self.seed = data, block_size, batch_size, seed
+        self.offset = offset  # blocks of the order to skip (finetuning continues where pretraining stopped)
         self.n_blocks = (data.n_tokens - 1) // block_size
         if self.n_blocks < 1:
             raise DataError(f"{data.path}: {data.n_tokens} tokens, fewer than one block of {block_size + 1}")
@@ -411,11 +413,11 @@ class BlockLoader:
         return self._perms[epoch]
 
     def blocks_of(self, g):
-        idx = np.arange(g * self.B, (g + 1) * self.B)
+        idx = self.offset + np.arange(g * self.B, (g + 1) * self.B)
         return np.array([self.block_order(int(i // self.n_blocks))[i % self.n_blocks] for i in idx])
 
     def epoch_of(self, g):
-        return g * self.B / self.n_blocks
+        return (self.offset + g * self.B) / self.n_blocks
 
     def batch(self, blocks):
         """(x, y, rewards) as numpy arrays (B, T): int64 inputs, int64 targets, float32 reward of each target."""
