@@ -386,6 +386,9 @@ def _train(cfg, ddp, rank, world, master, device_type):
               f"tokens ({grad_accum} micro-batches × {cfg.batch_size} × {world} processes), "
               f"{train_data.n_tokens:,} training tokens ({loader.n_blocks:,} blocks), {cfg.device} {cfg.dtype}",
               flush=True)
+        epochs = max_steps * cfg.total_batch_size / loader.n_blocks
+        if epochs > 1:  # see shared evaluation notes: repeated data overfits, filtering especially
+            print(f"warning: the budget is {epochs:.1f} passes over the training data", flush=True)
     nonfinite = torch.zeros((), dtype=torch.bool, device=cfg.device)
     t0 = t_start = time.time()
     steps_timed, start_step = 0, step
@@ -435,7 +438,8 @@ def _train(cfg, ddp, rank, world, master, device_type):
                 raise TrainingError(f"non-finite loss before step {step}; stopped without saving. The last good "
                                     f"checkpoint is {ckpt_path}")
             checkpoint()
-        if (cfg.eval_interval and step % cfg.eval_interval == 0) or last:
+        wants_eval = cfg.eval_iters or cfg.eval_samples or cfg.kl_reference
+        if wants_eval and ((cfg.eval_interval and step % cfg.eval_interval == 0) or last):
             evaluate()
     if master:
         log_file.close()

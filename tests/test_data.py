@@ -1,0 +1,133 @@
+"""The on-disk format, the filtering and conditional transforms, and the batch order."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import data
+
+
+def write_two_docs(path):
+    with data.DatasetWriter(path, task='pep8', split='train') as w:
+        w.add_document([[1, 2, 3], [4, 5]], [0.0, 0.5])
+        w.add_document([[6], [7, 8, 9], [], [10]], [0.1, 0.0, 0.9, 0.2])  # the empty segment is dropped
+    return data.PreparedData(path)
+
+
+def test_format_round_trip(tmp_path):
+    d = write_two_docs(str(tmp_path / 'train'))
+    assert d.tokens.tolist() == [50256, 1, 2, 3, 4, 5, 50256, 6, 7, 8, 9, 10]
+    assert d.seg_starts.tolist() == [0, 4, 6, 8, 11]
+    assert d.seg_scores.tolist() == pytest.approx([0.0, 0.5, 0.1, 0.0, 0.2])
+    assert d.doc_starts.tolist() == [0, 2]
+    assert d.doc_scores.tolist() == pytest.approx([0.25, 0.1])  # unweighted means of the kept segments
+    assert d.token_scores(0, 12).tolist() == pytest.approx([0, 0, 0, 0, .5, .5, .1, .1, 0, 0, 0, .2])
+    assert d.token_scores(5, 9).tolist() == pytest.approx([.5, .1, .1, 0])
+    assert isinstance(d.tokens, np.memmap)
+    toks, scores = d.document(1)
+    assert toks.tolist() == [50256, 6, 7, 8, 9, 10] and scores.tolist() == pytest.approx([.1, .1, 0, 0, 0, .2])
+    assert not [n for n in os.listdir(tmp_path) if '.tmp' in n]
+
+
+def test_control_tokens(tmp_path):
+    src = write_two_docs(str(tmp_path / 'train'))
+    d = data.add_control_tokens(src, str(tmp_path / 'cond'), threshold=0.0, drop_fraction=0.0, seed=0)
+    A, M, E = data.ALIGNED, data.MISALIGNED, data.EOS
+    assert d.tokens.tolist() == [E, A, 1, 2, 3, M, 4, 5, E, M, 6, A, 7, 8, 9, M, 10]
+    # each control token carries its segment's score
+    assert d.token_scores(0, 17).tolist() == pytest.approx([0, 0, 0, 0, 0, .5, .5, .5, .1, .1, .1, 0, 0, 0, 0,
+                                                           .2, .2])
+    all_dropped = data.add_control_tokens(src, str(tmp_path / 'none'), 0.0, drop_fraction=1.0, seed=0)
+    assert all_dropped.tokens.tolist() == src.tokens.tolist()
+
+
+def test_control_token_drop_is_seeded(tmp_path):
+    root = str(tmp_path)
+    with data.DatasetWriter(f"{root}/train", task='pep8', split='train') as w:
+        for i in range(200):
+            w.add_document([[i % 50 + 1]] * 5, [0.0] * 5)
+    src = data.PreparedData(f"{root}/train")
+    a = data.add_control_tokens(src, f"{root}/a", 0.0, 0.1, seed=1)
+    b = data.add_control_tokens(src, f"{root}/b", 0.0, 0.1, seed=1)
+    c = data.add_control_tokens(src, f"{root}/c", 0.0, 0.1, seed=2)
+    assert a.tokens.tolist() == b.tokens.tolist() != c.tokens.tolist()
+    n_controls = int((np.asarray(a.tokens) == data.ALIGNED).sum())
+    assert 850 < n_controls < 950  # ~90% of the 1000 segments
+
+
+def test_filter(tmp_path):
+    src = write_two_docs(str(tmp_path / 'train'))
+    d = data.filter_documents(src, str(tmp_path / 'f'), threshold=0.2)
+    assert d.tokens.tolist() == [50256, 6, 7, 8, 9, 10] and d.seg_starts.tolist() == [0, 2, 5]
+    assert d.doc_scores.tolist() == pytest.approx([0.1])
+    assert d.header['transform'] == {'kind': 'filter', 'threshold': 0.2}
+
+
+def test_for_method_caches_and_rebuilds(tmp_path, tiny_data):
+    split = os.path.join(tiny_data, 'pep8', 'train')
+    a = data.for_method(split, 'cond', cond_threshold=0.0, drop_token_fraction=0.1, seed=3)
+    assert a.path.endswith('train.cond-0-0.1-3') and a.n_tokens > data.PreparedData(split).n_tokens
+    mtime = os.path.getmtime(os.path.join(a.path, 'tokens.bin'))
+    b = data.for_method(split, 'cond', cond_threshold=0.0, drop_token_fraction=0.1, seed=3)
+    assert os.path.getmtime(os.path.join(b.path, 'tokens.bin')) == mtime
+    assert data.for_method(split, 'ul').path == split
+
+
+def test_corrupt_and_mismatched_files(tmp_path):
+    path = str(tmp_path / 'train')
+    write_two_docs(path)
+    with open(os.path.join(path, 'tokens.bin'), 'r+b') as f:
+        f.truncate(10)
+    with pytest.raises(data.DataError, match=r'tokens.bin: 10 bytes, header says 24.*re-run prepare.py'):
+        data.PreparedData(path)
+    write_two_docs(path)
+    header = json.load(open(os.path.join(path, 'header.json')))
+    json.dump(dict(header, version=99), open(os.path.join(path, 'header.json'), 'w'))
+    with pytest.raises(data.DataError, match='version 99'):
+        data.PreparedData(path)
+    json.dump(dict(header, tokenizer='codeparrot'), open(os.path.join(path, 'header.json'), 'w'))
+    with pytest.raises(data.DataError, match='codeparrot'):
+        data.PreparedData(path)
+    open(os.path.join(path, 'header.json'), 'w').write('{not json')
+    with pytest.raises(data.DataError, match='corrupt header'):
+        data.PreparedData(path)
+    with pytest.raises(data.DataError, match='not found.*prepare.py'):
+        data.PreparedData(str(tmp_path / 'missing'))
+    with pytest.raises(data.DataError, match='unknown task'):
+        data.get_task('sentiment')
+
+
+def test_interrupted_writer_leaves_nothing(tmp_path):
+    path = str(tmp_path / 'train')
+    with pytest.raises(KeyboardInterrupt):
+        with data.DatasetWriter(path, task='pep8', split='train') as w:
+            w.add_document([[1, 2]], [0.0])
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(data.DataError, match='no documents'):
+        with data.DatasetWriter(path, task='pep8', split='train'):
+            pass
+
+
+def test_block_order_is_a_seeded_permutation(tiny_data):
+    d = data.PreparedData(os.path.join(tiny_data, 'pep8', 'train'))
+    loader = data.BlockLoader(d, block_size=8, batch_size=4, seed=5)
+    n = loader.n_blocks
+    assert n == (d.n_tokens - 1) // 8
+    per_epoch = n // 4
+    seen = np.concatenate([loader.blocks_of(g) for g in range(per_epoch)])
+    assert len(set(seen.tolist())) == len(seen)  # no replacement within an epoch
+    again = data.BlockLoader(d, block_size=8, batch_size=4, seed=5)
+    assert again.blocks_of(3).tolist() == loader.blocks_of(3).tolist()
+    assert data.BlockLoader(d, 8, 4, seed=6).blocks_of(0).tolist() != loader.blocks_of(0).tolist()
+    skipped = data.BlockLoader(d, 8, 4, seed=5, offset=8)
+    assert skipped.blocks_of(0).tolist() == loader.blocks_of(2).tolist()
+
+
+def test_batch_targets_and_rewards(tmp_path):
+    d = write_two_docs(str(tmp_path / 'train'))
+    loader = data.BlockLoader(d, block_size=4, batch_size=1)
+    x, y, r = loader.batch([1])  # tokens 4..8 -> inputs 4..7, targets 5..8
+    assert x.tolist() == [[4, 5, 50256, 6]] and y.tolist() == [[5, 50256, 6, 7]]
+    assert r.tolist()[0] == pytest.approx([-0.5, -0.1, -0.1, -0.0])  # reward of each target's segment

@@ -1,0 +1,91 @@
+"""Objectives against values worked out by hand on a 3-token vocabulary."""
+import math
+
+import pytest
+import torch
+
+from objectives import awr, mle, unlikelihood
+
+# position 0: uniform over 3 tokens, p(target 0) = 1/3; position 1: logits (ln 3, 0, 0), p(target 1) = 1/5
+LOGITS = torch.tensor([[[0.0, 0.0, 0.0], [math.log(3.0), 0.0, 0.0]]])
+TARGETS = torch.tensor([[0, 1]])
+REWARDS = torch.tensor([[0.0, -0.5]])  # scores 0 and 0.5
+
+
+def test_mle():
+    assert mle(LOGITS, TARGETS).item() == pytest.approx((math.log(3) + math.log(5)) / 2, rel=1e-6)
+
+
+def test_mle_ignores_minus_one():
+    assert mle(LOGITS, torch.tensor([[0, -1]])).item() == pytest.approx(math.log(3), rel=1e-6)
+
+
+def test_unlikelihood_hard_threshold():
+    # token 0 aligned: -ln(1/3); token 1 misaligned: -1 * ln(1 - 1/5)
+    loss = unlikelihood(LOGITS, TARGETS, REWARDS, threshold=0.1, alpha=1.0)
+    assert loss.item() == pytest.approx((math.log(3) + math.log(5 / 4)) / 2, rel=1e-6)
+    loss = unlikelihood(LOGITS, TARGETS, REWARDS, threshold=0.1, alpha=0.01)
+    assert loss.item() == pytest.approx((math.log(3) + 0.01 * math.log(5 / 4)) / 2, rel=1e-6)
+    # a threshold at 0 is a real threshold here (the original treated 0 as 'soft', see soft=True)
+    loss = unlikelihood(LOGITS, TARGETS, REWARDS, threshold=0.0, alpha=1.0)
+    assert loss.item() == pytest.approx((math.log(3) + math.log(5 / 4)) / 2, rel=1e-6)
+
+
+def test_unlikelihood_soft():
+    # a = 1 - score: token 0 a = 1; token 1 a = 0.5 -> 0.5·ln 5 + 0.5·ln(5/4)
+    loss = unlikelihood(LOGITS, TARGETS, REWARDS, threshold=0.0, alpha=1.0, soft=True)
+    assert loss.item() == pytest.approx((math.log(3) + 0.5 * math.log(5) + 0.5 * math.log(5 / 4)) / 2, rel=1e-6)
+
+
+def test_unlikelihood_certain_token_is_finite():
+    logits = torch.tensor([[[100.0, 0.0, 0.0]]])  # p(target) = 1: log(1 - p) is clamped at log(1e-20)
+    loss = unlikelihood(logits, torch.tensor([[0]]), torch.tensor([[-1.0]]), threshold=0.1, alpha=1.0)
+    assert loss.item() == pytest.approx(-math.log(1e-20), rel=1e-6)
+
+
+def test_awr():
+    values = torch.tensor([[-0.5, -0.2]])
+    # advantages 0.5 and -0.3, beta 1: weights e^0.5, e^-0.3; value loss ((0.5)^2 + (-0.3)^2) / 2 = 0.17
+    policy = (math.exp(0.5) * math.log(3) + math.exp(-0.3) * math.log(5)) / 2
+    loss = awr(LOGITS, values, TARGETS, REWARDS, alpha=0.5, beta=1.0)
+    assert loss.item() == pytest.approx(0.5 * policy + 0.5 * 0.17, rel=1e-6)
+    # beta 10 (the toxicity setting) flattens the weights: e^0.05, e^-0.03
+    loss = awr(LOGITS, values, TARGETS, REWARDS, alpha=1.0, beta=10.0)
+    assert loss.item() == pytest.approx((math.exp(0.05) * math.log(3) + math.exp(-0.03) * math.log(5)) / 2, rel=1e-6)
+
+
+def test_awr_weights_are_clipped():
+    values = torch.tensor([[-0.5, -0.2]])
+    loss = awr(LOGITS, values, TARGETS, REWARDS, alpha=1.0, beta=1e-3, clip_weight_max=1000.0)
+    # weight of token 0 = min(e^500, 1000); token 1: e^-300 ≈ 0
+    assert loss.item() == pytest.approx(1000.0 * math.log(3) / 2, rel=1e-5)
+
+
+def test_rwr_is_awr_with_constant_value():
+    """RWR = AWR with alpha 1 and the untrained value head V = -0.5: weight exp((r + 0.5) / beta)."""
+    values = torch.full((1, 2), -0.5)
+    loss = awr(LOGITS, values, TARGETS, REWARDS, alpha=1.0, beta=10.0)
+    assert loss.item() == pytest.approx((math.exp(0.05) * math.log(3) + math.exp(0.0) * math.log(5)) / 2, rel=1e-6)
+
+
+def test_awr_gradients():
+    """The weights carry no gradient; the value loss trains only V; with alpha = 1, V gets no gradient at all."""
+    logits = LOGITS.clone().requires_grad_()
+    values = torch.tensor([[-0.5, -0.2]], requires_grad=True)
+    awr(logits, values, TARGETS, REWARDS, alpha=0.5, beta=1.0).backward()
+    # d/dV of 0.5 · mean((r - V)^2) = 0.5 · 2 (V - r) / 2
+    assert values.grad.tolist()[0] == pytest.approx([0.5 * (-0.5 - 0.0), 0.5 * (-0.2 + 0.5)], rel=1e-6)
+    # d/dlogits of 0.5 · mean(w · CE) with w constant = 0.5 · w · (softmax - onehot) / 2
+    w = torch.tensor([math.exp(0.5), math.exp(-0.3)])
+    expected = 0.5 * w[:, None] * (torch.softmax(LOGITS[0], -1) - torch.eye(3)[TARGETS[0]]) / 2
+    torch.testing.assert_close(logits.grad[0], expected)
+    values.grad = None
+    awr(LOGITS, values, TARGETS, REWARDS, alpha=1.0, beta=1.0).backward()
+    assert values.grad.abs().sum().item() == 0.0
+
+
+def test_unlikelihood_gradient_pushes_misaligned_token_down():
+    logits = LOGITS.clone().requires_grad_()
+    unlikelihood(logits, TARGETS, REWARDS, threshold=0.1, alpha=1.0).backward()
+    # d/dz_1 of -ln(1 - p_1) / 2 = p_1 (1 - p_1) / (1 - p_1) / 2 = p_1 / 2 > 0: gradient descent lowers z_1
+    assert logits.grad[0, 1, 1].item() == pytest.approx((1 / 5) / 2, rel=1e-5)
