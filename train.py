@@ -81,6 +81,7 @@ class TrainConfig:
     # logging, evaluation, checkpoints
     log_interval: int = 10
     ckpt_interval: int = 1000
+    keep_ckpt_steps: str = ''  # comma-separated steps whose checkpoint is also kept as ckpt_step{N}.pt
     eval_interval: int = 1000  # 0: evaluate only at the end
     eval_iters: int = 20  # validation batches
     eval_batch_size: int = 16
@@ -201,11 +202,15 @@ def peak_flops(device):
 def save_checkpoint(path, state):
     """Write-then-rename: a crash during the save leaves the previous checkpoint intact."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, 'wb') as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def rng_state():
@@ -361,6 +366,8 @@ def _train(cfg, ddp, rank, world, master, device_type):
                          step * grad_accum * world)), rng=gathered_rng())
         if master:
             save_checkpoint(ckpt_path, state)
+            if step in keep_steps:
+                save_checkpoint(os.path.join(cfg.out_dir, f"ckpt_step{step}.pt"), state)
 
     def gathered_rng():
         if not ddp:
@@ -379,6 +386,7 @@ def _train(cfg, ddp, rank, world, master, device_type):
         if ddp:
             dist.barrier()
 
+    keep_steps = {int(s) for s in cfg.keep_ckpt_steps.split(',') if s.strip()}
     n_params = raw_model.num_params()
     peak = peak_flops(cfg.device)
     if master:
@@ -418,7 +426,8 @@ def _train(cfg, ddp, rank, world, master, device_type):
         last = step == max_steps
         if step % cfg.log_interval == 0 or last:
             if ddp:
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+                dist.all_reduce(loss_sum)  # gloo has no AVG
+                loss_sum /= world
             loss_value = loss_sum.item()
             if nonfinite.item() or not math.isfinite(loss_value):
                 raise TrainingError(f"non-finite loss at step {step}; stopped. The last good checkpoint is "
@@ -433,7 +442,7 @@ def _train(cfg, ddp, rank, world, master, device_type):
             log(dict(step=step, loss=loss_value, lr=lr, tokens=tokens_seen, tokens_per_s=tok_s, mfu=mfu,
                      epoch=loader.epoch_of(step * grad_accum * world)))
             t0, steps_timed = time.time(), 0
-        if step % cfg.ckpt_interval == 0 or last:
+        if step % cfg.ckpt_interval == 0 or last or step in keep_steps:
             if nonfinite.item():
                 raise TrainingError(f"non-finite loss before step {step}; stopped without saving. The last good "
                                     f"checkpoint is {ckpt_path}")

@@ -1,0 +1,172 @@
+"""The training loop: config checking, resuming after SIGKILL, DDP equivalence, NaN stop, finetuning."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from conftest import tiny_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def losses(out_dir):
+    """The last logged loss of every step (a resumed run logs its redone steps again)."""
+    by_step = {}
+    for line in open(os.path.join(out_dir, 'log.jsonl')):
+        record = json.loads(line)
+        if 'loss' in record:
+            by_step[record['step']] = record['loss']
+    return by_step
+
+
+def run(argv):
+    return train.train(train.load_config(argv))
+
+
+def test_config_errors(tmp_path, capsys):
+    bad = tmp_path / 'bad.py'
+    bad.write_text("learning_rate = 1e-3\nlearnig_rate = 1e-4\n")
+    with pytest.raises(train.ConfigError, match=r"bad.py: unknown key 'learnig_rate'"):
+        train.load_config([str(bad)])
+    with pytest.raises(train.ConfigError, match=r"unknown key 'bacth_size'"):
+        train.load_config(['--bacth_size=4'])
+    with pytest.raises(train.ConfigError, match=r"batch_size must be int, got 'four'"):
+        train.load_config(['--batch_size=four'])
+    with pytest.raises(train.ConfigError, match="method 'dpo'"):
+        train.load_config(['--method=dpo'])
+    with pytest.raises(train.ConfigError, match='config file not found'):
+        train.load_config(['config/nope.py'])
+    with pytest.raises(SystemExit):
+        train.main(['--task=sentiment'])
+    assert capsys.readouterr().err.strip() == "error: task 'sentiment': choose one of toxicity, pii, pep8"
+
+
+def test_config_defaults_come_from_the_task_table():
+    cfg = train.load_config(['--task=toxicity', '--learning_rate=1'])
+    assert (cfg.cond_threshold, cfg.filter_threshold, cfg.ul_threshold, cfg.ul_soft) == (0.00056, 0.00078, 0.00078,
+                                                                                         False)
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+    cfg = train.load_config(['--task=pep8', '--ul_soft=False', '--filter_threshold=0.01'])
+    assert (cfg.ul_soft, cfg.filter_threshold, cfg.drop_token_fraction) == (False, 0.01, 0.1)
+
+
+def test_every_config_file_loads():
+    names = sorted(os.listdir(os.path.join(ROOT, 'config')))
+    for task in ('toxicity', 'pii', 'pep8'):
+        for method in ('mle', 'filter', 'cond', 'ul', 'awr', 'rwr'):
+            assert f"{task}_{method}.py" in names
+    for name in names:
+        cfg = train.load_config([os.path.join(ROOT, 'config', name)])
+        assert cfg.max_tokens > 0
+
+
+@pytest.mark.parametrize('method', ['mle', 'filter', 'cond', 'ul', 'awr', 'rwr'])
+def test_each_method_trains(tiny_data, tmp_path, method):
+    out = str(tmp_path / method)
+    run(tiny_args(tiny_data, out, method=method, filter_threshold=0.05, max_tokens=4 * 4 * 32))
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=False)
+    assert ckpt['step'] == 4 and ckpt['config']['method'] == method
+    assert not any(k.startswith('_orig_mod') for k in ckpt['model'])
+    assert ('value_head.weight' in ckpt['model']) == (method in ('awr', 'rwr'))
+    if method == 'rwr':  # alpha = 1: the value head never trains (reference §1.5)
+        assert ckpt['model']['value_head.weight'].abs().sum().item() == 0.0
+    assert len(losses(out)) == 4
+
+
+def test_resume_after_sigkill_continues_exactly(tiny_data, tmp_path):
+    args = dict(max_tokens=120 * 4 * 32, ckpt_interval=10, dropout=0.1)
+    full = str(tmp_path / 'full')
+    run(tiny_args(tiny_data, full, **args))
+    killed = str(tmp_path / 'killed')
+    proc = subprocess.Popen([sys.executable, 'train.py'] + tiny_args(tiny_data, killed, **args), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = os.path.join(killed, 'log.jsonl')
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(log) and len(open(log).readlines()) >= 25:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    steps_before = max(losses(killed))
+    assert 25 <= steps_before < 120
+    resumed_from = torch.load(os.path.join(killed, 'ckpt.pt'), weights_only=False)['step']
+    assert resumed_from % 10 == 0 and resumed_from <= steps_before
+    run(tiny_args(tiny_data, killed, resume=True, **args))
+    assert losses(killed) == losses(full)  # bit for bit, step for step
+    a = torch.load(os.path.join(full, 'ckpt.pt'), weights_only=False)['model']
+    b = torch.load(os.path.join(killed, 'ckpt.pt'), weights_only=False)['model']
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_matches_gradient_accumulation(tiny_data, tmp_path):
+    single = str(tmp_path / 'single')
+    run(tiny_args(tiny_data, single, method='awr', batch_size=2, total_batch_size=4))  # 2 accumulation steps × 2
+    ddp = str(tmp_path / 'ddp')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py']
+                   + tiny_args(tiny_data, ddp, method='awr', batch_size=2, total_batch_size=4),
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    for step, loss in losses(single).items():
+        assert losses(ddp)[step] == pytest.approx(loss, rel=1e-5)
+    a = torch.load(os.path.join(single, 'ckpt.pt'), weights_only=False)['model']
+    b = torch.load(os.path.join(ddp, 'ckpt.pt'), weights_only=False)['model']
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    calls = []
+    real_mle = train.objectives.mle
+
+    def mle_that_diverges(logits, targets):
+        calls.append(1)
+        loss = real_mle(logits, targets)
+        return loss * float('nan') if len(calls) > 10 else loss  # step 6 of 2 micro-batches each
+
+    monkeypatch.setattr(train.objectives, 'mle', mle_that_diverges)
+    out = str(tmp_path / 'nan')
+    with pytest.raises(train.TrainingError, match='non-finite loss at step 6'):
+        run(tiny_args(tiny_data, out, log_interval=2, ckpt_interval=4))
+    assert torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)['step'] == 4
+
+
+def test_checkpoint_save_is_atomic(tmp_path):
+    path = str(tmp_path / 'ckpt.pt')
+    train.save_checkpoint(path, {'step': 1})
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError('killed mid-save')
+
+    with pytest.raises(RuntimeError):
+        train.save_checkpoint(path, {'step': 2, 'bad': Unpicklable()})
+    assert torch.load(path)['step'] == 1 and os.listdir(tmp_path) == ['ckpt.pt']
+
+
+def test_finetune_from_mle_checkpoint(tiny_data, tmp_path):
+    mle = str(tmp_path / 'mle')
+    run(tiny_args(tiny_data, mle, keep_ckpt_steps='2'))
+    assert torch.load(os.path.join(mle, 'ckpt_step2.pt'), weights_only=False)['step'] == 2
+    src = torch.load(os.path.join(mle, 'ckpt.pt'), weights_only=False)['model']
+    for method in ('awr', 'cond'):
+        model = run(tiny_args(tiny_data, str(tmp_path / method), method=method, max_tokens=1 * 4 * 32,
+                              learning_rate=0.0, init_from=os.path.join(mle, 'ckpt.pt'), skip_tokens=8 * 32))
+        wte = model.transformer.wte.weight.detach()
+        assert torch.equal(wte[:50257], src['transformer.wte.weight'][:50257])
+    # control-token rows re-initialised at the mean of the others (reference §1.3)
+    assert (wte[50257:50259] - wte[:50257].mean(0)).abs().max().item() < 0.1
+
+
+def test_compiled_training_matches_eager(tiny_data, tmp_path):
+    eager, compiled = str(tmp_path / 'eager'), str(tmp_path / 'compiled')
+    run(tiny_args(tiny_data, eager, max_tokens=3 * 4 * 32))
+    run(tiny_args(tiny_data, compiled, max_tokens=3 * 4 * 32, compile=True))
+    for step, loss in losses(eager).items():
+        assert losses(compiled)[step] == pytest.approx(loss, rel=1e-4)
