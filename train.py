@@ -129,7 +129,7 @@ def load_config(argv):
             if key not in known:
                 raise ConfigError(f"{arg}: unknown key {key!r}; the keys are the fields of TrainConfig in train.py")
             try:
-                value = ast.literal_eval(text)
+                value = text if TrainConfig.__dataclass_fields__[key].type is str else ast.literal_eval(text)
             except (ValueError, SyntaxError):
                 value = text  # a bare string such as --task=pii
             values[key] = _check_type(key, value, arg)
