@@ -13,10 +13,10 @@ IGNORE = -1
 
 
 def _target_logprobs(logits, targets):
-    """log p(target) at every position (0 where ignored) and the mask of positions that count."""
-    mask = targets != IGNORE
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask, mask
+    """log p(target) at every position (0 where ignored) and the mask of positions that count. Through the fused
+    cross-entropy kernel, so no second (B, T, V) fp32 tensor of log-probabilities is materialised."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction='none')
+    return -ce.view_as(targets), targets != IGNORE
 
 
 def _masked_mean(x, mask):
