@@ -1,0 +1,212 @@
+"""
+Benchmarks: training throughput per objective against Hugging Face's GPT-2, sampling against HF `generate`,
+the data loader, and the scorers. One JSON line per measurement on stdout.
+
+    python bench.py                                  # GPU: GPT-2 small, T = 1024, bf16, compiled
+    python bench.py --batch_sizes=16,32,64           # each micro-batch size (an OOM is reported, not fatal)
+    python bench.py --small                          # a tiny model for a few steps on CPU (what CI runs)
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import data
+import train
+from model import GPT, GPTConfig
+
+
+def emit(row):
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def sync(device):
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def timed_steps(step_fn, warmup, steps, device):
+    for _ in range(warmup):  # includes torch.compile
+        step_fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step_fn()
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def bench_train(args, objective, batch_size, impl='phf'):
+    """Tokens/s of forward + backward + AdamW on random tokens for one objective."""
+    device, T = args.device, args.block_size
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device.startswith('cuda') else torch.float32
+    ctx = torch.autocast('cuda', dtype=dtype) if device.startswith('cuda') else torch.autocast('cpu', enabled=False)
+    x = torch.randint(0, data.EOS, (batch_size, T), device=device)
+    y = torch.randint(0, data.EOS, (batch_size, T), device=device)
+    rewards = -torch.rand(batch_size, T, device=device) * 0.01
+    if impl == 'phf':
+        model = GPT(GPTConfig(block_size=T, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                              value_head=objective in ('awr', 'rwr'))).to(device)
+        cfg = train.load_config([f'--method={objective}', '--task=pep8'])
+        flops_per_token = model.flops_per_token()
+        loss_fn = lambda m: train.compute_loss(cfg, m, x, y, rewards)
+    else:  # Hugging Face GPT2LMHeadModel with sdpa attention, the stack the paper's code used
+        from transformers import GPT2Config, GPT2LMHeadModel
+        model = GPT2LMHeadModel(GPT2Config(n_positions=T, n_layer=args.n_layer, n_head=args.n_head,
+                                           n_embd=args.n_embd), attn_implementation='sdpa').to(device)
+        flops_per_token = GPT(GPTConfig(block_size=T, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                                        vocab_size=50257), ).flops_per_token()
+        loss_fn = lambda m: m(input_ids=x, labels=x).loss
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.startswith('cuda'))
+    compiled = torch.compile(model) if args.compile else model
+
+    def step():
+        with ctx:
+            loss = loss_fn(compiled)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        dt = timed_steps(step, args.warmup, args.steps, device)
+    except torch.OutOfMemoryError:
+        return emit(dict(bench='train', impl=impl, objective=objective, batch_size=batch_size, error='OOM'))
+    tok_s = batch_size * T / dt
+    peak = train.peak_flops(device)
+    return emit(dict(bench='train', impl=impl, objective=objective, batch_size=batch_size, compile=args.compile,
+                     tokens_per_s=round(tok_s), mfu=round(flops_per_token * tok_s / peak, 4) if peak else None,
+                     peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+                     if device.startswith('cuda') else None))
+
+
+def bench_sample(args):
+    """The paper's evaluation: n samples of max_new_tokens at temperature 0.7, top-p 0.9; ours vs HF generate."""
+    import evaluate
+    device, n, new = args.device, args.samples, args.new_tokens
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                          n_embd=args.n_embd)).to(device).eval()
+    if device.startswith('cuda'):
+        model = model.to(torch.bfloat16)
+    prompts = [[data.EOS]] * n
+    kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, device=device)  # fixed length: fair timing
+    evaluate.sample(model, prompts[:args.sample_batch], new, **kwargs, batch_size=args.sample_batch)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    evaluate.sample(model, prompts, new, **kwargs, batch_size=args.sample_batch)
+    sync(device)
+    ours = time.perf_counter() - t0
+    emit(dict(bench='sample', impl='phf', samples=n, new_tokens=new, batch_size=args.sample_batch,
+              seconds=round(ours, 3), tokens_per_s=round(n * new / ours)))
+    from transformers import GPT2Config, GPT2LMHeadModel
+    hf = GPT2LMHeadModel(GPT2Config(n_positions=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                                    n_embd=args.n_embd), attn_implementation='sdpa').to(device).eval()
+    if device.startswith('cuda'):
+        hf = hf.to(torch.bfloat16)
+    best = None
+    for batch in args.hf_sample_batches:
+        batch = min(batch, n)
+        ids = torch.full((batch, 1), data.EOS, device=device)
+        run = lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7,
+                                  top_p=0.9, top_k=0, max_new_tokens=new, min_new_tokens=new,
+                                  pad_token_id=data.EOS)
+        with torch.no_grad():
+            run()
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(n // batch):
+                run()
+            sync(device)
+        seconds = time.perf_counter() - t0
+        best = min(best or seconds, seconds)
+        emit(dict(bench='sample', impl='hf_generate', samples=n, new_tokens=new, batch_size=batch,
+                  seconds=round(seconds, 3), tokens_per_s=round(n * new / seconds)))
+    emit(dict(bench='sample', impl='ratio', speedup_vs_best_hf=round(best / ours, 2)))
+
+
+def bench_loader(args):
+    """Tokens/s of BlockLoader on a prepared split of random documents (memmapped, with per-token rewards)."""
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        with data.DatasetWriter(f"{tmp}/train", task='pep8', split='train') as w:
+            for _ in range(args.loader_docs):
+                k = int(rng.integers(5, 60))
+                lens = rng.integers(1, 20, k)
+                w.add_arrays(np.concatenate([[data.EOS], rng.integers(0, data.EOS, int(lens.sum()) - 1)]), lens,
+                             rng.random(k).astype(np.float32), np.array([k]), np.array([0.0], np.float32))
+        loader = data.BlockLoader(data.PreparedData(f"{tmp}/train"), args.block_size, args.loader_batch)
+        loader.get(0)
+        t0 = time.perf_counter()
+        n = 20
+        for g in range(1, n + 1):
+            loader.get(g)
+        dt = time.perf_counter() - t0
+    emit(dict(bench='data_loader', batch_size=args.loader_batch, block_size=args.block_size,
+              tokens_per_s=round(n * args.loader_batch * args.block_size / dt)))
+
+
+def bench_scorers(args):
+    """Texts/s of each scorer on one CPU process, on real code and prose from this machine."""
+    import scorers
+    import sysconfig
+    stdlib = sysconfig.get_paths()['stdlib']
+    code = [open(os.path.join(stdlib, f), encoding='utf-8').read()[:2000] for f in sorted(os.listdir(stdlib))
+            if f.endswith('.py')][:args.scorer_texts]
+    prose = [t.replace('def ', 'Contact jane.doe@example.com or call 555-123-4567. ') for t in code]
+    for name, texts in (('pep8', code), ('pii', prose)):
+        scorer = scorers.get_scorer(name)
+        scorer.score(texts[:2])
+        t0 = time.perf_counter()
+        scorer.score(texts)
+        emit(dict(bench='scorer', name=name, texts=len(texts), texts_per_s=round(len(texts) / (time.perf_counter()
+                                                                                                   - t0), 1)))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--small', action='store_true', help='tiny model, few steps (CPU, for CI)')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--batch_sizes', default='32')
+    p.add_argument('--objectives', default='mle,cond,ul,awr')
+    p.add_argument('--only', default='train,hf,sample,loader,scorers')
+    args = p.parse_args(argv)
+    gpt2_small = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, warmup=10, steps=30, samples=4096,
+                      new_tokens=128, sample_batch=4096, hf_sample_batches=[1024, 4096], loader_docs=20000,
+                      loader_batch=32, scorer_texts=200, compile=args.device.startswith('cuda'))
+    tiny = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, warmup=1, steps=2, samples=8, new_tokens=8,
+                sample_batch=8, hf_sample_batches=[8], loader_docs=200, loader_batch=4, scorer_texts=8,
+                compile=False)
+    for k, v in (tiny if args.small else gpt2_small).items():
+        setattr(args, k, v)
+    if args.small:
+        args.batch_sizes = '2'
+    only = set(args.only.split(','))
+    emit(dict(bench='env', device=torch.cuda.get_device_name(args.device) if args.device.startswith('cuda')
+              else platform.processor() or 'cpu', torch=torch.__version__, python=sys.version.split()[0],
+              n_layer=args.n_layer, n_embd=args.n_embd, block_size=args.block_size))
+    for batch_size in (int(b) for b in args.batch_sizes.split(',')):
+        if 'train' in only:
+            for objective in args.objectives.split(','):
+                bench_train(args, objective, batch_size)
+        if 'hf' in only:
+            bench_train(args, 'mle', batch_size, impl='hf_gpt2')
+    if 'sample' in only:
+        bench_sample(args)
+    if 'loader' in only:
+        bench_loader(args)
+    if 'scorers' in only:
+        bench_scorers(args)
+
+
+if __name__ == '__main__':
+    main()
