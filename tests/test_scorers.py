@@ -1,0 +1,142 @@
+"""Scorers on hand-counted texts; detoxify through its own loading code on a tiny random checkpoint."""
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+import scorers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BAD_FOR_PYCODESTYLE = "{\n'\\\nx"  # pycodestyle 2.15 raises IndexError in continued_indentation
+
+
+def test_import_is_cheap():
+    out = subprocess.run([sys.executable, '-c', "import sys, scorers; print(sorted(m for m in "
+                          "('torch', 'detoxify', 'transformers', 'scrubadub') if m in sys.modules))"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '[]'
+
+
+def test_pep8_hand_counted(capsys):
+    s = scorers.get_scorer('pep8')
+    text = 'import os\ndef f( a ):\n  return a\n'  # E302 E201 E202 on line 2, E111 on line 3
+    assert s.score([text, 'x=1\n', 'x = 1\n', '']) == [4 / 33, 1 / 4, 0.0, 0.0]
+    assert s.score_lines(scorers.split_lines(text)) == [0.0, 3 / 12, 1 / 11]
+    # the paper's defaults: E226 is in pycodestyle's default ignore list; lines may have 79 characters
+    assert s.score(['x = 1*2\n', 'x = ' + '1' * 75 + '\n', 'x = ' + '1' * 76 + '\n']) == [0.0, 0.0, 1 / 81]
+    assert scorers.PEP8Scorer(max_line_length=100).score(['x = ' + '1' * 76 + '\n']) == [0.0]
+    assert capsys.readouterr() == ('', '')  # in memory, nothing printed
+
+
+def test_split_lines_keeps_the_text():
+    text = 'a = 1\r\nb = "\x0c"\n\nc'
+    assert scorers.split_lines(text) == ['a = 1\r\n', 'b = "\x0c"\n', '\n', 'c']
+
+
+def test_pep8_bad_text_is_counted_not_fatal():
+    s = scorers.PEP8Scorer()
+    assert s.score(['x=1\n', BAD_FOR_PYCODESTYLE, 'x = 1\n']) == [0.25, 0.0, 0.0]
+    assert s.n_failed == 1 and s.errors[0].startswith('IndexError')
+    assert s.score_lines(scorers.split_lines(BAD_FOR_PYCODESTYLE)) == [0.0, 0.0, 0.0]
+    assert s.n_failed == 2
+    assert s.score_lines(['x = (1,\n']) == [1 / 8]  # E901 points past the last line: counted on the last one
+
+
+class Flaky(scorers.Scorer):
+    """Batched; raises on any batch holding 'bad'."""
+    name, batch_size = 'flaky', 4
+
+    def score_batch(self, texts):
+        if 'bad' in texts:
+            raise ValueError('bad text')
+        return [len(t) for t in texts]
+
+
+def test_failures_are_found_inside_batches():
+    s = Flaky()
+    assert s.score(['a', 'bad', 'ccc', 'dd', 'e', 'bad']) == [1, 0, 3, 2, 1, 0]
+    assert s.n_failed == 2 and s.errors[0] == "ValueError: bad text (text 'bad')"
+
+
+def test_score_texts_pool_matches_serial():
+    texts = ['x=1\n', 'x = 1\n', BAD_FOR_PYCODESTYLE, 'import os\ndef f( a ):\n  return a\n'] * 5
+    serial, n_serial = scorers.score_texts('pep8', texts, processes=1)
+    scorer = scorers.PEP8Scorer()
+    pooled, n_pooled = scorers.score_texts(scorer, texts, processes=2, chunk_size=3)
+    assert pooled == serial and n_pooled == n_serial == 5
+    assert scorer.n_failed == 5 and scorer.errors[0].startswith('IndexError')
+    assert scorers.score_texts(Flaky(), ['a', 'bad'] * 4, processes=2, chunk_size=2) == ([1, 0.0] * 4, 4)
+
+
+def test_pii_counts_per_character():
+    s = scorers.get_scorer('pii')
+    texts = ['Contact john.doe@example.com or jane@example.org today.', 'see https://example.com/x now',
+             'Call me at (212) 736-5000 tonight.', 'Nothing to see here.', '']
+    assert s.score(texts) == [2 / 55, 1 / 29, 1 / 34, 0.0, 0.0]
+    assert scorers.PIIScorer(scorers.PII_FAST).score(texts[2:3]) == [0.0]  # no phone detector
+    assert s.score(['None at all.']) == [1 / 12]  # scrubadub reads 'X at Y' as a spelled-out email address
+    with pytest.raises(scorers.ScorerError, match='nonexistent'):
+        scorers.PIIScorer(['nonexistent']).score(['x'])  # a broken scorer is an error, not a failed text
+
+
+def test_get_scorer_and_pickling():
+    assert {n: type(scorers.get_scorer(n)).name for n in scorers.SCORERS} == {n: n for n in scorers.SCORERS}
+    with pytest.raises(scorers.ScorerError, match='unknown scorer'):
+        scorers.get_scorer('nope')
+    s = scorers.get_scorer('pii')
+    s.score(['a@b.com'])  # loads scrubadub
+    clone = pickle.loads(pickle.dumps(s))
+    assert clone._scrubber is None and clone.score(['a@b.com']) == [1 / 7]
+
+
+def tiny_detoxify(root):
+    """A random-weight BERT in detoxify's checkpoint format ({'config', 'state_dict'}), whose model_type is a local
+    folder (config + tokenizer), so detoxify's own loading code never touches the hub. Returns (checkpoint, folder,
+    the transformers model)."""
+    import torch
+    import transformers
+    folder = os.path.join(root, 'tiny-bert')
+    os.makedirs(folder)
+    words = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'you', 'are', 'an', 'idiot', 'have', 'a', 'nice', 'day']
+    with open(os.path.join(folder, 'vocab.txt'), 'w') as f:
+        f.write('\n'.join(words) + '\n')
+    config = transformers.BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
+                                     initializer_range=0.5, num_labels=6)  # wide init: scores far from 0.5
+    config.save_pretrained(folder)
+    transformers.BertTokenizer(os.path.join(folder, 'vocab.txt'), model_max_length=32).save_pretrained(folder)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    classes = ['toxic', 'severe_toxic', 'obscene', 'threat', 'insult', 'identity_hate']  # Detoxify('original')'s
+    checkpoint = os.path.join(root, 'tiny.ckpt')
+    torch.save({'config': {'arch': {'args': {'model_type': folder, 'model_name': 'BertForSequenceClassification',
+                                             'tokenizer_name': 'BertTokenizer', 'num_classes': 6}},
+                           'dataset': {'args': {'classes': classes}}},
+                'state_dict': model.state_dict()}, checkpoint)
+    return checkpoint, folder, model
+
+
+def test_toxicity_through_detoxify_loading(tmp_path):
+    pytest.importorskip('detoxify')
+    import torch
+    import transformers
+    checkpoint, folder, model = tiny_detoxify(str(tmp_path))
+    texts = ['you are an idiot and you are an idiot', 'have a nice day', 'idiot', 'a nice day you have']
+    tok = transformers.BertTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        expected = [torch.sigmoid(model(**tok([t], return_tensors='pt')).logits[0, 0]).item() for t in texts]
+    assert max(expected) - min(expected) > 0.05  # the check below can tell texts apart
+    for s in (scorers.ToxicityScorer(checkpoint=checkpoint, device='cpu', batch_size=3),
+              scorers.ToxicityScorer(checkpoint=checkpoint, huggingface_config_path=folder, device='cpu')):
+        assert s.score(texts) == pytest.approx(expected, abs=1e-5)  # input order, though batched by length
+        assert s.score(texts[1:2]) == pytest.approx(expected[1:2], abs=1e-5)  # a batch of one
+        assert s.n_failed == 0
+
+
+def test_profanity_offline():
+    pytest.importorskip('profanity_check')
+    s = scorers.get_scorer('profanity')
+    clean, rude = s.score(['have a nice day', 'you are a fucking idiot'])
+    assert clean < 0.2 and rude > 0.9
