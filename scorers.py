@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import warnings
 
+import numpy as np
 import pycodestyle
 
 
@@ -82,7 +83,6 @@ class ToxicityScorer(Scorer):
         return scores
 
     def score_batch(self, texts):
-        import numpy as np
         if self._detoxify is None:
             try:
                 import torch
@@ -120,10 +120,11 @@ class PIIScorer(Scorer):
     """scrubadub's PII detections per character (reference §3). detectors: names from scrubadub's catalogue.
     The default is scrubadub's own default set (PII_DEFAULT), which works offline. Measured on /usr/share/doc
     sentences, one core: 0.29 MB/s (3.7k sentences/s), 81% of it in the phone detector; PII_FAST (no phone): 1.5 MB/s.
-    Not offline, so optional: names ('text_blob_name': `python -m textblob.download_corpora`; or the spaCy NER
-    detector of the scrubadub_spacy package, which the paper used, with a spaCy model), 'date_of_birth' (offline
-    but ~0.03 MB/s), 'skype'. The paper's released PII scores may be count / len² (reference §2.2); this is count /
-    len, as its README says."""
+    The paper also detected names (spaCy NER through the scrubadub_spacy package; here 'text_blob_name' would do it,
+    after `python -m textblob.download_corpora`): both need model downloads, so they are optional. It also added
+    'skype' and 'date_of_birth' (offline, but the latter runs at ~0.03 MB/s). Note that the email detector also takes
+    spelled-out addresses, so 'None at all.' counts as one. The paper's released PII scores may be count / len²
+    (reference §2.2); this is count / len, as its README says."""
     name = 'pii'
 
     def __init__(self, detectors=PII_DEFAULT):
