@@ -30,13 +30,16 @@ Large corpora: all cores (a process pool over chunks of documents, at most two c
 memory does not grow with the corpus), a progress line on stderr, output staged in {out_dir}.tmp-PID and moved into
 place only when complete; what an interrupted run leaves is removed by the next one.
 Measured (2 cores): pep8 --source=local: 1,790 files (31.5 MB) -> 1,758 documents, 15.4M tokens, 37.7 MB on disk,
-48 s, peak RSS 79 MB per process. Peak RSS follows the largest file, not the corpus: a 4 MB generated file alone
-takes 150 MB; 120 MB of local+site took 105 MB (main) and 164 MB (worker), 212 s.
+48 s, peak RSS 79 MB per process. pii --source=local: 1,783 files (48.9 MB gzipped, 128 MB of text) -> 1,771
+documents, 47.9M tokens, 106 MB on disk, 158 s. Peak RSS follows the largest document, not the corpus size: 5 MB of
+code 71 MB, 31.5 MB 79 MB; a 4 MB generated .py file alone 150 MB; /usr/share/doc (a 6.7 MB changelog) 211 MB
+(main) and 274 MB (worker).
 """
 import argparse
 import collections
 import gzip
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -60,7 +63,7 @@ QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 SENTENCE_END = re.compile(r'[.!?]+["\')\]]*\s+|\n\s*\n')
 
 # A worker's answer for one input item: tokens and scores of its segments, or the reason it was skipped.
-Doc = collections.namedtuple('Doc', 'key tokens scores doc_score texts nbytes skipped prescored')
+Doc = collections.namedtuple('Doc', 'key tokens seg_lens scores doc_score texts nbytes skipped prescored')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -264,16 +267,17 @@ def process_item(kind, payload, key, nbytes):
         else:
             segments, scores, doc_score = record_segments(task, payload, _worker['rescore'])
     except DataError as e:
-        return Doc(key, None, None, None, None, nbytes, str(e), False)
+        return Doc(key, None, None, None, None, None, nbytes, str(e), False)
     if not ''.join(segments).strip():
-        return Doc(key, None, None, None, None, nbytes, 'empty', False)
+        return Doc(key, None, None, None, None, None, nbytes, 'empty', False)
     prescored, texts = scores is not None, None
     if scores is None and not scorer.parallel:
         texts = segments  # scored in the main process, in batches (e.g. detoxify on the GPU)
     elif scores is None:  # a scorer with score_lines sees each line in its file's context (pycodestyle)
         scores = scorer.score_lines(segments) if hasattr(scorer, 'score_lines') else scorer.score(segments)
     tokens = [enc.encode_ordinary(s) for s in segments]  # no special tokens from text
-    return Doc(key, tokens, scores, doc_score, texts, nbytes, None, prescored)
+    flat = np.fromiter(itertools.chain.from_iterable(tokens), np.uint16)  # 2 bytes a token between processes
+    return Doc(key, flat, [len(t) for t in tokens], scores, doc_score, texts, nbytes, None, prescored)
 
 
 def process_chunk(items):
@@ -461,7 +465,8 @@ def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=No
                 w = writers['val']
                 if w.n_documents >= min_val_docs and key_hash(d.key) >= val_fraction:
                     w = writers['train']
-                w.add_document(d.tokens, scores, d.doc_score)
+                flat, ends = d.tokens.tolist(), np.cumsum(d.seg_lens).tolist()
+                w.add_document([flat[a:b] for a, b in zip([0] + ends[:-1], ends)], scores, d.doc_score)
             bar.update(n_items, n_bytes)
         bar.update(n_items, n_bytes, force=True)
         if progress and bar.tty:
