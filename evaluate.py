@@ -1,0 +1,612 @@
+"""
+Evaluation (reference §5): a batched sampler with a static key/value cache, the paper's generate-and-score metrics,
+KL from a reference LM, validation loss, plots, and export to Hugging Face format.
+
+    python evaluate.py --ckpt=out/pep8_cond/ckpt.pt                    # -> out_dir/eval_step{N}.json, eval.jsonl
+    python evaluate.py --ckpt=out/pep8_cond/ckpt.pt --eval_samples=4096 --kl_reference=openai:davinci-002
+    python evaluate.py --ckpt=out/pep8_cond/ckpt.pt --kl_reference=out/pep8_mle/ckpt.pt   # one of ours as reference
+    python evaluate.py --export_hf=out/pep8_cond/hf --ckpt=out/pep8_cond/ckpt.pt
+    python evaluate.py --plot out/pep8_mle out/pep8_cond --out=results/pep8
+
+train.py calls evaluate() every eval_interval steps with the same eval_* and kl_* fields of its config.
+"""
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import textwrap
+import time
+from contextlib import nullcontext
+from functools import lru_cache
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+from model import GPT, GPTConfig, KVCache
+
+CONTROL_TOKENS = (data.ALIGNED, data.MISALIGNED)
+SAMPLE_BATCH_SIZE = 256  # GPT-2 small, 640 new tokens, bf16: 6 GB of cache
+PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
+MAX_PROMPT_CHARS = 512  # function signatures with longer docstrings are skipped
+MIN_COMPLETE_CHARS = 20  # PEP8 complete-lines variant: a shorter remainder is degenerate, not scored
+KL_MAX_TOKENS = 64  # reference samples' length (reference §5.2)
+OPENAI_PROMPT = '<|endoftext|>'  # the original's "no prompt" (the API's default prompt)
+RETRIES, RETRY_BACKOFF_S, REQUEST_TIMEOUT_S = 7, 1.0, 120.0  # waits of 1, 2, ..., 64 s between attempts
+
+
+class EvalError(Exception):
+    """An evaluation that cannot run (a bad scenario, a reference API that keeps failing); says what to do."""
+
+
+def load_checkpoint(path, device='cpu'):
+    """(model in eval mode on device, the checkpoint dict) from a ckpt.pt written by train.py, wherever it was saved."""
+    ckpt = torch.load(path, map_location='cpu', weights_only=False)  # our own file; it holds RNG states too
+    model = GPT(GPTConfig(**ckpt['model_args']))
+    model.load_state_dict(ckpt['model'])
+    return model.to(device).eval(), ckpt
+
+
+def _logits(out):
+    return out[0] if isinstance(out, tuple) else out  # value-head models return (logits, values)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling: prefill the prompts into a preallocated cache, then one token per step (gpt-fast's shape)
+
+def _decode_step(model, cache, tok, input_pos, attn_mask, pos):
+    return _logits(model(tok, cache=cache, input_pos=input_pos, attn_mask=attn_mask, pos=pos))[:, -1].float()
+
+
+_compiled_decode_step = None
+
+
+def _pick(logits, banned, temperature, top_k, top_p, gen):
+    """Next ids (B,) from logits (B, V): banned ids removed, then temperature, top-k and top-p (HF's order), then an
+    inverse-CDF draw with one uniform per row (torch.multinomial would sync with the host)."""
+    logits = logits.masked_fill(banned, float('-inf'))
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k:
+        logits = logits.masked_fill(logits < logits.topk(top_k, dim=-1).values[:, -1:], float('-inf'))
+    probs, ids = logits.softmax(-1), None
+    if top_p < 1:  # the nucleus: tokens by falling probability until the mass before them reaches top_p
+        probs, ids = _by_probability(probs, top_p)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0)
+    cdf = probs.cumsum(-1)
+    # u in (0, total]: the first index with cdf >= u has probability > 0, so a banned id is never drawn
+    u = (1 - torch.rand(cdf.size(0), 1, generator=gen, device=cdf.device)) * cdf[:, -1:]
+    pick = torch.searchsorted(cdf, u)
+    return (pick if ids is None else ids.gather(-1, pick)).squeeze(-1)
+
+
+def _by_probability(probs, top_p):
+    """probs sorted in falling order, and their ids. On CPU, where a check costs no sync, the top 1024 suffice when
+    they hold top_p of the mass (a trained model's nucleus is rarely larger); a full sort is ~20x slower there."""
+    if probs.device.type == 'cpu' and probs.size(-1) > 1024:
+        p, ids = probs.topk(1024)
+        if (p.sum(-1) >= top_p).all():
+            return p, ids
+    return probs.sort(-1, descending=True)
+
+
+@torch.no_grad()
+def sample(model, prompts, max_new_tokens, *, temperature=0.7, top_p=0.9, top_k=0, min_new_tokens=10,
+           blocked_tokens=(), eos_id=data.EOS, seed=0, batch_size=SAMPLE_BATCH_SIZE, device=None, compile=None):
+    """The new tokens for each prompt (a list of ids), cut before the first end-of-text. The defaults are the
+    paper's (reference §5.1); temperature=0 or top_k=1 is greedy. Prompts of different lengths share a batch,
+    left-padded, with per-row positions and a mask over the cache. No host sync per token: finished rows keep
+    emitting EOS, and whether all rows are done is checked every 16 tokens. Deterministic for (seed, batch_size).
+    compile: torch.compile the decode step (None: on CUDA)."""
+    if not prompts:
+        return []
+    device = torch.device(device or next(model.parameters()).device)
+    cfg = model.config
+    P = max(len(p) for p in prompts)
+    max_len = P + max_new_tokens
+    if max_len > cfg.block_size:
+        raise ValueError(f"a prompt of {P} tokens + {max_new_tokens} new tokens > block_size {cfg.block_size}")
+    B = min(batch_size, len(prompts))
+    autocast = torch.is_autocast_enabled(device.type)
+    dtype = torch.get_autocast_dtype(device.type) if autocast else next(model.parameters()).dtype
+    cache = KVCache(cfg, B, max_len, device=device, dtype=dtype)
+    gen = torch.Generator(device).manual_seed(seed)
+    banned = torch.zeros(cfg.padded_vocab_size, dtype=torch.bool, device=device)
+    banned[cfg.vocab_size:] = True  # the embedding's padding rows are not tokens
+    banned[list(blocked_tokens)] = True
+    banned_eos = banned.clone()
+    banned_eos[eos_id] = True
+    step = _decode_step
+    if compile or (compile is None and device.type == 'cuda'):
+        global _compiled_decode_step
+        # no CUDA graphs ('reduce-overhead'): a fresh cache per call would make them re-record
+        _compiled_decode_step = _compiled_decode_step or torch.compile(_decode_step, fullgraph=True)
+        step = _compiled_decode_step
+    slots = torch.arange(max_len, device=device)
+    out = []
+    for i in range(0, len(prompts), B):
+        chunk = prompts[i:i + B]
+        rows = chunk + [[eos_id]] * (B - len(chunk))  # a full last batch keeps the decode step's shapes static
+        idx = torch.tensor([[eos_id] * (P - len(p)) + list(p) for p in rows], device=device)
+        pad = P - torch.tensor([len(p) for p in rows], device=device)
+        real = slots >= pad[:, None]  # (B, max_len) cache slots holding this row's tokens, not its padding
+        # prefill: a prompt token sees its row's earlier real tokens; padding sees only itself (SDPA returns NaN
+        # for a query that sees nothing, and NaN keys would poison the cache)
+        q = slots[:P, None]
+        mask = (slots <= q) & (real[:, None, :] | (slots == q))  # (B, P, max_len)
+        pos = (slots[:P] - pad[:, None]).clamp(min=0)
+        logits = _logits(model(idx, cache=cache, input_pos=slots[:P], attn_mask=mask[:, None], pos=pos))
+        logits = logits[:, -1].float()
+        new = torch.full((B, max_new_tokens), eos_id, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        input_pos, pos = slots[P:P + 1].clone(), (P - pad)[:, None]
+        for t in range(max_new_tokens):
+            tok = _pick(logits, banned_eos if t < min_new_tokens else banned, temperature, top_k, top_p, gen)
+            tok = tok.masked_fill(done, eos_id)
+            new[:, t] = tok
+            done |= tok == eos_id
+            if t == max_new_tokens - 1 or (t % 16 == 15 and done.all()):
+                break
+            mask = (real & (slots <= input_pos))[:, None, None, :]
+            logits = step(model, cache, tok[:, None], input_pos, mask, pos)
+            input_pos += 1
+            pos += 1
+        for row in new[:len(chunk)].tolist():
+            out.append(row[:row.index(eos_id)] if eos_id in row else row)
+    return out
+
+
+@torch.no_grad()
+def sequence_logprobs(model, seqs, batch_size=32, device=None):
+    """log p(seq[1:] | seq[0]) for each token list, summed over the tokens after the first, except control tokens:
+    they are conditioned on, not scored. (The original's KL counted <|aligned|> and shifted its mask by one,
+    reference §5.2 and §7.6; both are fixed here.) Embedding padding ids are outside the distribution."""
+    device = device or next(model.parameters()).device
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        chunk = seqs[i:i + batch_size]
+        T = max(2, max(len(s) for s in chunk))
+        x = torch.full((len(chunk), T - 1), data.EOS, dtype=torch.long)
+        y = torch.full((len(chunk), T - 1), -1, dtype=torch.long)
+        for r, s in enumerate(chunk):
+            x[r, :len(s) - 1] = torch.tensor(s[:-1], dtype=torch.long)
+            y[r, :len(s) - 1] = torch.tensor([-1 if t in CONTROL_TOKENS else t for t in s[1:]], dtype=torch.long)
+        logits = _logits(model(x.to(device)))[..., :model.config.vocab_size].float()
+        nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-1, reduction='none')
+        out += (-nll.view_as(y)).sum(1).tolist()
+    return out
+
+
+@torch.no_grad()
+def val_loss(model, split, block_size, batch_size, n_batches, device, autocast_ctx=nullcontext()):
+    """Plain next-token cross-entropy, whatever the training objective (so methods compare), over the first
+    n_batches·batch_size blocks of a prepared split in order: the same tokens at every evaluation."""
+    split = split if isinstance(split, data.PreparedData) else data.PreparedData(split)
+    loader = data.BlockLoader(split, block_size, batch_size)
+    n = min(n_batches * batch_size, loader.n_blocks)
+    total = torch.zeros((), device=device)
+    for b in range(0, n, batch_size):
+        x, y, _ = (torch.from_numpy(a).to(device) for a in loader.batch(range(b, min(b + batch_size, n))))
+        with autocast_ctx:
+            logits = _logits(model(x))[..., :model.config.vocab_size]  # the distribution we sample from
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction='sum')
+    return total.item() / (n * block_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics (reference §5.1)
+
+def max_at_k(scores, k=25):
+    """Expected maximum score over k samples: the samples split into k interleaved rows, the maximum of each
+    column, averaged (the original's get_max_at_k). With fewer than k samples: the maximum of all of them."""
+    s = np.asarray(scores, dtype=float)
+    if len(s) < k:
+        return float(s.max())
+    return float(s[:len(s) // k * k].reshape(k, -1).max(0).mean())
+
+
+def distinct_n(texts, n):
+    """Distinct whitespace n-grams / all n-grams per text, averaged over the texts that have any."""
+    ratios = []
+    for text in texts:
+        words = text.split()
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        if grams:
+            ratios.append(len(set(grams)) / len(grams))
+    return float(np.mean(ratios)) if ratios else 0.0
+
+
+def score_metrics(scores, threshold, suffix=''):
+    s = np.asarray(scores, dtype=float)
+    return {f'score{suffix}': float(s.mean()), f'score{suffix}_max@25': max_at_k(s),
+            f'num_hits{suffix}': float((s > threshold).mean())}
+
+
+def complete_lines(text):
+    """A code sample cut at the token budget, without its cut last line and trailing blank lines: what pycodestyle
+    reports about the cut (W292, W391, E501 or E999 on the broken line) is not the model's style (evaluation notes)."""
+    return re.sub(r'\n(?:[ \t]*\n)+\Z', '\n', text[:text.rfind('\n') + 1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scenarios: 'unconditional' (every task), 'functions' (PEP8: signatures from the held-out split, scored with the
+# continuation), 'prompted' (a JSONL file of prompts, e.g. RealToxicityPrompts' challenging subset)
+
+def load_prompts(path):
+    """Prompt texts from a JSONL file whose lines are strings, or objects with 'prompt' (a string, or {'text'} as in
+    RealToxicityPrompts) or 'text'."""
+    prompts = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                r = r.get('prompt', r.get('text')) if isinstance(r, dict) else r
+                prompts.append(r['text'] if isinstance(r, dict) else r)
+    return prompts
+
+
+_SIGNATURE = re.compile(r'^([ \t]*)def \w+\((?:[^()]|\([^()]*\))*\)[^:\n]*:[ \t]*\n'  # def f(a, b=g()) -> T:
+                        r'(?:\1[ \t]+[rRbBuU]?("""|\'\'\')[\s\S]*?\2[ \t]*\n)?', re.M)  # its docstring, if any
+
+
+@lru_cache(maxsize=4)
+def function_prompts(val_dir, max_prompts=4096):
+    """Function signatures, each with its docstring if it has one, dedented, from the held-out split's documents in
+    order: the original's CodeSearchNet 'functions' prompts (reference §5.1) with no download."""
+    enc, split, found = data.get_tokenizer(), data.PreparedData(val_dir), []
+    for i in range(split.n_documents):
+        text = enc.decode([t for t in split.document(i)[0].tolist() if t < data.EOS])
+        found += [textwrap.dedent(m.group(0)) for m in _SIGNATURE.finditer(text) if len(m.group(0)) <= MAX_PROMPT_CHARS]
+        if len(found) >= max_prompts:
+            break
+    return tuple(found[:max_prompts])
+
+
+def scenario_prompts(cfg, scenario, n):
+    """n prompt texts for a scenario: a prompt file's prompts in a seeded order, cycled (the original drew them with
+    replacement, and ignored n for conditional models, reference §7.8)."""
+    if scenario == 'unconditional':
+        return [''] * n
+    if scenario == 'functions':
+        texts = function_prompts(os.path.join(cfg.data_dir, cfg.task, 'val'))
+    elif scenario == 'prompted':
+        if not cfg.eval_prompts:
+            raise EvalError("scenario 'prompted' needs eval_prompts=PATH to a JSONL file of prompts")
+        texts = load_prompts(cfg.eval_prompts)
+    else:
+        raise EvalError(f"unknown scenario {scenario!r}; choose from unconditional, functions, prompted")
+    order = np.random.default_rng(cfg.seed).permutation(len(texts))
+    return [texts[order[i % len(texts)]] for i in range(n)] if texts else []
+
+
+def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
+    """(metrics, samples) of one scenario: cfg.eval_samples samples, scored (reference §5.1)."""
+    task, enc = data.get_task(cfg.task), data.get_tokenizer()
+    texts = scenario_prompts(cfg, scenario, cfg.eval_samples)
+    if not texts:
+        print(f"warning: scenario {scenario!r} has no prompts; skipped", flush=True)
+        return {}, []
+    cond = cfg.method == 'cond'
+    prefix = [data.EOS] + ([data.ALIGNED] if cond else [])  # conditional models sample given <|aligned|> (§1.3)
+    keep = cfg.block_size // 2 - len(prefix)  # a long prompt keeps its end, leaving room for the continuation
+    prompts = [prefix + enc.encode_ordinary(t)[-keep:] for t in texts]
+    default = task.max_new_tokens if scenario == 'unconditional' else min(task.max_new_tokens, PROMPTED_MAX_NEW_TOKENS)
+    max_new = min(cfg.eval_max_new_tokens or default, cfg.block_size - max(len(p) for p in prompts))
+    # our unconditional models never saw control tokens: block them, as the original's had none in the vocabulary
+    blocked = task.blocked_tokens if cond else CONTROL_TOKENS
+    t0 = time.time()
+    new = sample(model, prompts, max_new, blocked_tokens=blocked, seed=cfg.seed, device=device, compile=compile)
+    seconds = time.time() - t0
+    conts = [enc.decode([t for t in toks if t < data.EOS]) for toks in new]  # control tokens stripped
+    shown = [enc.decode(p[len(prefix):]) for p in prompts]
+    scored = [p + c for p, c in zip(shown, conts)] if scenario == 'functions' else conts  # §3 prompted scoring
+    scores = _scores(scorer, scored)
+    metrics = dict(score_metrics(scores, task.hit_threshold), **{
+        'distinct-1': distinct_n(conts, 1), 'distinct-2': distinct_n(conts, 2),
+        'length': float(np.mean([len(c) for c in conts])),
+        'truncated': float(np.mean([len(t) == max_new for t in new])), 'samples_per_s': len(new) / seconds,
+        'max_new_tokens': max_new})
+    if task.segment == 'lines':  # PEP8: also without the cut (evaluation notes); degenerate remainders set apart
+        variant = [complete_lines(s) if len(t) == max_new else s for s, t in zip(scored, new)]
+        ok = [v for v in variant if len(v.strip()) >= MIN_COMPLETE_CHARS]
+        metrics['degenerate'] = 1 - len(ok) / len(variant)
+        if ok:
+            metrics.update(score_metrics(_scores(scorer, ok), task.hit_threshold, '_complete_lines'))
+    samples = [dict(prompt=p, text=c, score=s) for p, c, s in zip(shown, conts, scores)]
+    return {f'{scenario}/{k}': v for k, v in metrics.items()}, samples
+
+
+_scorer_cache = {}
+
+
+def _scores(scorer, texts):
+    """Our scorers through scorers.score_texts (a process pool for the slow ones); any object with .score works."""
+    import scorers
+    if isinstance(scorer, scorers.Scorer):
+        return scorers.score_texts(scorer, texts)[0]
+    return scorer.score(texts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KL(reference || model) (reference §5.2), the reference's samples and log-probs cached on disk
+
+def kl_cache_path(reference, base_url='', max_tokens=KL_MAX_TOKENS, cache_dir=None):
+    """Where a reference's samples live: named by the reference (model and server, or our checkpoint's path, size
+    and modification time, so a retrained reference gets fresh samples)."""
+    if reference.startswith('openai:'):
+        ident, name = f"{reference}|{base_url}", reference[len('openai:'):]
+    else:
+        st = os.stat(reference)
+        ident, name = f"{os.path.abspath(reference)}|{st.st_size}|{st.st_mtime_ns}", 'local'
+    cache_dir = cache_dir or os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'phf', 'kl')
+    name = re.sub(r'[^\w.-]+', '_', name)
+    return os.path.join(cache_dir, f"{name}_{hashlib.sha1(ident.encode()).hexdigest()[:10]}_{max_tokens}_tokens.json")
+
+
+def _write_json(path, obj):
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(obj, f)
+    os.replace(path + '.tmp', path)
+
+
+def reference_samples(reference, n, *, base_url='', max_tokens=KL_MAX_TOKENS, device='cpu', cache_dir=None):
+    """n samples x ~ reference with log p_ref(x): dicts with 'text', 'logprob' (and 'tokens' for our models).
+    reference: 'openai:MODEL' (any OpenAI-compatible completions server: base_url) or a ckpt.pt of ours. Cached,
+    and extended when more are asked for; what a failing API had delivered stays in the cache."""
+    path = kl_cache_path(reference, base_url, max_tokens, cache_dir)
+    if os.path.exists(path):
+        with open(path) as f:
+            cache = json.load(f)
+    else:
+        cache = dict(reference=reference, base_url=base_url, max_tokens=max_tokens, samples=[])
+    entries, before = cache['samples'], len(cache['samples'])
+    try:
+        if len(entries) < n and reference.startswith('openai:'):
+            _openai_samples(reference[len('openai:'):], base_url, n, max_tokens, entries, path,
+                            save=lambda: _write_json(path, cache))
+        elif len(entries) < n:
+            _local_samples(reference, n, max_tokens, device, entries)
+    finally:
+        if len(entries) > before:
+            _write_json(path, cache)
+    return entries[:n]
+
+
+def _local_samples(path, n, max_tokens, device, entries):
+    ref, _ = load_checkpoint(path, device)
+    # pure ancestral sampling (temperature 1, no top-p, EOS allowed at once): the estimator needs x ~ p_ref
+    new = sample(ref, [[data.EOS]] * (n - len(entries)), min(max_tokens, ref.config.block_size - 1), temperature=1.0,
+                 top_p=1.0, top_k=0, min_new_tokens=0, seed=len(entries), device=device)
+    logprobs = sequence_logprobs(ref, [[data.EOS] + x for x in new], device=device)
+    enc = data.get_tokenizer()
+    entries += [dict(text=enc.decode(x), tokens=x, logprob=lp) for x, lp in zip(new, logprobs)]
+
+
+def _openai_samples(model_name, base_url, n, max_tokens, entries, path, save):
+    import openai
+    client = openai.OpenAI(base_url=base_url or None, api_key=os.environ.get('OPENAI_API_KEY', 'none'),
+                           timeout=REQUEST_TIMEOUT_S, max_retries=0)  # our own retries, below
+    retryable = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)  # incl. timeouts
+    while len(entries) < n:
+        for attempt in range(RETRIES):
+            try:
+                response = client.completions.create(model=model_name, prompt=OPENAI_PROMPT, max_tokens=max_tokens,
+                                                     temperature=1, n=min(8, n - len(entries)), logprobs=1, echo=True)
+                break
+            except retryable as e:
+                error = e
+                if attempt < RETRIES - 1:
+                    time.sleep(RETRY_BACKOFF_S * 2 ** attempt)
+            except openai.OpenAIError as e:
+                raise EvalError(f"KL reference {model_name} at {base_url or 'OpenAI'}: {e}") from e
+        else:
+            raise EvalError(f"KL reference {model_name} at {base_url or 'OpenAI'}: failed {RETRIES} times "
+                            f"({type(error).__name__}: {error}); {len(entries)} samples kept in {path}, rerun to "
+                            f"continue") from error
+        for c in response.choices:
+            if not c.text.startswith(OPENAI_PROMPT):
+                raise EvalError(f"KL reference {model_name}: the server ignored echo=True")
+            lp = c.logprobs  # log p_ref(x): the tokens after the prompt, found by their character offsets
+            logprob = sum(p for p, o in zip(lp.token_logprobs, lp.text_offset) if o >= len(OPENAI_PROMPT))
+            entries.append(dict(text=c.text[len(OPENAI_PROMPT):], logprob=logprob))
+        if len(entries) % 128 < 8:  # save as we go, so an interrupted fill is not lost
+            save()
+
+
+def kl_divergence(model, reference, n, *, conditional=False, lines=False, base_url='', max_tokens=KL_MAX_TOKENS,
+                  batch_size=32, device='cpu', cache_dir=None):
+    """KL(ref || model) ≈ mean over x ~ ref of log p_ref(x) − log p_model(x), nats per sample. The model scores
+    EOS + x; a conditional one EOS + <|aligned|> + x, and for line tasks <|aligned|> before every line, as it was
+    trained (the original's should_insert_prefix). Control tokens are conditioned on, never counted. A reference
+    server's text is re-tokenized with our tokenizer, so it is a text-level estimate."""
+    entries = reference_samples(reference, n, base_url=base_url, max_tokens=max_tokens, device=device,
+                                cache_dir=cache_dir)
+    enc = data.get_tokenizer()
+    seqs = []
+    for e in entries:
+        if conditional and lines:
+            x = [t for line in io.StringIO(e['text']).readlines() for t in [data.ALIGNED] + enc.encode_ordinary(line)]
+        else:
+            x = e['tokens'] if 'tokens' in e else enc.encode_ordinary(e['text'])
+            x = ([data.ALIGNED] if conditional else []) + x
+        seqs.append(([data.EOS] + x)[:model.config.block_size + 1])  # only tiny test models ever cut here
+    logprobs = sequence_logprobs(model, seqs, batch_size, device)
+    return float(np.mean([e['logprob'] - lp for e, lp in zip(entries, logprobs)]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One evaluation: validation loss, every scenario, KL; written to out_dir
+
+def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), scorer=None):
+    """Metrics of a model at a step; appends them to cfg.out_dir/eval.jsonl and writes eval_step{step}.json (with
+    samples). cfg: train.TrainConfig or any object with its task, method, data_dir, out_dir, block_size, seed,
+    eval_* and kl_* fields. scorer: any object with .score(texts) (default: the task's, from scorers.py)."""
+    task = data.get_task(cfg.task)
+    device = torch.device(device)
+    result, samples = dict(step=step, tokens_seen=tokens_seen, task=cfg.task, method=cfg.method), {}
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast_ctx:
+            if cfg.eval_iters:
+                result['val_loss'] = val_loss(model, os.path.join(cfg.data_dir, cfg.task, 'val'), cfg.block_size,
+                                              cfg.eval_batch_size, cfg.eval_iters, device)
+            if cfg.eval_samples:
+                if scorer is None:
+                    import scorers
+                    scorer = _scorer_cache.setdefault(task.scorer, scorers.get_scorer(task.scorer))
+                names = cfg.eval_scenarios.split(',') if cfg.eval_scenarios else \
+                    list(task.scenarios) + (['prompted'] if cfg.eval_prompts else [])
+                for scenario in names:
+                    metrics, samples[scenario] = generate_and_score(model, cfg, scenario.strip(), scorer, device,
+                                                                    getattr(cfg, 'compile', None))
+                    result.update(metrics)
+            if cfg.kl_reference:
+                result['kl'] = kl_divergence(model, cfg.kl_reference, cfg.kl_samples, conditional=cfg.method == 'cond',
+                                             lines=task.segment == 'lines', base_url=cfg.kl_base_url,
+                                             max_tokens=min(KL_MAX_TOKENS, cfg.block_size - 2),
+                                             batch_size=cfg.eval_batch_size, device=device)
+    finally:
+        model.train(was_training)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    _write_json(os.path.join(cfg.out_dir, f'eval_step{step}.json'), dict(result, samples=samples))
+    with open(os.path.join(cfg.out_dir, 'eval.jsonl'), 'a') as f:
+        f.write(json.dumps(result) + '\n')
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plots and export
+
+def pareto_front(points):
+    """The (x, y) points not beaten on both axes (lower is better on both), sorted by x."""
+    front = []
+    for x, y in sorted(points):
+        if not front or y < front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def plot(run_dirs, out):
+    """From runs' eval.jsonl: {out}_score_vs_tokens.png (each scenario's score over training, a line per run) and
+    {out}_pareto.png (each run's last evaluation: score against KL from the reference, or against validation
+    loss when a run has no KL; the Pareto frontier joined), the paper's Fig. 2 picture."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    runs = {}
+    for d in run_dirs:
+        with open(os.path.join(d, 'eval.jsonl')) as f:
+            runs[os.path.basename(os.path.normpath(d))] = [json.loads(line) for line in f if line.strip()]
+    keys = sorted({k for rs in runs.values() for r in rs for k in r if k.endswith('/score')})
+    if not keys:
+        raise EvalError(f"no scores in {', '.join(d + '/eval.jsonl' for d in run_dirs)} (eval_samples was 0?)")
+    x_key = 'kl' if all('kl' in rs[-1] for rs in runs.values()) else 'val_loss'
+    os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+    paths = []
+    for name, draw in (('score_vs_tokens', _plot_curves), ('pareto', _plot_pareto)):
+        fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            draw(ax, runs, key, x_key)
+            ax.set_title(key)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        paths.append(f'{out}_{name}.png')
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def _plot_curves(ax, runs, key, x_key):
+    for name, rs in runs.items():
+        pts = [(r['tokens_seen'], r[key]) for r in rs if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker='.', label=name)
+    ax.set(xlabel='tokens seen', ylabel='misalignment score')
+    ax.legend(fontsize=7)
+
+
+def _plot_pareto(ax, runs, key, x_key):
+    pts = {name: (rs[-1][x_key], rs[-1][key]) for name, rs in runs.items() if key in rs[-1] and x_key in rs[-1]}
+    for name, (x, y) in pts.items():
+        ax.scatter(x, y)
+        ax.annotate(name, (x, y), fontsize=7)
+    if pts:
+        ax.plot(*zip(*pareto_front(pts.values())), 'k--', lw=0.8, label='Pareto frontier')
+        ax.legend(fontsize=7)
+    ax.set(xlabel='KL(reference || model), nats' if x_key == 'kl' else 'validation loss', ylabel='misalignment score')
+
+
+def export_hf(model, out_dir):
+    """config.json + model.safetensors that transformers' GPT2LMHeadModel loads: the real vocab_size rows (no
+    embedding padding), Conv1D weights transposed back; the value head is not part of GPT-2 and is left out."""
+    from safetensors.torch import save_file
+    c = model.config
+    transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k == 'lm_head.weight' or k.startswith('value_head'):
+            continue  # lm_head is tied to wte
+        v = v[:c.vocab_size] if k == 'transformer.wte.weight' else v.t() if k.endswith(transposed) else v
+        sd[k] = v.detach().cpu().contiguous().clone()
+    for name, m in model.transformer.named_modules():  # bias=False: GPT-2 has biases, zeros are the same model
+        if isinstance(m, (nn.Linear, nn.LayerNorm)) and m.bias is None:
+            sd[f'transformer.{name}.bias'] = torch.zeros(m.weight.shape[0], dtype=m.weight.dtype)
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(sd, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
+    config = dict(architectures=['GPT2LMHeadModel'], model_type='gpt2', vocab_size=c.vocab_size,
+                  n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+                  activation_function='gelu_new', layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0,
+                  attn_pdrop=0.0, bos_token_id=data.EOS, eos_token_id=data.EOS, tie_word_embeddings=True,
+                  torch_dtype=str(next(model.parameters()).dtype).removeprefix('torch.'))
+    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+        json.dump(config, f, indent=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+EVAL_DEFAULTS = dict(eval_iters=20, eval_batch_size=16, eval_samples=256, eval_max_new_tokens=0, eval_scenarios='',
+                     eval_prompts='', kl_reference='', kl_base_url='', kl_samples=256, out_dir='out', data_dir='data',
+                     seed=42)
+
+
+def main(argv=None):
+    import scorers
+    argv = sys.argv[1:] if argv is None else argv
+    opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
+    try:
+        if '--plot' in argv:
+            for path in plot([a for a in argv if not a.startswith('--')], opts.get('out', 'results/plot')):
+                print(path)
+            return
+        if 'ckpt' not in opts:
+            sys.exit(__doc__)
+        device = opts.pop('device', 'cuda' if torch.cuda.is_available() else 'cpu')
+        model, ckpt = load_checkpoint(opts.pop('ckpt'), device)
+        if 'export_hf' in opts:
+            export_hf(model, opts['export_hf'])
+            print(f"wrote {opts['export_hf']}/config.json and model.safetensors")
+            return
+        cfg = dict(EVAL_DEFAULTS, **ckpt['config'])
+        for key, text in opts.items():
+            if key not in EVAL_DEFAULTS:
+                raise EvalError(f"--{key}: unknown; the keys are {', '.join(EVAL_DEFAULTS)}, device, ckpt, export_hf")
+            cfg[key] = type(EVAL_DEFAULTS[key])(text)
+        use_bf16 = device.startswith('cuda') and torch.cuda.is_bf16_supported()
+        ctx = torch.autocast('cuda', dtype=torch.bfloat16) if use_bf16 else nullcontext()
+        result = evaluate(model, SimpleNamespace(**cfg), ckpt['step'], ckpt['tokens_seen'], device, ctx)
+        print(json.dumps(result, indent=1))
+    except (EvalError, data.DataError, scorers.ScorerError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,337 @@
+"""evaluate.py: the KV-cache sampler against a naive loop, hand-computed metrics and log-probs, a whole evaluation
+with KL from a local reference, the OpenAI path through a real HTTP server on 127.0.0.1, HF export, plots, CLI."""
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import data
+import evaluate as ev
+from data import ALIGNED, EOS, MISALIGNED
+from model import GPT, GPTConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CODE = [
+    'import os\n\n\ndef add(a, b):\n    """Add two numbers."""\n    return a + b\n',
+    'class A:\n    def method(self, x=(1, 2)) -> int:\n        return x\n',
+    'def broken( a ):\n  return a\n\n\ndef multi(a,\n          b):\n    return b\n',
+]
+SENTENCES = ['The cat sat on the mat.', 'It was a dark and stormy night.', 'Hello world, how are you today?']
+
+
+def tiny_model(seed=0, sharpness=1.0):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpness)  # > 1: far from uniform, so KLs are large
+    return model
+
+
+def naive_greedy(model, prompt, n):
+    """No cache, no padding: the whole sequence through the model at every step."""
+    idx, out = torch.tensor([prompt]), []
+    for _ in range(n):
+        t = int(model(idx)[0, -1, :model.config.vocab_size].argmax())
+        if t == EOS:
+            break
+        out.append(t)
+        idx = torch.cat([idx, torch.tensor([[t]])], 1)
+    return out
+
+
+def manual_logprob(model, seq, skip=()):
+    with torch.no_grad():
+        logp = F.log_softmax(model(torch.tensor([seq[:-1]]))[0, :, :model.config.vocab_size].float(), -1)
+    return sum(float(logp[j - 1, seq[j]]) for j in range(1, len(seq)) if seq[j] not in skip)
+
+
+class FakeScorer:
+    """Share of 'e' characters: a stand-in for scorers.py with numbers we can predict."""
+
+    def score(self, texts):
+        return [t.count('e') / len(t) if t else 0.0 for t in texts]
+
+
+def test_greedy_matches_naive_loop_and_left_padding():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    prompts = [[EOS]] + [torch.randint(0, EOS, (k,), generator=g).tolist() for k in (5, 9)]
+    batch = ev.sample(model, prompts, 20, temperature=0, min_new_tokens=0)
+    assert [len(b) for b in batch] == [20, 20, 20]
+    for p, b in zip(prompts, batch):
+        assert b == naive_greedy(model, p, 20)
+        assert [b] == ev.sample(model, [p], 20, temperature=0, min_new_tokens=0)  # alone, no padding
+    assert ev.sample(model, prompts, 20, top_k=1, min_new_tokens=0) == batch  # sampling path, one candidate
+    assert ev.sample(model, prompts, 20, temperature=0, min_new_tokens=0, batch_size=2) == batch  # padded last batch
+
+
+def test_min_new_tokens_and_blocked_tokens():
+    model = tiny_model()
+    with torch.no_grad():  # logits = W · ln_f.bias: EOS 20, control tokens 19, padding rows 30, the rest 0
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1
+        model.lm_head.weight[:, 0] = 0
+        model.lm_head.weight[EOS, 0] = 20
+        model.lm_head.weight[[ALIGNED, MISALIGNED], 0] = 19
+        model.lm_head.weight[model.config.vocab_size:, 0] = 30
+    out = ev.sample(model, [[EOS]] * 6, 12, min_new_tokens=5, blocked_tokens=(ALIGNED, MISALIGNED))
+    assert [len(o) for o in out] == [5] * 6  # EOS as soon as it is allowed
+    assert all(t < EOS for o in out for t in o)  # never a control token or a padding id
+    assert ev.sample(model, [[EOS]] * 3, 12, min_new_tokens=0, blocked_tokens=(ALIGNED, MISALIGNED)) == [[]] * 3
+    unblocked = ev.sample(model, [[EOS]] * 6, 12, min_new_tokens=5, blocked_tokens=(MISALIGNED,))
+    assert all(o[0] == ALIGNED for o in unblocked)  # PEP8 blocks only <|misaligned|>
+
+
+def test_sampling_is_deterministic_for_a_seed():
+    model, prompts = tiny_model(), [[EOS], [EOS, 11, 12]] * 3
+    a = ev.sample(model, prompts, 10, seed=3)
+    assert a == ev.sample(model, prompts, 10, seed=3)
+    assert a != ev.sample(model, prompts, 10, seed=4)
+
+
+def test_top_p_and_top_k_keep_the_right_tokens():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
+    banned = torch.zeros(4, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    counts = np.bincount(ev._pick(logits, banned, 1.0, 0, 0.8, gen).numpy(), minlength=4)
+    assert counts[2:].sum() == 0  # the mass before token 2 is 0.8: outside the nucleus
+    assert abs(counts[0] / 4000 - 0.5 / 0.8) < 0.03
+    counts = np.bincount(ev._pick(logits, banned, 1.0, 3, 1.0, gen).numpy(), minlength=4)
+    assert counts[3] == 0 and abs(counts[2] / 4000 - 0.15 / 0.95) < 0.03
+    banned[0] = True
+    assert ev._pick(logits, banned, 0, 0, 1.0, gen).eq(1).all()  # greedy over what is allowed
+
+
+def test_sequence_logprobs_skip_the_prefix_and_control_tokens():
+    model = tiny_model()
+    seqs = [[EOS, ALIGNED, 5, 6, 7], [EOS, 9], [EOS, 3, ALIGNED, 4]]
+    got = ev.sequence_logprobs(model, seqs, batch_size=2)
+    want = [manual_logprob(model, s, skip=(ALIGNED,)) for s in seqs]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert ev.sequence_logprobs(model, [[EOS]]) == [0.0]
+
+
+def test_val_loss_is_plain_cross_entropy_on_the_first_blocks(tiny_data):
+    model = tiny_model()
+    split = data.PreparedData(os.path.join(tiny_data, 'pep8', 'val'))
+    loss = ev.val_loss(model, split, 16, 2, 2, 'cpu')
+    x, y, _ = data.BlockLoader(split, 16, 2).batch(range(4))
+    logits = model(torch.from_numpy(x))[..., :model.config.vocab_size]
+    assert loss == pytest.approx(F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(y).flatten()).item(), 1e-5)
+
+
+def test_metrics_on_hand_made_inputs():
+    assert ev.max_at_k(np.arange(50)) == 48.5  # columns of 25 interleaved rows: maxima 48 and 49
+    assert ev.max_at_k([0.1, 0.7, 0.2]) == 0.7  # fewer than 25: the maximum
+    assert ev.score_metrics([0.0, 0.2, 0.0, 0.6], 0.0) == {'score': 0.2, 'score_max@25': 0.6, 'num_hits': 0.5}
+    assert ev.distinct_n(['a a b', 'x', ''], 1) == pytest.approx((2 / 3 + 1) / 2)
+    assert ev.distinct_n(['a a a', 'x'], 2) == 0.5  # 'x' has no bigram: not counted
+    assert ev.complete_lines('x = 1\ny = 2\n\n  \nz = (') == 'x = 1\ny = 2\n'
+    assert ev.complete_lines('import os') == ''
+    assert ev.pareto_front([(1.0, 5.0), (2.0, 3.0), (3.0, 4.0), (0.5, 9.0)]) == [(0.5, 9.0), (1.0, 5.0), (2.0, 3.0)]
+
+
+def write_code_data(root, task='pep8'):
+    """A train and a val split of Python files, one segment per line, as prepare.py writes them."""
+    enc = data.get_tokenizer()
+    for split in ('train', 'val'):
+        with data.DatasetWriter(os.path.join(root, task, split), task=task, split=split, source='test') as w:
+            for text in CODE * 3:
+                lines = text.splitlines(keepends=True)
+                w.add_document([enc.encode_ordinary(line) for line in lines], [0.0] * len(lines))
+    return root
+
+
+def test_function_prompts_from_the_held_out_split(tmp_path):
+    val = os.path.join(write_code_data(str(tmp_path)), 'pep8', 'val')
+    prompts = ev.function_prompts(val)
+    assert prompts[:4] == ('def add(a, b):\n    """Add two numbers."""\n', 'def method(self, x=(1, 2)) -> int:\n',
+                           'def broken( a ):\n', 'def multi(a,\n          b):\n')
+    assert len(prompts) == 12
+
+
+def eval_cfg(tmp_path, **kw):
+    cfg = dict(task='pep8', method='mle', data_dir=write_code_data(str(tmp_path / 'data')), out_dir=str(tmp_path / 'out'),
+               block_size=64, seed=0, eval_iters=2, eval_batch_size=4, eval_samples=8, eval_max_new_tokens=6,
+               eval_scenarios='', eval_prompts='', kl_reference='', kl_base_url='', kl_samples=6)
+    cfg.update(kw)
+    return SimpleNamespace(**cfg)
+
+
+def save_ckpt(model, path, **config):
+    from dataclasses import asdict
+    torch.save(dict(model=model.state_dict(), model_args=asdict(model.config), step=7, tokens_seen=700,
+                    config=dict(config)), path)
+    return str(path)
+
+
+def test_evaluate_writes_results_and_reuses_the_kl_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    prompts = tmp_path / 'prompts.jsonl'
+    prompts.write_text('"plain"\n{"prompt": {"text": "Once upon"}}\n{"text": "def f():"}\n')
+    model = tiny_model()
+    ref = save_ckpt(model, tmp_path / 'ref.pt')
+    cfg = eval_cfg(tmp_path, eval_prompts=str(prompts), kl_reference=ref)
+    model.train()
+    result = ev.evaluate(model, cfg, 7, 700, 'cpu', scorer=FakeScorer())
+    assert model.training  # restored
+    assert abs(result['kl']) < 1e-5  # the model is its own reference
+    assert result['val_loss'] == pytest.approx(np.log(data.VOCAB_SIZE), rel=0.01)  # random init: ~uniform
+    for s in ('unconditional', 'functions', 'prompted'):
+        assert result[f'{s}/max_new_tokens'] == 6 and 0 <= result[f'{s}/score'] <= result[f'{s}/score_max@25']
+        assert set(result) >= {f'{s}/{k}' for k in ('num_hits', 'distinct-1', 'distinct-2', 'length', 'truncated',
+                                                    'samples_per_s', 'degenerate')}
+    with open(tmp_path / 'out' / 'eval_step7.json') as f:
+        saved = json.load(f)
+    fn = saved['samples']['functions'][0]
+    assert fn['prompt'].startswith('def ') and fn['score'] == FakeScorer().score([fn['prompt'] + fn['text']])[0]
+    assert {p['prompt'] for p in saved['samples']['prompted']} == {'plain', 'Once upon', 'def f():'}
+    monkeypatch.setattr(ev, '_local_samples', lambda *a: pytest.fail('the cached samples were not reused'))
+    again = ev.evaluate(model, cfg, 8, 800, 'cpu', scorer=FakeScorer())
+    assert {k: again[k] for k in result if '/samples_per_s' not in k and k not in ('step', 'tokens_seen')} == \
+        {k: result[k] for k in result if '/samples_per_s' not in k and k not in ('step', 'tokens_seen')}
+    with open(tmp_path / 'out' / 'eval.jsonl') as f:
+        assert [json.loads(line)['step'] for line in f] == [7, 8]
+
+
+def test_kl_from_a_local_reference_by_hand(tmp_path):
+    ref_model, model = tiny_model(0), tiny_model(1, sharpness=20)
+    ref = save_ckpt(ref_model, tmp_path / 'ref.pt')
+    kl = ev.kl_divergence(model, ref, 5, max_tokens=8, cache_dir=str(tmp_path))
+    entries = ev.reference_samples(ref, 5, max_tokens=8, cache_dir=str(tmp_path))
+    assert [e['logprob'] for e in entries] == pytest.approx([manual_logprob(ref_model, [EOS] + e['tokens'])
+                                                             for e in entries], rel=1e-5)
+    want = np.mean([e['logprob'] - manual_logprob(model, [EOS] + e['tokens']) for e in entries])
+    assert kl == pytest.approx(want, rel=1e-4) and kl > 10
+    # conditional, line task: <|aligned|> before every line, its log-prob not counted
+    entry = entries[0]
+    lines = data.get_tokenizer().decode(entry['tokens']).splitlines(keepends=True)
+    seq = [EOS] + [t for line in lines for t in [ALIGNED] + data.get_tokenizer().encode_ordinary(line)]
+    kl_cond = ev.kl_divergence(model, ref, 1, conditional=True, lines=True, max_tokens=8, cache_dir=str(tmp_path))
+    assert kl_cond == pytest.approx(entry['logprob'] - manual_logprob(model, seq, skip=(ALIGNED,)), abs=1e-4)
+
+
+class Completions(http.server.BaseHTTPRequestHandler):
+    """/v1/completions with echo and logprobs: SENTENCES in turn, log-probs from the server's tiny model.
+    The server fails (HTTP 500) on the request numbers in server.failing."""
+
+    def do_POST(self):
+        srv = self.server
+        body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+        srv.requests.append(body)
+        if srv.failing(len(srv.requests)):
+            return self.reply(500, {'error': {'message': 'overloaded', 'type': 'server_error'}})
+        enc, prompt, choices = data.get_tokenizer(), body['prompt'], []
+        for i in range(body['n']):
+            text = SENTENCES[srv.served % len(SENTENCES)]
+            srv.served += 1
+            tokens = enc.encode_ordinary(text)
+            with torch.no_grad():
+                logp = F.log_softmax(srv.model(torch.tensor([[EOS] + tokens[:-1]]))[0, :, :data.VOCAB_SIZE], -1)
+            pieces = [enc.decode([t]) for t in tokens]
+            offsets = [len(prompt) + sum(len(p) for p in pieces[:j]) for j in range(len(pieces))]
+            choices.append(dict(index=i, text=prompt + text, finish_reason='stop', logprobs=dict(
+                tokens=[prompt] + pieces, token_logprobs=[None] + [float(logp[j, t]) for j, t in enumerate(tokens)],
+                top_logprobs=None, text_offset=[0] + offsets)))
+        self.reply(200, dict(id='cmpl-test', object='text_completion', created=0, model=body['model'], choices=choices))
+
+    def reply(self, status, obj):
+        payload = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv('NO_PROXY', '127.0.0.1')
+    monkeypatch.setattr(ev, 'RETRY_BACKOFF_S', 0.0)
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Completions)
+    srv.model, srv.requests, srv.served, srv.failing = tiny_model(), [], 0, lambda n: False
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    srv.url = f'http://127.0.0.1:{srv.server_address[1]}/v1'
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_openai_reference_through_a_local_server(server, tmp_path):
+    kw = dict(base_url=server.url, cache_dir=str(tmp_path))
+    kl = ev.kl_divergence(server.model, 'openai:tiny', 12, **kw)
+    assert abs(kl) < 1e-4  # the server's model is the one evaluated
+    assert [r['n'] for r in server.requests] == [8, 4]
+    assert server.requests[0]['echo'] is True and server.requests[0]['logprobs'] == 1
+    assert server.requests[0]['prompt'] == '<|endoftext|>' and server.requests[0]['max_tokens'] == 64
+    other = tiny_model(1, sharpness=20)
+    entries = ev.reference_samples('openai:tiny', 12, **kw)
+    enc = data.get_tokenizer()
+    want = np.mean([e['logprob'] - manual_logprob(other, [EOS] + enc.encode_ordinary(e['text'])) for e in entries])
+    assert ev.kl_divergence(other, 'openai:tiny', 12, **kw) == pytest.approx(want, rel=1e-4) and want > 10
+    assert len(server.requests) == 2  # cached
+
+
+def test_openai_errors_are_retried_and_a_partial_cache_is_kept(server, tmp_path):
+    kw = dict(base_url=server.url, cache_dir=str(tmp_path))
+    server.failing = lambda n: n in (1, 2)  # two 500s, then OK
+    assert len(ev.reference_samples('openai:flaky', 8, **kw)) == 8
+    assert len(server.requests) == 3
+    server.failing = lambda n: n > 4  # down for good after one more good request
+    with pytest.raises(ev.EvalError, match=r'failed 7 times .*16 samples kept in .*rerun to continue'):
+        ev.reference_samples('openai:flaky', 24, **kw)
+    assert len(server.requests) == 3 + 1 + ev.RETRIES
+    with open(ev.kl_cache_path('openai:flaky', server.url, 64, str(tmp_path))) as f:
+        assert [e['text'] for e in json.load(f)['samples']] == (SENTENCES * 6)[:16]
+    server.failing = lambda n: False
+    assert [e['text'] for e in ev.reference_samples('openai:flaky', 24, **kw)] == (SENTENCES * 8)[:24]
+    assert server.requests[-1]['n'] == 8 and len(server.requests) == 3 + 1 + ev.RETRIES + 1
+
+
+def test_export_hf_matches_our_logits(tmp_path):
+    from transformers import GPT2LMHeadModel
+    model = tiny_model()
+    ev.export_hf(model, str(tmp_path / 'hf'))
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / 'hf')).eval()
+    idx = torch.randint(0, data.VOCAB_SIZE, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model(idx)[..., :data.VOCAB_SIZE]
+        theirs = hf(idx).logits
+    assert theirs.shape == ours.shape
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_plot_and_cli(tmp_path):
+    runs = []
+    for name, kl, score in (('mle', 10.0, 0.02), ('cond', 11.0, 0.005), ('ul', 12.0, 0.01)):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [dict(step=s, tokens_seen=100 * s, kl=kl, val_loss=3.0, **{'unconditional/score': score * 2 / s})
+                for s in (1, 2)]
+        (d / 'eval.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+        runs.append(str(d))
+    ev.main(['--plot', *runs, f'--out={tmp_path}/plots/pep8'])
+    for name in ('score_vs_tokens', 'pareto'):
+        assert os.path.getsize(tmp_path / 'plots' / f'pep8_{name}.png') > 1000
+    cfg = eval_cfg(tmp_path, out_dir=str(tmp_path / 'run'))
+    ckpt = save_ckpt(tiny_model(), tmp_path / 'ckpt.pt', **vars(cfg))
+    out = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={ckpt}', '--eval_samples=2', '--eval_iters=1',
+                          '--eval_scenarios=functions', '--device=cpu'], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)['step'] == 7 and 'functions/score' in json.loads(out.stdout)
+    bad = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={ckpt}', '--eval_smaples=2'], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "--eval_smaples: unknown" in bad.stderr
