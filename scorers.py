@@ -93,7 +93,7 @@ class ToxicityScorer(Scorer):
             except Exception as e:
                 raise ScorerError(f"detoxify model {self.checkpoint or self.model!r} did not load ({type(e).__name__}: "
                                   f"{str(e)[:200]}); it downloads its weights at first use; offline, use the "
-                                  f"'profanity' scorer") from e
+                                  f"'profanity' scorer (prepare.py --scorer=profanity)") from e
         return np.atleast_1d(self._detoxify.predict(texts)['toxicity'])  # predict squeezes a batch of one
 
 
