@@ -61,9 +61,9 @@ def bench_train(args, objective, batch_size, impl='phf'):
     else:  # Hugging Face GPT2LMHeadModel with sdpa attention, the stack the paper's code used
         from transformers import GPT2Config, GPT2LMHeadModel
         model = GPT2LMHeadModel(GPT2Config(n_positions=T, n_layer=args.n_layer, n_head=args.n_head,
-                                           n_embd=args.n_embd), attn_implementation='sdpa').to(device)
+                                           n_embd=args.n_embd, attn_implementation='sdpa')).to(device)
         flops_per_token = GPT(GPTConfig(block_size=T, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                                        vocab_size=50257), ).flops_per_token()
+                                        vocab_size=50257)).flops_per_token()
         loss_fn = lambda m: m(input_ids=x, labels=x).loss
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.startswith('cuda'))
     compiled = torch.compile(model) if args.compile else model
@@ -110,7 +110,7 @@ def bench_sample(args):
               seconds=round(ours, 3), tokens_per_s=round(n * new / ours)))
     from transformers import GPT2Config, GPT2LMHeadModel
     hf = GPT2LMHeadModel(GPT2Config(n_positions=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                                    n_embd=args.n_embd), attn_implementation='sdpa').to(device).eval()
+                                    n_embd=args.n_embd, attn_implementation='sdpa')).to(device).eval()
     if device.startswith('cuda'):
         hf = hf.to(torch.bfloat16)
     best = None
