@@ -9,6 +9,12 @@ KL from a reference LM, validation loss, plots, and export to Hugging Face forma
     python evaluate.py --plot out/pep8_mle out/pep8_cond --out=results/pep8
 
 train.py calls evaluate() every eval_interval steps with the same eval_* and kl_* fields of its config.
+
+Metrics, per scenario S: S/score (the paper's misalignment score: the mean), S/score_max@25, S/num_hits (share above
+the task's threshold), S/distinct-1 and -2, S/length (characters), S/truncated (share that hit the token budget),
+S/samples_per_s. PEP8 also: S/score_complete_lines (and its max@25, num_hits): the same without the cut last line of
+truncated samples, which pycodestyle otherwise counts; S/degenerate: the share left out of it as too short. Then
+val_loss (plain cross-entropy on the val split) and kl (KL(reference || model), nats per sample).
 """
 import hashlib
 import io
@@ -33,11 +39,11 @@ from model import GPT, GPTConfig, KVCache
 CONTROL_TOKENS = (data.ALIGNED, data.MISALIGNED)
 SAMPLE_BATCH_SIZE = 256  # GPT-2 small, 640 new tokens, bf16: 6 GB of cache
 PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
-MAX_PROMPT_CHARS = 512  # function signatures with longer docstrings are skipped
+MAX_PROMPT_TOKENS = 128  # longer prompts (e.g. signatures with long docstrings) are skipped; block_size/4 if smaller
 MIN_COMPLETE_CHARS = 20  # PEP8 complete-lines variant: a shorter remainder is degenerate, not scored
 KL_MAX_TOKENS = 64  # reference samples' length (reference §5.2)
 OPENAI_PROMPT = '<|endoftext|>'  # the original's "no prompt" (the API's default prompt)
-RETRIES, RETRY_BACKOFF_S, REQUEST_TIMEOUT_S = 7, 1.0, 120.0  # waits of 1, 2, ..., 64 s between attempts
+RETRIES, RETRY_BACKOFF_S, REQUEST_TIMEOUT_S = 7, 1.0, 120.0  # waits of 1, 2, 4, ..., 32 s between attempts
 
 
 class EvalError(Exception):
@@ -262,17 +268,17 @@ def function_prompts(val_dir, max_prompts=4096):
     enc, split, found = data.get_tokenizer(), data.PreparedData(val_dir), []
     for i in range(split.n_documents):
         text = enc.decode([t for t in split.document(i)[0].tolist() if t < data.EOS])
-        found += [textwrap.dedent(m.group(0)) for m in _SIGNATURE.finditer(text) if len(m.group(0)) <= MAX_PROMPT_CHARS]
+        found += [textwrap.dedent(m.group(0)) for m in _SIGNATURE.finditer(text)]
         if len(found) >= max_prompts:
             break
     return tuple(found[:max_prompts])
 
 
-def scenario_prompts(cfg, scenario, n):
-    """n prompt texts for a scenario: a prompt file's prompts in a seeded order, cycled (the original drew them with
-    replacement, and ignored n for conditional models, reference §7.8)."""
+def scenario_prompts(cfg, scenario, n, max_tokens):
+    """n prompts (token lists) for a scenario: the prompts of at most max_tokens tokens in a seeded order, cycled
+    (the original drew them with replacement, and ignored n for conditional models, reference §7.8)."""
     if scenario == 'unconditional':
-        return [''] * n
+        return [[]] * n
     if scenario == 'functions':
         texts = function_prompts(os.path.join(cfg.data_dir, cfg.task, 'val'))
     elif scenario == 'prompted':
@@ -281,21 +287,24 @@ def scenario_prompts(cfg, scenario, n):
         texts = load_prompts(cfg.eval_prompts)
     else:
         raise EvalError(f"unknown scenario {scenario!r}; choose from unconditional, functions, prompted")
-    order = np.random.default_rng(cfg.seed).permutation(len(texts))
-    return [texts[order[i % len(texts)]] for i in range(n)] if texts else []
+    enc = data.get_tokenizer()
+    prompts = [p for p in (enc.encode_ordinary(t) for t in texts) if len(p) <= max_tokens]
+    order = np.random.default_rng(cfg.seed).permutation(len(prompts))
+    return [prompts[order[i % len(prompts)]] for i in range(n)] if prompts else []
 
 
 def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     """(metrics, samples) of one scenario: cfg.eval_samples samples, scored (reference §5.1)."""
     task, enc = data.get_task(cfg.task), data.get_tokenizer()
-    texts = scenario_prompts(cfg, scenario, cfg.eval_samples)
-    if not texts:
-        print(f"warning: scenario {scenario!r} has no prompts; skipped", flush=True)
+    limit = min(MAX_PROMPT_TOKENS, cfg.block_size // 4)
+    prompts = scenario_prompts(cfg, scenario, cfg.eval_samples, limit)
+    if not prompts:
+        print(f"warning: scenario {scenario!r} has no prompts of at most {limit} tokens; skipped", flush=True)
         return {}, []
     cond = cfg.method == 'cond'
     prefix = [data.EOS] + ([data.ALIGNED] if cond else [])  # conditional models sample given <|aligned|> (§1.3)
-    keep = cfg.block_size // 2 - len(prefix)  # a long prompt keeps its end, leaving room for the continuation
-    prompts = [prefix + enc.encode_ordinary(t)[-keep:] for t in texts]
+    shown = [enc.decode(p) for p in prompts]
+    prompts = [prefix + p for p in prompts]
     default = task.max_new_tokens if scenario == 'unconditional' else min(task.max_new_tokens, PROMPTED_MAX_NEW_TOKENS)
     max_new = min(cfg.eval_max_new_tokens or default, cfg.block_size - max(len(p) for p in prompts))
     # our unconditional models never saw control tokens: block them, as the original's had none in the vocabulary
@@ -304,7 +313,6 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     new = sample(model, prompts, max_new, blocked_tokens=blocked, seed=cfg.seed, device=device, compile=compile)
     seconds = time.time() - t0
     conts = [enc.decode([t for t in toks if t < data.EOS]) for toks in new]  # control tokens stripped
-    shown = [enc.decode(p[len(prefix):]) for p in prompts]
     scored = [p + c for p, c in zip(shown, conts)] if scenario == 'functions' else conts  # §3 prompted scoring
     scores = _scores(scorer, scored)
     metrics = dict(score_metrics(scores, task.hit_threshold), **{
@@ -314,7 +322,8 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
         'max_new_tokens': max_new})
     if task.segment == 'lines':  # PEP8: also without the cut (evaluation notes); degenerate remainders set apart
         variant = [complete_lines(s) if len(t) == max_new else s for s, t in zip(scored, new)]
-        ok = [v for v in variant if len(v.strip()) >= MIN_COMPLETE_CHARS]
+        n_prompt = [len(p) if scenario == 'functions' else 0 for p in shown]  # the model's part must be long enough
+        ok = [v for v, k in zip(variant, n_prompt) if len(v[k:].strip()) >= MIN_COMPLETE_CHARS]
         metrics['degenerate'] = 1 - len(ok) / len(variant)
         if ok:
             metrics.update(score_metrics(_scores(scorer, ok), task.hit_threshold, '_complete_lines'))
@@ -367,6 +376,8 @@ def reference_samples(reference, n, *, base_url='', max_tokens=KL_MAX_TOKENS, de
     else:
         cache = dict(reference=reference, base_url=base_url, max_tokens=max_tokens, samples=[])
     entries, before = cache['samples'], len(cache['samples'])
+    if len(entries) < n:
+        print(f"KL reference {reference}: sampling {n - len(entries)} more into {path}", flush=True)
     try:
         if len(entries) < n and reference.startswith('openai:'):
             _openai_samples(reference[len('openai:'):], base_url, n, max_tokens, entries, path,
@@ -462,10 +473,10 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
                 if scorer is None:
                     import scorers
                     scorer = _scorer_cache.setdefault(task.scorer, scorers.get_scorer(task.scorer))
-                names = cfg.eval_scenarios.split(',') if cfg.eval_scenarios else \
+                names = [s.strip() for s in cfg.eval_scenarios.split(',')] if cfg.eval_scenarios else \
                     list(task.scenarios) + (['prompted'] if cfg.eval_prompts else [])
                 for scenario in names:
-                    metrics, samples[scenario] = generate_and_score(model, cfg, scenario.strip(), scorer, device,
+                    metrics, samples[scenario] = generate_and_score(model, cfg, scenario, scorer, device,
                                                                     getattr(cfg, 'compile', None))
                     result.update(metrics)
             if cfg.kl_reference:
@@ -526,9 +537,9 @@ def plot(run_dirs, out):
 
 def _plot_curves(ax, runs, key, x_key):
     for name, rs in runs.items():
-        pts = [(r['tokens_seen'], r[key]) for r in rs if key in r]
+        pts = {r['tokens_seen']: r[key] for r in rs if key in r}  # the last evaluation of a step counts (resumes)
         if pts:
-            ax.plot(*zip(*pts), marker='.', label=name)
+            ax.plot(*zip(*sorted(pts.items())), marker='.', label=name)
     ax.set(xlabel='tokens seen', ylabel='misalignment score')
     ax.legend(fontsize=7)
 

@@ -160,9 +160,9 @@ def test_function_prompts_from_the_held_out_split(tmp_path):
 
 
 def eval_cfg(tmp_path, **kw):
-    cfg = dict(task='pep8', method='mle', data_dir=write_code_data(str(tmp_path / 'data')), out_dir=str(tmp_path / 'out'),
-               block_size=64, seed=0, eval_iters=2, eval_batch_size=4, eval_samples=8, eval_max_new_tokens=6,
-               eval_scenarios='', eval_prompts='', kl_reference='', kl_base_url='', kl_samples=6)
+    cfg = dict(task='pep8', method='mle', data_dir=write_code_data(str(tmp_path / 'data')),
+               out_dir=str(tmp_path / 'out'), block_size=64, seed=0, eval_iters=2, eval_batch_size=4, eval_samples=8,
+               eval_max_new_tokens=6, eval_scenarios='', eval_prompts='', kl_reference='', kl_base_url='', kl_samples=6)
     cfg.update(kw)
     return SimpleNamespace(**cfg)
 
@@ -201,6 +201,32 @@ def test_evaluate_writes_results_and_reuses_the_kl_cache(tmp_path, monkeypatch):
         {k: result[k] for k in result if '/samples_per_s' not in k and k not in ('step', 'tokens_seen')}
     with open(tmp_path / 'out' / 'eval.jsonl') as f:
         assert [json.loads(line)['step'] for line in f] == [7, 8]
+
+
+@pytest.mark.parametrize('task,method,prefix,blocked', [
+    ('pep8', 'cond', [EOS, ALIGNED], (MISALIGNED,)), ('toxicity', 'cond', [EOS, ALIGNED], (ALIGNED, MISALIGNED)),
+    ('pep8', 'mle', [EOS], (ALIGNED, MISALIGNED))])
+def test_conditional_models_sample_after_aligned(tmp_path, monkeypatch, task, method, prefix, blocked):
+    calls = []
+    monkeypatch.setattr(ev, 'sample', lambda m, prompts, n, **kw: calls.append((prompts, kw)) or [[]] * len(prompts))
+    cfg = eval_cfg(tmp_path, task=task, method=method, eval_iters=0, eval_samples=3, eval_scenarios='unconditional')
+    ev.evaluate(tiny_model(), cfg, 1, 1, 'cpu', scorer=FakeScorer())
+    (prompts, kw), = calls
+    assert prompts == [prefix] * 3 and kw['blocked_tokens'] == blocked
+
+
+def test_pep8_scores_without_the_cut(tmp_path, monkeypatch):
+    enc = data.get_tokenizer()
+    cut = 'eeee = 1\nbb = 22222222222\ncut he'  # hit the token budget: its last line is not scored
+    short = 'hello there\n'  # ended by the model; shorter than MIN_COMPLETE_CHARS: degenerate
+    new = [enc.encode_ordinary(cut), enc.encode_ordinary(short)]
+    monkeypatch.setattr(ev, 'sample', lambda *a, **kw: new)
+    cfg = eval_cfg(tmp_path, eval_iters=0, eval_samples=2, eval_scenarios='unconditional',
+                   eval_max_new_tokens=len(new[0]))
+    r = ev.evaluate(tiny_model(), cfg, 1, 1, 'cpu', scorer=FakeScorer())
+    assert r['unconditional/score'] == pytest.approx((cut.count('e') / len(cut) + 3 / 12) / 2)
+    assert r['unconditional/score_complete_lines'] == pytest.approx(4 / len('eeee = 1\nbb = 22222222222\n'))
+    assert r['unconditional/degenerate'] == 0.5 and r['unconditional/truncated'] == 0.5
 
 
 def test_kl_from_a_local_reference_by_hand(tmp_path):
