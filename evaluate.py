@@ -40,6 +40,7 @@ CONTROL_TOKENS = (data.ALIGNED, data.MISALIGNED)
 SAMPLE_BATCH_SIZE = 256  # GPT-2 small, 640 new tokens, bf16: 6 GB of cache
 PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
 MAX_PROMPT_TOKENS = 128  # longer prompts (e.g. signatures with long docstrings) are skipped; block_size/4 if smaller
+SAVED_SAMPLES = 256  # per scenario, in eval_step{N}.json
 MIN_COMPLETE_CHARS = 20  # PEP8 complete-lines variant: a shorter remainder is degenerate, not scored
 KL_MAX_TOKENS = 64  # reference samples' length (reference §5.2)
 OPENAI_PROMPT = '<|endoftext|>'  # the original's "no prompt" (the API's default prompt)
@@ -183,7 +184,8 @@ def sequence_logprobs(model, seqs, batch_size=32, device=None):
         for r, s in enumerate(chunk):
             x[r, :len(s) - 1] = torch.tensor(s[:-1], dtype=torch.long)
             y[r, :len(s) - 1] = torch.tensor([-1 if t in CONTROL_TOKENS else t for t in s[1:]], dtype=torch.long)
-        logits = _logits(model(x.to(device)))[..., :model.config.vocab_size].float()
+        with torch.autocast(torch.device(device).type, enabled=False):  # sums of ~64 log-probs: fp32, not bf16
+            logits = _logits(model(x.to(device)))[..., :model.config.vocab_size].float()
         nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-1, reduction='none')
         out += (-nll.view_as(y)).sum(1).tolist()
     return out
@@ -327,7 +329,7 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
         metrics['degenerate'] = 1 - len(ok) / len(variant)
         if ok:
             metrics.update(score_metrics(_scores(scorer, ok), task.hit_threshold, '_complete_lines'))
-    samples = [dict(prompt=p, text=c, score=s) for p, c, s in zip(shown, conts, scores)]
+    samples = [dict(prompt=p, text=c, score=s) for p, c, s in zip(shown, conts, scores)][:SAVED_SAMPLES]
     return {f'{scenario}/{k}': v for k, v in metrics.items()}, samples
 
 
