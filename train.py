@@ -464,6 +464,12 @@ def main(argv=None):
     except (ConfigError, data.DataError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Exception as e:  # evaluation (a scorer without weights, a KL server down): the checkpoint is saved
+        if type(e).__name__ not in ('EvalError', 'ScorerError'):
+            raise
+        print(f"error during evaluation: {e}\nthe checkpoint is saved; fix the cause and rerun with --resume=True",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT_DIR)
 os.environ.setdefault('OMP_NUM_THREADS', '1')  # deterministic and fast on the 2-core CI machine
 
 import data  # noqa: E402
