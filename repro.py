@@ -85,15 +85,15 @@ def main(argv=None):
     order = sorted(methods, key=lambda m: m != 'mle')  # MLE first: it is the KL reference of the others
     for method in order:
         run_dir = os.path.join(results, method)
-        argv = [f'config/{args.task}_{method}.py'] + size['train'] + [
+        train_argv = [f'config/{args.task}_{method}.py'] + size['train'] + [
             f'--data_dir={args.data_dir}', f'--out_dir={run_dir}', f'--seed={args.seed}',
             f'--filter_threshold={median}'] + args.extra.split()
         if os.path.exists(mle_ckpt):
-            argv.append(f'--kl_reference={mle_ckpt}')
+            train_argv.append(f'--kl_reference={mle_ckpt}')
         if os.path.exists(os.path.join(run_dir, 'eval.jsonl')):
             print(f"{run_dir}: already evaluated, skipping (delete it to re-run)")
             continue
-        sh(['train.py'] + argv)
+        sh(['train.py'] + train_argv)
 
     if 'mle' in methods and 'kl' not in last_eval(os.path.join(results, 'mle')):
         # the reference's KL from itself (0 up to float error), so every run has a point on the KL axis

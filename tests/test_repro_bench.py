@@ -1,5 +1,6 @@
 """repro.py end to end on a tiny model and dataset (all six methods), and bench.py's CPU mode."""
 import json
+import math
 import os
 
 import bench
@@ -18,7 +19,8 @@ def test_repro_all_methods(tiny_data, tmp_path, monkeypatch):
     assert list(summary['runs']) == ['mle', 'filter', 'cond', 'ul', 'awr', 'rwr']
     for method, row in summary['runs'].items():
         assert row['method'] == method and row['val_loss'] > 0 and 'unconditional/score' in row
-        assert abs(row['kl']) < 1e-4 if method == 'mle' else row['kl'] > 0
+        # the MLE model is the KL reference: its KL from itself is 0; the others' is an estimate from 4 samples
+        assert abs(row['kl']) < 1e-4 if method == 'mle' else math.isfinite(row['kl']) and row['kl'] != 0
     table = open(os.path.join(results, 'results.md')).read()
     assert table.count('\n| ') == 7  # header and six methods
     for name in ('plot_score_vs_tokens.png', 'plot_pareto.png'):
