@@ -43,15 +43,17 @@ def last_eval(run_dir):
         return json.loads(f.readlines()[-1])
 
 
+COLUMNS = ('score', 'score_max@25', 'score_complete_lines', 'degenerate', 'distinct-1')  # per scenario
+
+
 def table(task, rows):
     scenarios = data.TASKS[task].scenarios
-    head = ['method'] + [f"{s} {m}" for s in scenarios for m in ('score', 'score_max@25')] + ['val loss',
-                                                                                              'KL(MLE‖model)']
+    cols = [(s, m) for s in scenarios for m in COLUMNS if any(f'{s}/{m}' in r for r in rows.values())]
+    head = ['method'] + [f"{s} {m}" for s, m in cols] + ['val loss', 'KL(MLE‖model)']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for method, r in rows.items():
-        cells = [method] + [f"{r.get(f'{s}/{m}', float('nan')):.5f}" for s in scenarios
-                            for m in ('score', 'score_max@25')]
-        cells += [f"{r.get('val_loss', float('nan')):.3f}", f"{r.get('kl', float('nan')):.3f}"]
+        cells = [method] + [f"{r[f'{s}/{m}']:.4g}" if f'{s}/{m}' in r else '–' for s, m in cols]
+        cells += [f"{r.get('val_loss', float('nan')):.3f}", f"{r.get('kl', float('nan')):.2f}"]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -102,7 +104,7 @@ def main(argv=None):
     md = table(args.task, rows)
     header = (f"{args.task}, size {args.size}: `python repro.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
               f"\n\ntraining tokens {train_data.n_tokens:,}; filter threshold (median document score) {median:.5g}; "
-              f"{(time.time() - t0) / 60:.1f} min\n\n")
+              f"{(time.time() - t0) / 60:.1f} min in this call\n\n")
     with open(os.path.join(results, 'results.md'), 'w') as f:
         f.write(header + md + '\n')
     with open(os.path.join(results, 'results.json'), 'w') as f:
