@@ -131,3 +131,29 @@ def test_batch_targets_and_rewards(tmp_path):
     x, y, r = loader.batch([1])  # tokens 4..8 -> inputs 4..7, targets 5..8
     assert x.tolist() == [[4, 5, 50256, 6]] and y.tolist() == [[5, 50256, 6, 7]]
     assert r.tolist()[0] == pytest.approx([-0.5, -0.1, -0.1, -0.0])  # reward of each target's segment
+
+
+def test_tokenizer_is_gpt2_with_control_tokens():
+    enc = data.get_tokenizer()
+    assert enc.encode('Hello world') == [15496, 995]
+    assert enc.encode('The quick brown fox jumps over the lazy dog.') == [464, 2068, 7586, 21831, 18045, 625, 262,
+                                                                          16931, 3290, 13]
+    assert enc.encode('<|endoftext|><|aligned|><|misaligned|>', allowed_special='all') == [50256, 50257, 50258]
+    assert enc.encode_ordinary('<|aligned|>') != [50257]  # text never turns into a control token
+
+
+def test_tokenizer_errors_say_what_to_do(tmp_path, monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError('no network')
+
+    monkeypatch.setattr(tiktoken, 'get_encoding', offline)
+    monkeypatch.setattr(data, '_tokenizer', None)
+    monkeypatch.setenv('PHF_GPT2_BPE', str(tmp_path / 'missing.tiktoken'))
+    with pytest.raises(data.DataError, match='python data.py fetch-tokenizer'):
+        data.get_tokenizer()
+    (tmp_path / 'bad.tiktoken').write_text('aGVsbG8= 0\n')
+    monkeypatch.setenv('PHF_GPT2_BPE', str(tmp_path / 'bad.tiktoken'))
+    with pytest.raises(data.DataError, match='sha256 mismatch'):
+        data.get_tokenizer()
