@@ -148,7 +148,8 @@ def sample(model, prompts, max_new_tokens, *, temperature=0.7, top_p=0.9, top_k=
         q = slots[:P, None]
         mask = (slots <= q) & (real[:, None, :] | (slots == q))  # (B, P, max_len)
         pos = (slots[:P] - pad[:, None]).clamp(min=0)
-        logits = _logits(model(idx, cache=cache, input_pos=slots[:P], attn_mask=mask[:, None], pos=pos))
+        logits = _logits(model(idx, cache=cache, input_pos=slots[:P], attn_mask=mask[:, None], pos=pos,
+                               last_only=True))
         logits = logits[:, -1].float()
         new = torch.full((B, max_new_tokens), eos_id, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)

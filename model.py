@@ -133,9 +133,10 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, cache=None, input_pos=None, attn_mask=None, pos=None):
+    def forward(self, idx, cache=None, input_pos=None, attn_mask=None, pos=None, last_only=False):
         """idx (B, T) token ids. Training: no other argument. Decoding: cache, input_pos (T,) the cache slots being
-        written, attn_mask (B, 1, T, max_len) which cache slots each query may see, pos (B, T) position ids."""
+        written, attn_mask (B, 1, T, max_len) which cache slots each query may see, pos (B, T) position ids;
+        last_only: outputs for the last position only (a prefill needs no (B, T, vocab) logits)."""
         B, T = idx.size()
         if pos is None:
             assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
@@ -143,7 +144,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache=cache, layer=i, input_pos=input_pos, attn_mask=attn_mask)
-        x = self.transformer.ln_f(x)
+        x = self.transformer.ln_f(x[:, -1:] if last_only else x)
         logits = self.lm_head(x)
         if self.value_head is None:
             return logits

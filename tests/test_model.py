@@ -64,3 +64,15 @@ def test_kv_cache_decoding_matches_full_forward():
         steps = [model(idx[:, t:t + 1], cache=cache, input_pos=torch.tensor([t]), attn_mask=mask[:, :, t:t + 1],
                        pos=torch.full((2, 1), t)) for t in range(8, 12)]
     torch.testing.assert_close(torch.cat([prefill] + steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_last_only_gives_the_last_position():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, value_head=True)).eval()
+    idx = torch.randint(0, 1000, (3, 10))
+    with torch.no_grad():
+        logits, values = model(idx)
+        last_logits, last_values = model(idx, last_only=True)
+    assert last_logits.shape == (3, 1, 50304) and last_values.shape == (3, 1)
+    torch.testing.assert_close(last_logits, logits[:, -1:])
+    torch.testing.assert_close(last_values, values[:, -1:])
