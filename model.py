@@ -10,7 +10,7 @@ With a KVCache it runs incremental decoding for the sampler in evaluate.py.
 import json
 import math
 import os
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn

@@ -387,6 +387,7 @@ def _train(cfg, ddp, rank, world, master, device_type):
             dist.barrier()
 
     keep_steps = {int(s) for s in cfg.keep_ckpt_steps.split(',') if s.strip()}
+    wants_eval = cfg.eval_iters or cfg.eval_samples or cfg.kl_reference
     n_params = raw_model.num_params()
     peak = peak_flops(cfg.device)
     if master:
@@ -447,7 +448,6 @@ def _train(cfg, ddp, rank, world, master, device_type):
                 raise TrainingError(f"non-finite loss before step {step}; stopped without saving. The last good "
                                     f"checkpoint is {ckpt_path}")
             checkpoint()
-        wants_eval = cfg.eval_iters or cfg.eval_samples or cfg.kl_reference
         if wants_eval and ((cfg.eval_interval and step % cfg.eval_interval == 0) or last):
             evaluate()
     if master:
