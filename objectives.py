@@ -5,18 +5,83 @@ Shapes: logits (B, T, V), targets (B, T) with -1 for ignored positions, rewards 
 targets[b, t] is the token predicted at position t; rewards[b, t] is the reward of the segment containing that
 target token, reward = -(misalignment score). Every loss is a mean over the non-ignored target positions.
 Filtering and conditional training change the data (data.py) and train with `mle`.
+
+Every objective needs only log p(target) per position, so `logits` may also be a ChunkedLogits: the final hidden
+states and the output embedding, from which log p(target) is computed a chunk of positions at a time and the
+(B, T, V) logits never exist whole (TrainConfig.loss_chunk_size).
 """
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
 IGNORE = -1
 
 
+class ChunkedLogits(NamedTuple):
+    """The logits hidden @ weight.T, computed chunk_size positions at a time and never materialised whole.
+    hidden (B, T, C): the model's final hidden states (after ln_f); weight (V, C): its output embedding."""
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    chunk_size: int
+
+
+class _ChunkedTargetLogprobs(torch.autograd.Function):
+    """log p(y_n) = z_n[y_n] − logsumexp(z_n) with z_n = h_n @ W.T, for rows n of hidden (N, C), a chunk of rows at a
+    time; 0 where y_n = IGNORE. Saves h, W, y and the per-row logsumexp, never the (N, V) logits: the backward
+    recomputes each chunk's logits, d log p(y_n) / d z_n = onehot(y_n) − softmax(z_n), and accumulates grad h and
+    grad W. The matmuls run in the dtype of h and W (the caller casts them), the softmax arithmetic in fp32."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size):
+        logprobs, logsumexps = [], []
+        for start in range(0, hidden.size(0), chunk_size):
+            y = targets[start:start + chunk_size]
+            logits = (hidden[start:start + chunk_size] @ weight.t()).float()  # (chunk, V)
+            logsumexp = torch.logsumexp(logits, dim=-1)
+            target_logits = logits.gather(1, y.clamp(min=0)[:, None]).squeeze(1)
+            logprobs.append(torch.where(y != IGNORE, target_logits - logsumexp, 0.0))
+            logsumexps.append(logsumexp)
+        ctx.save_for_backward(hidden, weight, targets, torch.cat(logsumexps))
+        ctx.chunk_size = chunk_size
+        return torch.cat(logprobs)
+
+    @staticmethod
+    def backward(ctx, grad_logprobs):
+        hidden, weight, targets, logsumexp = ctx.saved_tensors
+        grad_hidden = []
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # fp32 sum over chunks
+        for start in range(0, hidden.size(0), ctx.chunk_size):
+            end = start + ctx.chunk_size
+            h, y = hidden[start:end], targets[start:end]
+            grad = torch.where(y != IGNORE, grad_logprobs[start:end], 0.0)  # ignored rows: no gradient
+            # grad_logits = grad · (onehot(y) − softmax), built in place in the one (chunk, V) fp32 buffer
+            grad_logits = (h @ weight.t()).float().sub_(logsumexp[start:end, None]).exp_().mul_(-grad[:, None])
+            grad_logits.scatter_add_(1, y.clamp(min=0)[:, None], grad[:, None])
+            grad_logits = grad_logits.to(hidden.dtype)
+            grad_hidden.append(grad_logits @ weight)
+            grad_weight += (grad_logits.t() @ h).float()
+        return torch.cat(grad_hidden), grad_weight.to(weight.dtype), None, None
+
+
 def _target_logprobs(logits, targets):
-    """log p(target) at every position (0 where ignored) and the mask of positions that count. Through the fused
-    cross-entropy kernel, so no second (B, T, V) fp32 tensor of log-probabilities is materialised."""
-    ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction='none')
-    return -ce.view_as(targets), targets != IGNORE
+    """log p(target) at every position (0 where ignored) and the mask of positions that count. From plain logits:
+    through the fused cross-entropy kernel, so no second (B, T, V) fp32 tensor of log-probabilities is materialised.
+    From ChunkedLogits: a chunk of positions at a time (_ChunkedTargetLogprobs)."""
+    mask = targets != IGNORE
+    if not isinstance(logits, ChunkedLogits):
+        ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction='none')
+        return -ce.view_as(targets), mask
+    hidden, weight, chunk_size = logits
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        # The plain lm_head's matmul runs in the autocast dtype; so do the chunks'. The cast happens here, outside
+        # the Function, so that autograd casts the gradients back to fp32 and the Function's forward and backward
+        # (which runs outside autocast) multiply the same bf16/fp16 tensors whatever the autocast state.
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    logprobs = _ChunkedTargetLogprobs.apply(hidden.flatten(0, 1), weight, targets.flatten(), chunk_size)
+    return logprobs.view_as(targets), mask
 
 
 def _masked_mean(x, mask):
@@ -25,7 +90,8 @@ def _masked_mean(x, mask):
 
 def mle(logits, targets):
     """L = mean_t −log p(x_t)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+    logp, mask = _target_logprobs(logits, targets)
+    return _masked_mean(-logp, mask)
 
 
 def unlikelihood(logits, targets, rewards, threshold, alpha, soft=False):

@@ -1,10 +1,12 @@
-"""Objectives against values worked out by hand on a 3-token vocabulary."""
+"""Objectives against values worked out by hand on a 3-token vocabulary; the chunked log-prob path against the
+plain one."""
 import math
 
 import pytest
 import torch
 
-from objectives import awr, mle, unlikelihood
+import objectives
+from objectives import ChunkedLogits, awr, mle, unlikelihood
 
 # position 0: uniform over 3 tokens, p(target 0) = 1/3; position 1: logits (ln 3, 0, 0), p(target 1) = 1/5
 LOGITS = torch.tensor([[[0.0, 0.0, 0.0], [math.log(3.0), 0.0, 0.0]]])
@@ -89,3 +91,80 @@ def test_unlikelihood_gradient_pushes_misaligned_token_down():
     unlikelihood(logits, TARGETS, REWARDS, threshold=0.1, alpha=1.0).backward()
     # d/dz_1 of -ln(1 - p_1) / 2 = p_1 (1 - p_1) / (1 - p_1) / 2 = p_1 / 2 > 0: gradient descent lowers z_1
     assert logits.grad[0, 1, 1].item() == pytest.approx((1 / 5) / 2, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ChunkedLogits: the same losses and gradients as the plain logits hidden @ weight.T
+
+OBJECTIVES = {
+    'mle': lambda logits, values, y, r: mle(logits, y),
+    'ul': lambda logits, values, y, r: unlikelihood(logits, y, r, threshold=0.05, alpha=0.5),
+    'ul_soft': lambda logits, values, y, r: unlikelihood(logits, y, r, threshold=0.0, alpha=1.0, soft=True),
+    'awr': lambda logits, values, y, r: awr(logits, values, y, r, alpha=0.5, beta=0.1),
+}
+
+
+def loss_and_grads(objective, chunk_size, autocast=False):
+    """Loss and gradients w.r.t. hidden, weight and values on 2 × 37 positions (7 ignored), a 100-token vocabulary;
+    chunk_size 0: the plain logits."""
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 37, 16, generator=g).requires_grad_()
+    weight = torch.randn(100, 16, generator=g).requires_grad_()
+    values = (-torch.rand(2, 37, generator=g)).requires_grad_()
+    targets = torch.randint(0, 100, (2, 37), generator=g)
+    targets[0, :4] = targets[1, -3:] = -1
+    rewards = -0.1 * torch.rand(2, 37, generator=g)  # scores in [0, 0.1]: misaligned and aligned at threshold 0.05
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        logits = ChunkedLogits(hidden, weight, chunk_size) if chunk_size else hidden @ weight.t()
+        loss = OBJECTIVES[objective](logits, values, targets, rewards)
+    loss.backward()
+    return loss, hidden.grad, weight.grad, values.grad, targets
+
+
+@pytest.mark.parametrize('objective', OBJECTIVES)
+@pytest.mark.parametrize('chunk_size', [16, 74, 1000])  # 74 = 5 chunks, the last of 10 rows; all rows; one chunk
+def test_chunked_logits_match_plain(objective, chunk_size):
+    plain = loss_and_grads(objective, 0)
+    chunked = loss_and_grads(objective, chunk_size)
+    for a, b in zip(plain[:3], chunked[:3]):  # loss, grad hidden, grad weight
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    if objective == 'awr':
+        torch.testing.assert_close(chunked[3], plain[3], rtol=1e-5, atol=1e-6)
+    ignored = chunked[4] == -1
+    assert chunked[1][ignored].abs().sum().item() == 0.0  # ignored positions: no gradient
+    assert chunked[1][~ignored].abs().min().item() > 0.0
+
+
+def test_chunked_target_logprobs_match_plain():
+    """The shared log p(target) itself, under an upstream gradient that does not vanish at ignored positions:
+    those give 0 and pass no gradient on, as with the plain cross-entropy's ignore_index."""
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(3, 11, 8, generator=g).requires_grad_()
+    weight = torch.randn(40, 8, generator=g).requires_grad_()
+    targets = torch.randint(0, 40, (3, 11), generator=g)
+    targets[1] = -1  # a whole chunk ignored
+    targets[2, 5] = -1
+    upstream = torch.randn(3, 11, generator=g)
+    results = []
+    for logits in (hidden @ weight.t(), ChunkedLogits(hidden, weight, 11)):
+        logp, mask = objectives._target_logprobs(logits, targets)
+        (logp * upstream).sum().backward()
+        results.append((logp.detach(), mask, hidden.grad, weight.grad))
+        hidden.grad = weight.grad = None
+    (plain_logp, plain_mask, *plain_grads), (logp, mask, *grads) = results
+    assert torch.equal(mask, plain_mask) and logp[~mask].abs().sum().item() == 0.0
+    torch.testing.assert_close(logp, plain_logp, rtol=1e-5, atol=1e-6)
+    for a, b in zip(plain_grads, grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert grads[0][~mask].abs().sum().item() == 0.0
+
+
+@pytest.mark.parametrize('objective', OBJECTIVES)
+def test_chunked_logits_match_plain_under_bf16_autocast(objective):
+    """Both paths multiply in bf16 (the chunks like the plain matmul under autocast); the gradients land in fp32."""
+    plain = loss_and_grads(objective, 0, autocast=True)
+    chunked = loss_and_grads(objective, 16, autocast=True)
+    assert chunked[1].dtype == chunked[2].dtype == torch.float32
+    torch.testing.assert_close(chunked[0], plain[0], rtol=1e-3, atol=1e-3)
+    for a, b in zip(plain[1:3], chunked[1:3]):
+        torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-3 * a.abs().max().item())
