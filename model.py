@@ -133,10 +133,12 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, cache=None, input_pos=None, attn_mask=None, pos=None, last_only=False):
+    def forward(self, idx, cache=None, input_pos=None, attn_mask=None, pos=None, last_only=False, return_hidden=False):
         """idx (B, T) token ids. Training: no other argument. Decoding: cache, input_pos (T,) the cache slots being
         written, attn_mask (B, 1, T, max_len) which cache slots each query may see, pos (B, T) position ids;
-        last_only: outputs for the last position only (a prefill needs no (B, T, vocab) logits)."""
+        last_only: outputs for the last position only (a prefill needs no (B, T, vocab) logits);
+        return_hidden: the final hidden states (B, T, n_embd) after ln_f in place of the logits, for a loss that
+        applies lm_head.weight itself a chunk at a time (objectives.ChunkedLogits)."""
         B, T = idx.size()
         if pos is None:
             assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
@@ -145,7 +147,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache=cache, layer=i, input_pos=input_pos, attn_mask=attn_mask)
         x = self.transformer.ln_f(x[:, -1:] if last_only else x)
-        logits = self.lm_head(x)
+        logits = x if return_hidden else self.lm_head(x)
         if self.value_head is None:
             return logits
         return logits, -torch.sigmoid(self.value_head(x).squeeze(-1).float())

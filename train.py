@@ -76,7 +76,8 @@ class TrainConfig:
     # system
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
     dtype: str = 'auto'  # 'auto' (bf16 if supported, else fp16 on GPU; fp32 on CPU), 'float32', 'bfloat16', 'float16'
-    compile: Optional[bool] = None  # None: on for CUDA
+    compile: Optional[bool] = None  # None: on for CUDA; compiles the model and the loss as one graph
+    loss_chunk_size: int = 0  # 0: plain logits; N: log-probs N tokens at a time, never the whole (B, T, vocab) logits
     seed: int = 42
     # logging, evaluation, checkpoints
     log_interval: int = 10
@@ -164,15 +165,31 @@ def load_config(argv):
 # Pieces of the loop
 
 def compute_loss(cfg, model, x, y, rewards):
-    """The method's objective on one micro-batch."""
+    """The method's objective on one micro-batch. With loss_chunk_size > 0 the model returns its final hidden states
+    and the objective computes log-probs from them and lm_head.weight in chunks (objectives.ChunkedLogits)."""
+    chunked = cfg.loss_chunk_size > 0
+    outputs = model(x, return_hidden=chunked)
+    logits, values = outputs if cfg.method in ('awr', 'rwr') else (outputs, None)
+    if chunked:
+        logits = objectives.ChunkedLogits(logits, model.lm_head.weight, cfg.loss_chunk_size)
     if cfg.method in ('awr', 'rwr'):
-        logits, values = model(x)
         alpha = 1.0 if cfg.method == 'rwr' else cfg.awr_alpha
         return objectives.awr(logits, values, y, rewards, alpha, cfg.awr_beta, cfg.awr_clip_weight_max)
-    logits = model(x)
     if cfg.method == 'ul':
         return objectives.unlikelihood(logits, y, rewards, cfg.ul_threshold, cfg.ul_alpha, soft=cfg.ul_soft)
     return objectives.mle(logits, y)  # mle, and filter/cond whose work is done in the data
+
+
+class ModelWithLoss(torch.nn.Module):
+    """compute_loss as a module: torch.compile then takes the model and the objective as one graph (no eager
+    cross-entropy over the (B, T, vocab) logits), and DDP wraps both."""
+
+    def __init__(self, cfg, model):
+        super().__init__()
+        self.cfg, self.model = cfg, model
+
+    def forward(self, x, y, rewards):
+        return compute_loss(self.cfg, self.model, x, y, rewards)
 
 
 def get_lr(cfg, step, max_steps):
@@ -335,6 +352,7 @@ def _train(cfg, ddp, rank, world, master, device_type):
     else:
         torch.manual_seed(cfg.seed + rank)  # dropout differs across ranks
     raw_model = model
+    model = ModelWithLoss(cfg, raw_model)
     if cfg.compile if cfg.compile is not None else device_type == 'cuda':
         model = torch.compile(model)
     if ddp:
@@ -410,7 +428,7 @@ def _train(cfg, ddp, rank, world, master, device_type):
             x, y, r = loader.get((step * grad_accum + micro) * world + rank, cfg.device)
             sync = not ddp or micro == grad_accum - 1  # all-reduce gradients once per step
             with (nullcontext() if sync else model.no_sync()), ctx:
-                loss = compute_loss(cfg, model, x, y, r) / grad_accum
+                loss = model(x, y, r) / grad_accum
             scaler.scale(loss).backward()
             loss_sum += loss.detach()
         nonfinite |= ~torch.isfinite(loss_sum)  # checked at log/checkpoint time: no host sync per step

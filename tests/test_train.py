@@ -11,6 +11,7 @@ import torch
 
 import train
 from conftest import tiny_args
+from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,5 +169,36 @@ def test_compiled_training_matches_eager(tiny_data, tmp_path):
     eager, compiled = str(tmp_path / 'eager'), str(tmp_path / 'compiled')
     run(tiny_args(tiny_data, eager, max_tokens=3 * 4 * 32))
     run(tiny_args(tiny_data, compiled, max_tokens=3 * 4 * 32, compile=True))
+    for step, loss in losses(eager).items():
+        assert losses(compiled)[step] == pytest.approx(loss, rel=1e-4)
+
+
+@pytest.mark.parametrize('method', ['mle', 'ul', 'awr'])
+def test_chunked_loss_matches_plain(method):
+    """loss_chunk_size > 0: the same loss and gradients from the hidden states as from the model's logits."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16, value_head=method == 'awr'))
+    x = torch.randint(0, 50257, (2, 16))
+    y = torch.randint(0, 50257, (2, 16))
+    y[0, :3] = -1
+    rewards = -0.02 * torch.rand(2, 16)  # pep8's ul_threshold 0.01 splits these
+    results = []
+    for chunk_size in (0, 12):  # 32 positions: chunks of 12, 12 and 8
+        cfg = train.load_config([f'--method={method}', '--task=pep8', f'--loss_chunk_size={chunk_size}'])
+        model.zero_grad(set_to_none=True)
+        loss = train.compute_loss(cfg, model, x, y, rewards)
+        loss.backward()
+        results.append((loss.detach(), {k: p.grad for k, p in model.named_parameters()}))
+    (plain_loss, plain_grads), (loss, grads) = results
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-6)
+    for k in plain_grads:
+        torch.testing.assert_close(grads[k], plain_grads[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_compiled_chunked_loss_matches_eager_plain(tiny_data, tmp_path):
+    """The compiled graph of model and chunked loss trains like the eager model with the plain loss."""
+    eager, compiled = str(tmp_path / 'eager'), str(tmp_path / 'compiled')
+    run(tiny_args(tiny_data, eager, method='ul', max_tokens=3 * 4 * 32))
+    run(tiny_args(tiny_data, compiled, method='ul', max_tokens=3 * 4 * 32, compile=True, loss_chunk_size=24))
     for step, loss in losses(eager).items():
         assert losses(compiled)[step] == pytest.approx(loss, rel=1e-4)
