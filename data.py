@@ -3,7 +3,7 @@ Prepared data: the tokenizer, the task table, the on-disk format, and training b
 
 On-disk format (version 1). One directory per split, e.g. data/pep8/train/, holding:
 
-    header.json      {"format": "phf", "version": 1, "task", "split", "tokenizer": "gpt2", "vocab_size",
+    header.json      {"format": "phf", "version": 1, "task", "split", "tokenizer": "gpt2+spaces", "vocab_size",
                       "n_tokens", "n_segments", "n_documents", "eos_id", "source", "scorer", "transform", ...}
     tokens.bin       uint16  [n_tokens]     token ids of all documents, concatenated. Each document starts with
                                             <|endoftext|> (50256), the document separator (reference §2.4).
@@ -37,7 +37,9 @@ FORMAT_VERSION = 1
 EOS = 50256  # <|endoftext|>
 ALIGNED = 50257  # <|aligned|>, the paper's <|good|>
 MISALIGNED = 50258  # <|misaligned|>, the paper's <|bad|>
-VOCAB_SIZE = 50259  # GPT-2's 50257 ids plus the two control tokens
+SPACE_RUNS = {n: 50257 + n for n in range(2, 26)}  # a run of n spaces is one token: 2 -> 50259 ... 25 -> 50282
+VOCAB_SIZE = 50283  # GPT-2's 50257 ids, the two control tokens, the 24 space runs
+TOKENIZER = 'gpt2+spaces'  # the name prepared data records; data from another tokenizer is refused
 FILES = {'tokens': np.uint16, 'seg_starts': np.uint32, 'seg_scores': np.float32,
          'doc_starts': np.uint32, 'doc_scores': np.float32}
 
@@ -91,7 +93,9 @@ class DataError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Tokenizer: tiktoken's GPT-2 BPE plus the two control tokens.
+# Tokenizer: tiktoken's GPT-2 BPE, plus tokens for runs of 2-25 spaces (as OpenAI's Codex tokenizer p50k_base added
+# to GPT-2's: GPT-2 spends one token per space of indentation; with the runs, Python code takes 0.63x the tokens),
+# plus the two control tokens. Text without a run of two or more spaces tokenizes exactly as with GPT-2.
 
 GPT2_BPE_SHA256 = '306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930'
 WHISPER_SDIST = 'openai-whisper==20250625'  # a PyPI sdist that ships the GPT-2 BPE as whisper/assets/gpt2.tiktoken
@@ -105,8 +109,8 @@ def bpe_path():
 
 
 def get_tokenizer():
-    """The GPT-2 tokenizer with <|aligned|> = 50257 and <|misaligned|> = 50258. Tries tiktoken's own 'gpt2' (its
-    cache, or a download), then the local BPE file at bpe_path()."""
+    """GPT-2's BPE with the space runs (SPACE_RUNS), <|aligned|> = 50257 and <|misaligned|> = 50258. The BPE comes
+    from tiktoken's own 'gpt2' (its cache, or a download), else from the local file at bpe_path()."""
     global _tokenizer
     if _tokenizer is not None:
         return _tokenizer
@@ -125,10 +129,17 @@ def get_tokenizer():
         except ValueError:
             raise DataError(f"{path}: not the GPT-2 BPE (sha256 mismatch); delete it and run "
                             f"`python data.py fetch-tokenizer`") from None
+    # ranks ascending with length: BPE merges a run pairwise up to one token (runs over 25 split into several)
+    ranks = {**ranks, **{b' ' * n: i for n, i in SPACE_RUNS.items()}}
     _tokenizer = tiktoken.Encoding(name='gpt2_phf', pat_str=r50k_pat_str, mergeable_ranks=ranks,
                                    special_tokens={'<|endoftext|>': EOS, '<|aligned|>': ALIGNED,
                                                    '<|misaligned|>': MISALIGNED})
     return _tokenizer
+
+
+def decode(tokens):
+    """The text of token ids, without <|endoftext|> and the control tokens."""
+    return get_tokenizer().decode([t for t in tokens if t not in (EOS, ALIGNED, MISALIGNED)])
 
 
 def fetch_tokenizer():
@@ -170,13 +181,13 @@ class DatasetWriter:
             w.add_document([[tok, ...], [tok, ...]], [score, score])
     """
 
-    def __init__(self, out_dir, *, task, split, source='', scorer='', vocab_size=EOS + 1, transform=None,
+    def __init__(self, out_dir, *, task, split, source='', scorer='', vocab_size=VOCAB_SIZE, transform=None,
                  extra=None):
         self.out_dir = out_dir.rstrip('/')
         self.tmp_dir = f"{self.out_dir}.tmp-{os.getpid()}"
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         os.makedirs(self.tmp_dir)
-        self.header = dict(format='phf', version=FORMAT_VERSION, task=task, split=split, tokenizer='gpt2',
+        self.header = dict(format='phf', version=FORMAT_VERSION, task=task, split=split, tokenizer=TOKENIZER,
                            vocab_size=vocab_size, eos_id=EOS, source=source, scorer=scorer, transform=transform,
                            **(extra or {}))
         self.files = {name: open(os.path.join(self.tmp_dir, name + '.bin'), 'wb') for name in FILES}
@@ -267,9 +278,9 @@ class PreparedData:
         if h.get('format') != 'phf' or h.get('version') != FORMAT_VERSION:
             raise DataError(f"{hp}: format {h.get('format')!r} version {h.get('version')!r}, this code reads "
                             f"'phf' version {FORMAT_VERSION}; re-run prepare.py")
-        if h.get('tokenizer') != 'gpt2' or h.get('eos_id') != EOS or h.get('vocab_size', 0) > VOCAB_SIZE:
+        if h.get('tokenizer') != TOKENIZER or h.get('eos_id') != EOS or h.get('vocab_size', 0) > VOCAB_SIZE:
             raise DataError(f"{hp}: tokenizer {h.get('tokenizer')!r} (vocab {h.get('vocab_size')}, eos "
-                            f"{h.get('eos_id')}) does not match gpt2 with {VOCAB_SIZE} ids; re-run prepare.py")
+                            f"{h.get('eos_id')}) does not match {TOKENIZER} with {VOCAB_SIZE} ids; re-run prepare.py")
         self.header = h
         counts = dict(tokens=h['n_tokens'], seg_starts=h['n_segments'], seg_scores=h['n_segments'],
                       doc_starts=h['n_documents'], doc_scores=h['n_documents'])

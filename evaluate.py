@@ -268,9 +268,9 @@ _SIGNATURE = re.compile(r'^([ \t]*)def \w+\((?:[^()]|\([^()]*\))*\)[^:\n]*:[ \t]
 def function_prompts(val_dir, max_prompts=4096):
     """Function signatures, each with its docstring if it has one, dedented, from the held-out split's documents in
     order: the original's CodeSearchNet 'functions' prompts (reference §5.1) with no download."""
-    enc, split, found = data.get_tokenizer(), data.PreparedData(val_dir), []
+    split, found = data.PreparedData(val_dir), []
     for i in range(split.n_documents):
-        text = enc.decode([t for t in split.document(i)[0].tolist() if t < data.EOS])
+        text = data.decode(split.document(i)[0].tolist())
         found += [textwrap.dedent(m.group(0)) for m in _SIGNATURE.finditer(text)]
         if len(found) >= max_prompts:
             break
@@ -315,7 +315,7 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     t0 = time.time()
     new = sample(model, prompts, max_new, blocked_tokens=blocked, seed=cfg.seed, device=device, compile=compile)
     seconds = time.time() - t0
-    conts = [enc.decode([t for t in toks if t < data.EOS]) for toks in new]  # control tokens stripped
+    conts = [data.decode(toks) for toks in new]  # control tokens stripped
     scored = [p + c for p, c in zip(shown, conts)] if scenario == 'functions' else conts  # §3 prompted scoring
     scores = _scores(scorer, scored)
     metrics = dict(score_metrics(scores, task.hit_threshold), **{

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 @dataclass
 class GPTConfig:
     block_size: int = 1024
-    vocab_size: int = 50259  # GPT-2's 50257 + <|aligned|> + <|misaligned|>; the embedding is padded past this
+    vocab_size: int = 50283  # GPT-2's 50257 + <|aligned|>, <|misaligned|> + 24 space runs (data.py); padded past this
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -166,10 +166,10 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
 
     @classmethod
-    def from_pretrained(cls, path, vocab_size=50259, value_head=False, block_size=None, seed=0):
+    def from_pretrained(cls, path, vocab_size=50283, value_head=False, block_size=None, seed=0):
         """Load a Hugging Face GPT-2 checkpoint: a directory with config.json and model.safetensors or
         pytorch_model.bin (any GPT-2 size), or a hub name such as 'gpt2' or 'gpt2-medium' (needs internet).
-        Embedding rows beyond the checkpoint's vocabulary (our control tokens) start at the mean of the existing rows
+        Embedding rows beyond the checkpoint's vocabulary (our control tokens and space runs) start at the mean of the existing rows
         plus 0.01·N(0,1) noise (Hewitt's trick, reference §1.3); padding rows start at the mean."""
         if not os.path.isdir(path):
             from huggingface_hub import snapshot_download  # installed with transformers; fetches from the hub

@@ -268,7 +268,7 @@ def build_model(cfg, ckpt):
                 wte = model.transformer.wte.weight
                 g = torch.Generator().manual_seed(cfg.seed)
                 mean = wte[:data.EOS + 1].mean(0)
-                wte[data.ALIGNED:data.VOCAB_SIZE] = mean + 0.01 * torch.randn(2, wte.size(1), generator=g)
+                wte[data.ALIGNED:data.MISALIGNED + 1] = mean + 0.01 * torch.randn(2, wte.size(1), generator=g)
         return model
     return GPT.from_pretrained(cfg.init_from, vocab_size=data.VOCAB_SIZE, value_head=value_head,
                                block_size=cfg.block_size)

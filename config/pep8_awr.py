@@ -1,5 +1,5 @@
 # pep8, awr: advantage-weighted regression with a value head.
-# GPT-2 small from scratch on codeparrot Python, GPT-2 BPE (the original used codeparrot's tokenizer).
+# GPT-2 small from scratch on codeparrot Python; GPT-2 BPE with space-run tokens (the original: codeparrot's tokenizer).
 # 256 sequences × 1024 tokens = 262,144 tokens per step; 3.3e9 tokens = 12,588 steps.
 task = 'pep8'
 method = 'awr'

@@ -1,5 +1,5 @@
 # pep8, cond: MLE on text with <|aligned|>/<|misaligned|> before each segment; thresholds from data.TASKS.
-# GPT-2 small from scratch on codeparrot Python, GPT-2 BPE (the original used codeparrot's tokenizer).
+# GPT-2 small from scratch on codeparrot Python; GPT-2 BPE with space-run tokens (the original: codeparrot's tokenizer).
 # 64 sequences × 1024 tokens = 65,536 tokens per step; 3.3e9 tokens = 50,354 steps.
 task = 'pep8'
 method = 'cond'

@@ -142,6 +142,19 @@ def test_tokenizer_is_gpt2_with_control_tokens():
     assert enc.encode_ordinary('<|aligned|>') != [50257]  # text never turns into a control token
 
 
+def test_tokenizer_has_one_token_per_run_of_spaces():
+    enc = data.get_tokenizer()
+    assert enc.encode(' ') == [220] and enc.encode('  ') == [50259] and enc.encode(' ' * 25) == [50282]
+    # "\n" + 7 spaces, then " return" takes the eighth space (GPT-2's pre-tokenizer), as 8 + 1 tokens in GPT-2
+    assert enc.encode('\n        return x\n') == [198, 50264, 1441, 2124, 198]
+    assert enc.encode(' ' * 30) == [50273, 50271]  # 16 + 14: BPE merges a longer run pairwise, into a few tokens
+    code = 'def f(a,  b):\n    if a:\n\t\treturn  [b]\n' + ' ' * 60 + '# end\n'
+    assert enc.decode(enc.encode(code)) == code
+    assert max(enc.encode(code)) < data.VOCAB_SIZE
+    # special tokens are dropped from a sample's text, space runs are not
+    assert data.decode([50256, 50257, 50261, 87, 50258, 198]) == '    x\n'
+
+
 def test_tokenizer_errors_say_what_to_do(tmp_path, monkeypatch):
     import tiktoken
 
