@@ -4,20 +4,26 @@ the data loader, and the scorers. One JSON line per measurement on stdout.
 
     python bench.py                                  # GPU: GPT-2 small, T = 1024, bf16, compiled
     python bench.py --batch_sizes=16,32,64           # each micro-batch size (an OOM is reported, not fatal)
+    python bench.py --loss_chunk_sizes=0,2048,8192   # each objective with plain logits and in chunks
+    python bench.py --eager_loss                     # the model compiled alone, the loss eager (as before issue 6)
+    python bench.py --only=loss --device=cpu --batch_sizes=8 --loss_n_embd=128   # loss memory on CPU
     python bench.py --small                          # a tiny model for a few steps on CPU (what CI runs)
 """
 import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
 import data
+import objectives
 import train
 from model import GPT, GPTConfig
 
@@ -43,9 +49,11 @@ def timed_steps(step_fn, warmup, steps, device):
     return (time.perf_counter() - t0) / steps
 
 
-def bench_train(args, objective, batch_size, impl='phf'):
-    """Tokens/s of forward + backward + AdamW on random tokens for one objective."""
+def bench_train(args, objective, batch_size, impl='phf', loss_chunk_size=0):
+    """Tokens/s of forward + backward + AdamW on random tokens for one objective. Ours compiles the model with the
+    loss, as train.py does (train.ModelWithLoss), or with --eager_loss the model alone."""
     device, T = args.device, args.block_size
+    torch._dynamo.reset()  # each row compiles afresh, as a training run does, and never meets the recompile limit
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device.startswith('cuda') else torch.float32
     ctx = torch.autocast('cuda', dtype=dtype) if device.startswith('cuda') else torch.autocast('cpu', enabled=False)
@@ -55,18 +63,23 @@ def bench_train(args, objective, batch_size, impl='phf'):
     if impl == 'phf':
         model = GPT(GPTConfig(block_size=T, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                               value_head=objective in ('awr', 'rwr'))).to(device)
-        cfg = train.load_config([f'--method={objective}', '--task=pep8'])
+        cfg = train.load_config([f'--method={objective}', '--task=pep8', f'--loss_chunk_size={loss_chunk_size}'])
         flops_per_token = model.flops_per_token()
-        loss_fn = lambda m: train.compute_loss(cfg, m, x, y, rewards)
+        variant = dict(loss_chunk_size=loss_chunk_size, loss_compiled=args.compile and not args.eager_loss)
+        if args.eager_loss:
+            module, loss_fn = model, lambda m: train.compute_loss(cfg, m, x, y, rewards)
+        else:
+            module, loss_fn = train.ModelWithLoss(cfg, model), lambda m: m(x, y, rewards)
     else:  # Hugging Face GPT2LMHeadModel with sdpa attention, the stack the paper's code used
         from transformers import GPT2Config, GPT2LMHeadModel
         model = GPT2LMHeadModel(GPT2Config(n_positions=T, n_layer=args.n_layer, n_head=args.n_head,
                                            n_embd=args.n_embd, attn_implementation='sdpa')).to(device)
         flops_per_token = GPT(GPTConfig(block_size=T, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                                         vocab_size=50257)).flops_per_token()
-        loss_fn = lambda m: m(input_ids=x, labels=x).loss
+        variant = {}
+        module, loss_fn = model, lambda m: m(input_ids=x, labels=x).loss
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.startswith('cuda'))
-    compiled = torch.compile(model) if args.compile else model
+    compiled = torch.compile(module) if args.compile else module
 
     def step():
         with ctx:
@@ -80,13 +93,71 @@ def bench_train(args, objective, batch_size, impl='phf'):
     try:
         dt = timed_steps(step, args.warmup, args.steps, device)
     except torch.OutOfMemoryError:
-        return emit(dict(bench='train', impl=impl, objective=objective, batch_size=batch_size, error='OOM'))
+        return emit(dict(bench='train', impl=impl, objective=objective, batch_size=batch_size, **variant,
+                         error='OOM'))
     tok_s = batch_size * T / dt
     peak = train.peak_flops(device)
     return emit(dict(bench='train', impl=impl, objective=objective, batch_size=batch_size, compile=args.compile,
-                     tokens_per_s=round(tok_s), mfu=round(flops_per_token * tok_s / peak, 4) if peak else None,
+                     **variant, tokens_per_s=round(tok_s),
+                     mfu=round(flops_per_token * tok_s / peak, 4) if peak else None,
                      peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
                      if device.startswith('cuda') else None))
+
+
+def bench_loss(args, batch_size):
+    """Seconds and peak memory of the MLE loss + backward alone, from hidden states (batch_size · block_size,
+    n_embd) through the (50304, n_embd) output embedding, with plain logits and in chunks. On CPU each variant runs
+    in a fresh process whose malloc returns every block over 64 KiB to the OS when freed, so that the peak RSS is
+    the peak of live memory (glibc would otherwise keep freed blocks up to 32 MiB for reuse)."""
+    for chunk_size in args.loss_chunk_sizes:
+        shape = (batch_size * args.block_size, args.loss_n_embd or args.n_embd, chunk_size, args.loss_steps)
+        if args.device.startswith('cuda'):
+            loss_cost(args.device, *shape, args.compile)
+            continue
+        out = subprocess.run([sys.executable, '-c', f"import bench; bench.loss_cost('cpu', *{shape}, False)"],
+                             cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True,
+                             env=dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536'))
+        if out.returncode:
+            sys.exit(out.stderr)
+        emit(json.loads(out.stdout))
+
+
+def loss_cost(device, n_tokens, n_embd, chunk_size, steps, compile):
+    """One bench_loss row: bf16 autocast (and torch.compile if asked) on CUDA, fp32 on CPU. The peak counts what
+    the timed steps allocate beyond the inputs and their gradients: CUDA's allocator statistics, or on CPU (Linux)
+    the peak RSS, restarted from the current RSS after the warm-up step."""
+    cuda = device.startswith('cuda')
+    torch.manual_seed(0)
+    hidden = torch.randn(1, n_tokens, n_embd, device=device, requires_grad=True)
+    weight = (0.02 * torch.randn(50304, n_embd, device=device)).requires_grad_()
+    targets = torch.randint(0, data.EOS, (1, n_tokens), device=device)
+    hidden.grad, weight.grad = torch.zeros_like(hidden), torch.zeros_like(weight)
+    ctx = torch.autocast('cuda', dtype=torch.bfloat16) if cuda else nullcontext()
+
+    def loss_fn(hidden, weight, targets):
+        logits = objectives.ChunkedLogits(hidden, weight, chunk_size) if chunk_size else hidden @ weight.t()
+        return objectives.mle(logits, targets)
+
+    compiled = torch.compile(loss_fn) if compile else loss_fn
+
+    def step():
+        with ctx:
+            loss = compiled(hidden, weight, targets)
+        loss.backward()
+
+    step()  # warm-up, and the compile
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # VmHWM := VmRSS: the peak of the imports and of the warm-up does not count
+        rss_kib = lambda key: next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(key))
+        rss_before = rss_kib('VmRSS:')
+    dt = timed_steps(step, 0, steps, device)
+    peak_mb = (torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()) / 2 ** 20 if cuda else \
+        (rss_kib('VmHWM:') - rss_before) / 2 ** 10
+    return emit(dict(bench='loss', objective='mle', n_tokens=n_tokens, n_embd=n_embd, loss_chunk_size=chunk_size,
+                     compile=compile, seconds=round(dt, 4), peak_mb=round(peak_mb)))
 
 
 def bench_sample(args):
@@ -178,18 +249,23 @@ def main(argv=None):
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--batch_sizes', default='32')
     p.add_argument('--objectives', default='mle,cond,ul,awr')
-    p.add_argument('--only', default='train,hf,sample,loader,scorers')
+    p.add_argument('--loss_chunk_sizes', default='0,4096', help='TrainConfig.loss_chunk_size values (0: plain)')
+    p.add_argument('--eager_loss', action='store_true', help='compile the model without the loss')
+    p.add_argument('--loss_n_embd', type=int, help="the loss rows' hidden width (default: the model's)")
+    p.add_argument('--only', default='train,hf,loss,sample,loader,scorers')
     args = p.parse_args(argv)
+    cuda = args.device.startswith('cuda')
     gpt2_small = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, warmup=10, steps=30, samples=4096,
                       new_tokens=128, sample_batch=4096, hf_sample_batches=[1024, 4096], loader_docs=20000,
-                      loader_batch=32, scorer_texts=200, compile=args.device.startswith('cuda'))
+                      loader_batch=32, scorer_texts=200, compile=cuda, loss_steps=10 if cuda else 2)
     tiny = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, warmup=1, steps=2, samples=8, new_tokens=8,
                 sample_batch=8, hf_sample_batches=[8], loader_docs=200, loader_batch=4, scorer_texts=8,
-                compile=False)
+                compile=False, loss_steps=1)
     for k, v in (tiny if args.small else gpt2_small).items():
         setattr(args, k, v)
     if args.small:
-        args.batch_sizes = '2'
+        args.batch_sizes, args.loss_chunk_sizes = '2', '0,48'  # 128 positions: chunks of 48, 48 and 32
+    args.loss_chunk_sizes = [int(c) for c in args.loss_chunk_sizes.split(',')]
     only = set(args.only.split(','))
     emit(dict(bench='env', device=torch.cuda.get_device_name(args.device) if args.device.startswith('cuda')
               else platform.processor() or 'cpu', torch=torch.__version__, python=sys.version.split()[0],
@@ -197,9 +273,12 @@ def main(argv=None):
     for batch_size in (int(b) for b in args.batch_sizes.split(',')):
         if 'train' in only:
             for objective in args.objectives.split(','):
-                bench_train(args, objective, batch_size)
+                for loss_chunk_size in args.loss_chunk_sizes:
+                    bench_train(args, objective, batch_size, loss_chunk_size=loss_chunk_size)
         if 'hf' in only:
             bench_train(args, 'mle', batch_size, impl='hf_gpt2')
+        if 'loss' in only:
+            bench_loss(args, batch_size)
     if 'sample' in only:
         bench_sample(args)
     if 'loader' in only:
