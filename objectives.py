@@ -66,8 +66,9 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
 
 def _target_logprobs(logits, targets):
     """log p(target) at every position (0 where ignored) and the mask of positions that count. From plain logits:
-    through the fused cross-entropy kernel, so no second (B, T, V) fp32 tensor of log-probabilities is materialised.
-    From ChunkedLogits: a chunk of positions at a time (_ChunkedTargetLogprobs)."""
+    by cross-entropy, which run eagerly makes an fp32 copy of the (B, T, V) logits under autocast and keeps their
+    fp32 log-softmax until the backward; torch.compile can fuse these away. From ChunkedLogits: a chunk of positions
+    at a time (_ChunkedTargetLogprobs)."""
     mask = targets != IGNORE
     if not isinstance(logits, ChunkedLogits):
         ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction='none')
@@ -75,9 +76,10 @@ def _target_logprobs(logits, targets):
     hidden, weight, chunk_size = logits
     device_type = hidden.device.type
     if torch.is_autocast_enabled(device_type):
-        # The plain lm_head's matmul runs in the autocast dtype; so do the chunks'. The cast happens here, outside
-        # the Function, so that autograd casts the gradients back to fp32 and the Function's forward and backward
-        # (which runs outside autocast) multiply the same bf16/fp16 tensors whatever the autocast state.
+        # The plain lm_head's matmul runs in the autocast dtype; so do the chunks'. Cast here, outside the Function:
+        # autograd casts the gradients back to fp32, and the Function multiplies the same bf16/fp16 tensors in its
+        # forward and in its backward whether or not autocast is on when the backward runs (custom_fwd/custom_bwd
+        # would do the same but fix the device type where the Function is defined).
         dtype = torch.get_autocast_dtype(device_type)
         hidden, weight = hidden.to(dtype), weight.to(dtype)
     logprobs = _ChunkedTargetLogprobs.apply(hidden.flatten(0, 1), weight, targets.flatten(), chunk_size)
