@@ -26,7 +26,7 @@ SIZES = {
     'cpu': dict(train=['config/cpu_small.py'], prepare=['--source=local']),
     'gpu': dict(train=['--n_layer=8', '--n_head=8', '--n_embd=512', '--block_size=512', '--batch_size=64',
                        '--total_batch_size=64', '--max_tokens=40_000_000', '--learning_rate=1e-3',
-                       '--warmup_frac=0.02', '--eval_interval=200', '--eval_samples=1024', '--kl_samples=1024',
+                       '--warmup_frac=0.02', '--eval_interval=400', '--eval_samples=1024', '--kl_samples=1024',
                        '--eval_max_new_tokens=256', '--ckpt_interval=500', '--log_interval=50'],
                 prepare=['--source=local+site']),
 }

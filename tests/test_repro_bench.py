@@ -37,3 +37,12 @@ def test_bench_small(capsys, monkeypatch):
     assert ('train', 'hf_gpt2', 'mle') in kinds and ('sample', 'hf_generate', None) in kinds
     assert all(r['tokens_per_s'] > 0 for r in rows if 'tokens_per_s' in r)
     assert {r['name'] for r in rows if r['bench'] == 'scorer'} == {'pep8', 'pii'}
+
+
+def test_every_size_is_a_valid_training_config(monkeypatch):
+    import train
+    monkeypatch.chdir(ROOT_DIR)
+    for size in repro.SIZES.values():
+        for method in repro.METHODS:
+            cfg = train.load_config([f'config/pep8_{method}.py'] + size['train'])
+            assert cfg.method == method and cfg.total_batch_size % cfg.batch_size == 0
