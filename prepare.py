@@ -29,9 +29,9 @@ read in the order of another hash of their key, so any --max_docs/--max_bytes pr
 Large corpora: all cores (a process pool over chunks of documents, at most two chunks per process in flight, so
 memory does not grow with the corpus), a progress line on stderr, output staged in {out_dir}.tmp-PID and moved into
 place only when complete; what an interrupted run leaves is removed by the next one.
-Measured (2 cores): pep8 --source=local: 1,790 files (31.5 MB) -> 1,758 documents, 15.4M tokens, 37.7 MB on disk,
-48 s, peak RSS 79 MB per process. pii --source=local: 1,783 files (48.9 MB gzipped, 128 MB of text) -> 1,771
-documents, 47.9M tokens, 106 MB on disk, 158 s. Peak RSS follows the largest document, not the corpus size: 5 MB of
+Measured (2 cores): pep8 --source=local: 1,790 files (31.5 MB) -> 1,758 documents, 10.0M tokens, 26.9 MB on disk,
+58 s, peak RSS 77 MB per process. pii --source=local: 1,783 files (48.9 MB gzipped, 128 MB of text) -> 1,771
+documents, 44.8M tokens, 100 MB on disk, 131 s. Peak RSS follows the largest document, not the corpus size: 5 MB of
 code 71 MB, 31.5 MB 79 MB; a 4 MB generated .py file alone 150 MB; /usr/share/doc (a 6.7 MB changelog) 211 MB
 (main) and 274 MB (worker).
 """
