@@ -192,6 +192,52 @@ def sequence_logprobs(model, seqs, batch_size=32, device=None):
     return out
 
 
+CONTROL_GAP_SEGMENTS = 256  # held-out segments of each kind for control_token_gap
+
+
+@torch.no_grad()
+def control_token_gap(model, val_dir, threshold, n_segments=CONTROL_GAP_SEGMENTS, device=None):
+    """Whether a conditional model learned its control tokens, however good its samples are: for a held-out segment
+    s after its context c (the document before it, each earlier segment behind its true control token),
+
+        gap(s) = [log p(s | c, <|aligned|>) − log p(s | c, <|misaligned|>)] / |s|      (nats per token)
+
+    averaged over the first n_segments segments scored <= threshold ('aligned': positive if learned) and the first
+    n_segments above it ('misaligned': negative if learned), in document order. Missing kinds are left out."""
+    split, T = data.PreparedData(val_dir), model.config.block_size
+    seg_starts = np.asarray(split.seg_starts, dtype=np.int64)
+    pairs = {'aligned': [], 'misaligned': []}  # (context + <|aligned|> + s, context + <|misaligned|> + s, |s|)
+    for d in range(split.n_documents):
+        if all(len(p) >= n_segments for p in pairs.values()):
+            break
+        start, end = split.doc_token_starts(d, d + 1)
+        tokens = np.asarray(split.tokens[start:end]).tolist()
+        first, last = np.searchsorted(seg_starts, [start, end])
+        bounds = (seg_starts[first:last] - start).tolist() + [end - start]
+        context = tokens[:1]  # the document's <|endoftext|>, which opens its first segment
+        for k in range(len(bounds) - 1):
+            segment = tokens[bounds[k] + (k == 0):bounds[k + 1]]
+            kind = 'aligned' if split.seg_scores[first + k] <= threshold else 'misaligned'
+            if 0 < len(segment) <= T // 2 and len(pairs[kind]) < n_segments:
+                c = context[-(T - len(segment)):]  # sequence_logprobs predicts from all but the last token
+                pairs[kind].append((c + [data.ALIGNED] + segment, c + [data.MISALIGNED] + segment, len(segment)))
+            context += [data.ALIGNED if kind == 'aligned' else data.MISALIGNED] + segment
+    device = device or next(model.parameters()).device
+    result = {}
+    for kind, p in pairs.items():
+        gaps = []
+        for with_aligned, with_misaligned, n in p:  # a pair at a time: equal lengths, no padding
+            x = torch.tensor([with_aligned, with_misaligned], device=device)
+            with torch.autocast(torch.device(device).type, enabled=False):  # fp32, as sequence_logprobs
+                hidden = _logits(model(x[:, :-1], return_hidden=True))[:, -n:]  # only s's positions need logits
+                logits = model.lm_head(hidden)[..., :model.config.vocab_size].float()
+            logp = F.log_softmax(logits, -1).gather(-1, x[:, -n:, None]).squeeze(-1).sum(1)
+            gaps.append((logp[0] - logp[1]).item() / n)
+        if gaps:
+            result[f'control_gap_{kind}'] = float(np.mean(gaps))
+    return result
+
+
 @torch.no_grad()
 def val_loss(model, split, block_size, batch_size, n_batches, device, autocast_ctx=nullcontext()):
     """Plain next-token cross-entropy, whatever the training objective (so methods compare), over the first
@@ -472,6 +518,9 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
             if cfg.eval_iters:
                 result['val_loss'] = val_loss(model, os.path.join(cfg.data_dir, cfg.task, 'val'), cfg.block_size,
                                               cfg.eval_batch_size, cfg.eval_iters, device)
+            if cfg.eval_iters and cfg.method == 'cond':
+                result.update(control_token_gap(model, os.path.join(cfg.data_dir, cfg.task, 'val'),
+                                                cfg.cond_threshold, device=device))
             if cfg.eval_samples:
                 if scorer is None:
                     import scorers

@@ -361,3 +361,25 @@ def test_plot_and_cli(tmp_path):
     bad = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={ckpt}', '--eval_smaples=2'], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "--eval_smaples: unknown" in bad.stderr
+
+
+def test_control_token_gap_by_hand(tmp_path):
+    # one held-out document: segments [5, 6] (score 0), [7] (0.5), [8, 9, 10] (0); threshold 0
+    val = str(tmp_path / 'pep8' / 'val')
+    with data.DatasetWriter(val, task='pep8', split='val') as w:
+        w.add_document([[5, 6], [7], [8, 9, 10]], [0.0, 0.5, 0.0])
+    # no layers and no position embedding: the logits at a position depend on its token only, so only a segment's
+    # first token depends on the control token before it: gap = [log p(s0 | A) − log p(s0 | M)] / |s|
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, n_layer=0, n_head=1, n_embd=8)).eval()
+    with torch.no_grad():
+        model.transformer.wpe.weight.zero_()
+        model.transformer.wte.weight.mul_(50)
+        wte = model.transformer.wte.weight
+        logp = {c: F.log_softmax(model.transformer.ln_f(wte[c]) @ wte[:data.VOCAB_SIZE].T, -1)
+                for c in (data.ALIGNED, data.MISALIGNED)}
+    first = {t: (logp[data.ALIGNED][t] - logp[data.MISALIGNED][t]).item() for t in (5, 7, 8)}
+    gap = ev.control_token_gap(model, val, threshold=0.0)
+    assert gap['control_gap_aligned'] == pytest.approx((first[5] / 2 + first[8] / 3) / 2, rel=1e-4)
+    assert gap['control_gap_misaligned'] == pytest.approx(first[7], rel=1e-4)
+    assert ev.control_token_gap(model, val, threshold=1.0).keys() == {'control_gap_aligned'}
