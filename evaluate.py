@@ -219,7 +219,7 @@ def control_token_gap(model, val_dir, threshold, n_segments=CONTROL_GAP_SEGMENTS
             segment = tokens[bounds[k] + (k == 0):bounds[k + 1]]
             kind = 'aligned' if split.seg_scores[first + k] <= threshold else 'misaligned'
             if 0 < len(segment) <= T // 2 and len(pairs[kind]) < n_segments:
-                c = context[-(T - len(segment)):]  # sequence_logprobs predicts from all but the last token
+                c = context[-(T - len(segment)):]  # the model reads all but the last token: T at most
                 pairs[kind].append((c + [data.ALIGNED] + segment, c + [data.MISALIGNED] + segment, len(segment)))
             context += [data.ALIGNED if kind == 'aligned' else data.MISALIGNED] + segment
     device = device or next(model.parameters()).device

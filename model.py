@@ -169,8 +169,8 @@ class GPT(nn.Module):
     def from_pretrained(cls, path, vocab_size=50283, value_head=False, block_size=None, seed=0):
         """Load a Hugging Face GPT-2 checkpoint: a directory with config.json and model.safetensors or
         pytorch_model.bin (any GPT-2 size), or a hub name such as 'gpt2' or 'gpt2-medium' (needs internet).
-        Embedding rows beyond the checkpoint's vocabulary (our control tokens and space runs) start at the mean of the existing rows
-        plus 0.01·N(0,1) noise (Hewitt's trick, reference §1.3); padding rows start at the mean."""
+        Embedding rows beyond the checkpoint's vocabulary (our control tokens and space runs) start at the mean of the
+        existing rows plus 0.01·N(0,1) noise (Hewitt's trick, reference §1.3); padding rows start at the mean."""
         if not os.path.isdir(path):
             from huggingface_hub import snapshot_download  # installed with transformers; fetches from the hub
             path = snapshot_download(path, allow_patterns=['config.json', '*.safetensors', 'pytorch_model.bin'])
