@@ -25,7 +25,7 @@ import torch
 import data
 import objectives
 import train
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, sample
 
 
 def emit(row):
@@ -162,7 +162,6 @@ def loss_cost(device, n_tokens, n_embd, chunk_size, steps, compile):
 
 def bench_sample(args):
     """The paper's evaluation: n samples of max_new_tokens at temperature 0.7, top-p 0.9; ours vs HF generate."""
-    import evaluate
     device, n, new = args.device, args.samples, args.new_tokens
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
@@ -171,10 +170,10 @@ def bench_sample(args):
         model = model.to(torch.bfloat16)
     prompts = [[data.EOS]] * n
     kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, device=device)  # fixed length: fair timing
-    evaluate.sample(model, prompts[:args.sample_batch], new, **kwargs, batch_size=args.sample_batch)  # warm-up
+    sample(model, prompts[:args.sample_batch], new, **kwargs, batch_size=args.sample_batch)  # warm-up
     sync(device)
     t0 = time.perf_counter()
-    evaluate.sample(model, prompts, new, **kwargs, batch_size=args.sample_batch)
+    sample(model, prompts, new, **kwargs, batch_size=args.sample_batch)
     sync(device)
     ours = time.perf_counter() - t0
     emit(dict(bench='sample', impl='phf', samples=n, new_tokens=new, batch_size=args.sample_batch,

@@ -1,6 +1,6 @@
 """
-Evaluation (reference §5): a batched sampler with a static key/value cache, the paper's generate-and-score metrics,
-KL from a reference LM, validation loss, plots, and export to Hugging Face format.
+Evaluation (reference §5): the paper's generate-and-score metrics (samples from model.sample), KL from a reference
+LM, validation loss, the control-token gap, plots, and export to Hugging Face format.
 
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt                    # -> out_dir/eval_step{N}.json, eval.jsonl
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt --eval_samples=4096 --kl_reference=openai:davinci-002
@@ -34,13 +34,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from model import GPT, GPTConfig, KVCache
+from model import GPT, GPTConfig, keep_freed_memory, logits_only, sample
 
 CONTROL_TOKENS = (data.ALIGNED, data.MISALIGNED)
-SAMPLE_BATCH_SIZE = 256  # GPT-2 small, 640 new tokens, bf16: 6 GB of cache
 PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
 MAX_PROMPT_TOKENS = 128  # longer prompts (e.g. signatures with long docstrings) are skipped; block_size/4 if smaller
-SAVED_SAMPLES = 256  # per scenario, in eval_step{N}.json
+SAVED_SAMPLES = 256  # texts per scenario in eval_step{N}.json (all the scores are kept, for intervals)
+SCENARIOS = ('unconditional', 'misaligned', 'functions', 'prompted')
 MIN_COMPLETE_CHARS = 20  # PEP8 complete-lines variant: a shorter remainder is degenerate, not scored
 KL_MAX_TOKENS = 64  # reference samples' length (reference §5.2)
 OPENAI_PROMPT = '<|endoftext|>'  # the original's "no prompt" (the API's default prompt)
@@ -59,117 +59,6 @@ def load_checkpoint(path, device='cpu'):
     return model.to(device).eval(), ckpt
 
 
-def _logits(out):
-    return out[0] if isinstance(out, tuple) else out  # value-head models return (logits, values)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sampling: prefill the prompts into a preallocated cache, then one token per step (gpt-fast's shape)
-
-def _decode_step(model, cache, tok, input_pos, attn_mask, pos):
-    return _logits(model(tok, cache=cache, input_pos=input_pos, attn_mask=attn_mask, pos=pos))[:, -1].float()
-
-
-_compiled_decode_step = None
-
-
-def _pick(logits, banned, temperature, top_k, top_p, gen):
-    """Next ids (B,) from logits (B, V): banned ids removed, then temperature, top-k and top-p (HF's order), then an
-    inverse-CDF draw with one uniform per row (torch.multinomial would sync with the host)."""
-    logits = logits.masked_fill(banned, float('-inf'))
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k:
-        logits = logits.masked_fill(logits < logits.topk(top_k, dim=-1).values[:, -1:], float('-inf'))
-    probs, ids = logits.softmax(-1), None
-    if top_p < 1:  # the nucleus: tokens by falling probability until the mass before them reaches top_p
-        probs, ids = _by_probability(probs, top_p)
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0)
-    cdf = probs.cumsum(-1)
-    # u in (0, total]: the first index with cdf >= u has probability > 0, so a banned id is never drawn
-    u = (1 - torch.rand(cdf.size(0), 1, generator=gen, device=cdf.device)) * cdf[:, -1:]
-    pick = torch.searchsorted(cdf, u)
-    return (pick if ids is None else ids.gather(-1, pick)).squeeze(-1)
-
-
-def _by_probability(probs, top_p):
-    """probs sorted in falling order, and their ids. On CPU, where a check costs no sync, the top 1024 suffice when
-    they hold top_p of the mass (a trained model's nucleus is rarely larger); a full sort is ~20x slower there."""
-    if probs.device.type == 'cpu' and probs.size(-1) > 1024:
-        p, ids = probs.topk(1024)
-        if (p.sum(-1) >= top_p).all():
-            return p, ids
-    return probs.sort(-1, descending=True)
-
-
-@torch.no_grad()
-def sample(model, prompts, max_new_tokens, *, temperature=0.7, top_p=0.9, top_k=0, min_new_tokens=10,
-           blocked_tokens=(), eos_id=data.EOS, seed=0, batch_size=SAMPLE_BATCH_SIZE, device=None, compile=None):
-    """The new tokens for each prompt (a list of ids), cut before the first end-of-text. The defaults are the
-    paper's (reference §5.1); temperature=0 or top_k=1 is greedy. Prompts of different lengths share a batch,
-    left-padded, with per-row positions and a mask over the cache. No host sync per token: finished rows keep
-    emitting EOS, and whether all rows are done is checked every 16 tokens. Deterministic for (seed, batch_size).
-    compile: torch.compile the decode step (None: on CUDA)."""
-    if not prompts:
-        return []
-    device = torch.device(device or next(model.parameters()).device)
-    cfg = model.config
-    P = max(len(p) for p in prompts)
-    max_len = P + max_new_tokens
-    if max_len > cfg.block_size:
-        raise ValueError(f"a prompt of {P} tokens + {max_new_tokens} new tokens > block_size {cfg.block_size}")
-    B = min(batch_size, len(prompts))
-    autocast = torch.is_autocast_enabled(device.type)
-    dtype = torch.get_autocast_dtype(device.type) if autocast else next(model.parameters()).dtype
-    cache = KVCache(cfg, B, max_len, device=device, dtype=dtype)
-    gen = torch.Generator(device).manual_seed(seed)
-    banned = torch.zeros(cfg.padded_vocab_size, dtype=torch.bool, device=device)
-    banned[cfg.vocab_size:] = True  # the embedding's padding rows are not tokens
-    banned[list(blocked_tokens)] = True
-    banned_eos = banned.clone()
-    banned_eos[eos_id] = True
-    step = _decode_step
-    if compile or (compile is None and device.type == 'cuda'):
-        global _compiled_decode_step
-        # no CUDA graphs ('reduce-overhead'): a fresh cache per call would make them re-record
-        _compiled_decode_step = _compiled_decode_step or torch.compile(_decode_step, fullgraph=True)
-        step = _compiled_decode_step
-    slots = torch.arange(max_len, device=device)
-    out = []
-    for i in range(0, len(prompts), B):
-        chunk = prompts[i:i + B]
-        rows = chunk + [[eos_id]] * (B - len(chunk))  # a full last batch keeps the decode step's shapes static
-        idx = torch.tensor([[eos_id] * (P - len(p)) + list(p) for p in rows], device=device)
-        pad = P - torch.tensor([len(p) for p in rows], device=device)
-        real = slots >= pad[:, None]  # (B, max_len) cache slots holding this row's tokens, not its padding
-        # prefill: a prompt token sees its row's earlier real tokens; padding sees only itself (SDPA returns NaN
-        # for a query that sees nothing, and NaN keys would poison the cache)
-        q = slots[:P, None]
-        mask = (slots <= q) & (real[:, None, :] | (slots == q))  # (B, P, max_len)
-        pos = (slots[:P] - pad[:, None]).clamp(min=0)
-        logits = _logits(model(idx, cache=cache, input_pos=slots[:P], attn_mask=mask[:, None], pos=pos,
-                               last_only=True))
-        logits = logits[:, -1].float()
-        new = torch.full((B, max_new_tokens), eos_id, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        input_pos, pos = slots[P:P + 1].clone(), (P - pad)[:, None]
-        for t in range(max_new_tokens):
-            tok = _pick(logits, banned_eos if t < min_new_tokens else banned, temperature, top_k, top_p, gen)
-            tok = tok.masked_fill(done, eos_id)
-            new[:, t] = tok
-            done |= tok == eos_id
-            if t == max_new_tokens - 1 or (t % 16 == 15 and done.all()):
-                break
-            mask = (real & (slots <= input_pos))[:, None, None, :]
-            logits = step(model, cache, tok[:, None], input_pos, mask, pos)
-            input_pos += 1
-            pos += 1
-        for row in new[:len(chunk)].tolist():
-            out.append(row[:row.index(eos_id)] if eos_id in row else row)
-    return out
-
-
 @torch.no_grad()
 def sequence_logprobs(model, seqs, batch_size=32, device=None):
     """log p(seq[1:] | seq[0]) for each token list, summed over the tokens after the first, except control tokens:
@@ -186,7 +75,7 @@ def sequence_logprobs(model, seqs, batch_size=32, device=None):
             x[r, :len(s) - 1] = torch.tensor(s[:-1], dtype=torch.long)
             y[r, :len(s) - 1] = torch.tensor([-1 if t in CONTROL_TOKENS else t for t in s[1:]], dtype=torch.long)
         with torch.autocast(torch.device(device).type, enabled=False):  # sums of ~64 log-probs: fp32, not bf16
-            logits = _logits(model(x.to(device)))[..., :model.config.vocab_size].float()
+            logits = logits_only(model(x.to(device)))[..., :model.config.vocab_size].float()
         nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-1, reduction='none')
         out += (-nll.view_as(y)).sum(1).tolist()
     return out
@@ -229,7 +118,7 @@ def control_token_gap(model, val_dir, threshold, n_segments=CONTROL_GAP_SEGMENTS
         for with_aligned, with_misaligned, n in p:  # a pair at a time: equal lengths, no padding
             x = torch.tensor([with_aligned, with_misaligned], device=device)
             with torch.autocast(torch.device(device).type, enabled=False):  # fp32, as sequence_logprobs
-                hidden = _logits(model(x[:, :-1], return_hidden=True))[:, -n:]  # only s's positions need logits
+                hidden = logits_only(model(x[:, :-1], return_hidden=True))[:, -n:]  # only s's positions need logits
                 logits = model.lm_head(hidden)[..., :model.config.vocab_size].float()
             logp = F.log_softmax(logits, -1).gather(-1, x[:, -n:, None]).squeeze(-1).sum(1)
             gaps.append((logp[0] - logp[1]).item() / n)
@@ -249,7 +138,7 @@ def val_loss(model, split, block_size, batch_size, n_batches, device, autocast_c
     for b in range(0, n, batch_size):
         x, y, _ = (torch.from_numpy(a).to(device) for a in loader.batch(range(b, min(b + batch_size, n))))
         with autocast_ctx:
-            logits = _logits(model(x))[..., :model.config.vocab_size]  # the distribution we sample from
+            logits = logits_only(model(x))[..., :model.config.vocab_size]  # the distribution we sample from
         total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction='sum')
     return total.item() / (n * block_size)
 
@@ -326,7 +215,9 @@ def function_prompts(val_dir, max_prompts=4096):
 def scenario_prompts(cfg, scenario, n, max_tokens):
     """n prompts (token lists) for a scenario: the prompts of at most max_tokens tokens in a seeded order, cycled
     (the original drew them with replacement, and ignored n for conditional models, reference §7.8)."""
-    if scenario == 'unconditional':
+    if scenario == 'misaligned' and cfg.method != 'cond':
+        raise EvalError("scenario 'misaligned' (samples after <|misaligned|>) is for conditional models only")
+    if scenario in ('unconditional', 'misaligned'):
         return [[]] * n
     if scenario == 'functions':
         texts = function_prompts(os.path.join(cfg.data_dir, cfg.task, 'val'))
@@ -335,7 +226,7 @@ def scenario_prompts(cfg, scenario, n, max_tokens):
             raise EvalError("scenario 'prompted' needs eval_prompts=PATH to a JSONL file of prompts")
         texts = load_prompts(cfg.eval_prompts)
     else:
-        raise EvalError(f"unknown scenario {scenario!r}; choose from unconditional, functions, prompted")
+        raise EvalError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
     enc = data.get_tokenizer()
     prompts = [p for p in (enc.encode_ordinary(t) for t in texts) if len(p) <= max_tokens]
     order = np.random.default_rng(cfg.seed).permutation(len(prompts))
@@ -343,18 +234,23 @@ def scenario_prompts(cfg, scenario, n, max_tokens):
 
 
 def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
-    """(metrics, samples) of one scenario: cfg.eval_samples samples, scored (reference §5.1)."""
+    """(metrics, the first SAVED_SAMPLES samples, every sample's score) of one scenario: cfg.eval_samples samples,
+    scored (reference §5.1)."""
     task, enc = data.get_task(cfg.task), data.get_tokenizer()
     limit = min(MAX_PROMPT_TOKENS, cfg.block_size // 4)
     prompts = scenario_prompts(cfg, scenario, cfg.eval_samples, limit)
     if not prompts:
         print(f"warning: scenario {scenario!r} has no prompts of at most {limit} tokens; skipped", flush=True)
-        return {}, []
+        return {}, [], []
     cond = cfg.method == 'cond'
-    prefix = [data.EOS] + ([data.ALIGNED] if cond else [])  # conditional models sample given <|aligned|> (§1.3)
+    # conditional models sample given <|aligned|> (§1.3); the 'misaligned' scenario asks for what they learned to
+    # put after <|misaligned|>: the gap between the two is the most direct sign the control tokens mean something
+    control = [data.MISALIGNED] if scenario == 'misaligned' else [data.ALIGNED] if cond else []
+    prefix = [data.EOS] + control
     shown = [enc.decode(p) for p in prompts]
     prompts = [prefix + p for p in prompts]
-    default = task.max_new_tokens if scenario == 'unconditional' else min(task.max_new_tokens, PROMPTED_MAX_NEW_TOKENS)
+    default = task.max_new_tokens if scenario in ('unconditional', 'misaligned') else \
+        min(task.max_new_tokens, PROMPTED_MAX_NEW_TOKENS)
     max_new = min(cfg.eval_max_new_tokens or default, cfg.block_size - max(len(p) for p in prompts))
     # our unconditional models never saw control tokens: block them, as the original's had none in the vocabulary
     blocked = task.blocked_tokens if cond else CONTROL_TOKENS
@@ -377,7 +273,7 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
         if ok:
             metrics.update(score_metrics(_scores(scorer, ok), task.hit_threshold, '_complete_lines'))
     samples = [dict(prompt=p, text=c, score=s) for p, c, s in zip(shown, conts, scores)][:SAVED_SAMPLES]
-    return {f'{scenario}/{k}': v for k, v in metrics.items()}, samples
+    return {f'{scenario}/{k}': v for k, v in metrics.items()}, samples, scores
 
 
 _scorer_cache = {}
@@ -510,7 +406,7 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
     eval_* and kl_* fields. scorer: any object with .score(texts) (default: the task's, from scorers.py)."""
     task = data.get_task(cfg.task)
     device = torch.device(device)
-    result, samples = dict(step=step, tokens_seen=tokens_seen, task=cfg.task, method=cfg.method), {}
+    result, samples, scores = dict(step=step, tokens_seen=tokens_seen, task=cfg.task, method=cfg.method), {}, {}
     was_training = model.training
     model.eval()
     try:
@@ -526,10 +422,11 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
                     import scorers
                     scorer = _scorer_cache.setdefault(task.scorer, scorers.get_scorer(task.scorer))
                 names = [s.strip() for s in cfg.eval_scenarios.split(',')] if cfg.eval_scenarios else \
-                    list(task.scenarios) + (['prompted'] if cfg.eval_prompts else [])
+                    list(task.scenarios) + (['misaligned'] if cfg.method == 'cond' else []) + \
+                    (['prompted'] if cfg.eval_prompts else [])
                 for scenario in names:
-                    metrics, samples[scenario] = generate_and_score(model, cfg, scenario, scorer, device,
-                                                                    getattr(cfg, 'compile', None))
+                    metrics, samples[scenario], scores[scenario] = generate_and_score(
+                        model, cfg, scenario, scorer, device, getattr(cfg, 'compile', None))
                     result.update(metrics)
             if cfg.kl_reference:
                 result['kl'] = kl_divergence(model, cfg.kl_reference, cfg.kl_samples, conditional=cfg.method == 'cond',
@@ -539,7 +436,7 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
     finally:
         model.train(was_training)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    _write_json(os.path.join(cfg.out_dir, f'eval_step{step}.json'), dict(result, samples=samples))
+    _write_json(os.path.join(cfg.out_dir, f'eval_step{step}.json'), dict(result, samples=samples, scores=scores))
     with open(os.path.join(cfg.out_dir, 'eval.jsonl'), 'a') as f:
         f.write(json.dumps(result) + '\n')
     return result
@@ -561,16 +458,21 @@ def plot(run_dirs, out):
     """From runs' eval.jsonl: {out}_score_vs_tokens.png (each scenario's score over training, a line per run) and
     {out}_pareto.png (each run's last evaluation: score against KL from the reference, or against validation
     loss when a run has no KL; the Pareto frontier joined), the paper's Fig. 2 picture."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     runs = {}
     for d in run_dirs:
         with open(os.path.join(d, 'eval.jsonl')) as f:
             runs[os.path.basename(os.path.normpath(d))] = [json.loads(line) for line in f if line.strip()]
+    return plot_runs(runs, out)
+
+
+def plot_runs(runs, out):
+    """plot, from {run name: its evaluation records in order}."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
     keys = sorted({k for rs in runs.values() for r in rs for k in r if k.endswith('/score')})
     if not keys:
-        raise EvalError(f"no scores in {', '.join(d + '/eval.jsonl' for d in run_dirs)} (eval_samples was 0?)")
+        raise EvalError(f"no scores in the evaluations of {', '.join(runs)} (eval_samples was 0?)")
     x_key = 'kl' if all('kl' in rs[-1] for rs in runs.values()) else 'val_loss'
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
     paths = []
@@ -652,6 +554,8 @@ def main(argv=None):
         if 'ckpt' not in opts:
             sys.exit(__doc__)
         device = opts.pop('device', 'cuda' if torch.cuda.is_available() else 'cpu')
+        if device == 'cpu':
+            keep_freed_memory()
         model, ckpt = load_checkpoint(opts.pop('ckpt'), device)
         if 'export_hf' in opts:
             export_hf(model, opts['export_hf'])

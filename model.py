@@ -5,16 +5,20 @@ Parameter names follow Hugging Face's GPT-2 (wte, wpe, h.N.attn.c_attn, ...) so 
 plain copy (four Conv1D weights transposed), see GPT.from_pretrained.
 
 Calling the model returns logits (B, T, padded_vocab) and, when the value head exists, values (B, T).
-With a KVCache it runs incremental decoding for the sampler in evaluate.py.
+With a KVCache it runs incremental decoding: `sample` at the end of this file is the batched sampler.
 """
+import ctypes
 import json
 import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from data import EOS
 
 
 @dataclass
@@ -221,3 +225,185 @@ def _load_state_dict(path):
     if os.path.exists(pt):
         return torch.load(pt, map_location='cpu', weights_only=True)
     raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin found")
+
+
+def keep_freed_memory():
+    """Have glibc keep freed memory for reuse instead of returning each block over 32 MB to the OS: otherwise every
+    training step's and every sampling step's (B, T, vocab) tensors are page-faulted in afresh, which on the 2-core
+    CPU machine is a third of a CPU training step (bench.py --only=train). Costs a resident set that stays at its
+    peak. True if set (Linux with glibc); harmless to call twice."""
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))  # an int
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling: prefill the prompts into a preallocated cache, then one token per step (gpt-fast's shape)
+
+SAMPLE_BATCH_SIZE = 256  # GPT-2 small, 640 new tokens, bf16: 6 GB of cache
+
+
+def logits_only(out):
+    return out[0] if isinstance(out, tuple) else out  # value-head models return (logits, values)
+
+
+def _decode_step(model, cache, tok, input_pos, attn_mask, pos):
+    return logits_only(model(tok, cache=cache, input_pos=input_pos, attn_mask=attn_mask, pos=pos))[:, -1].float()
+
+
+_compiled_decode_step = None
+
+
+def top_p_threshold(probs, top_p):
+    """(B, 1): each row's smallest probability inside its nucleus, so that `probs >= threshold` is the set Hugging
+    Face's TopPLogitsWarper keeps: a token is kept iff the mass of the tokens more probable than it is < top_p (the
+    fewest tokens, by falling probability, whose mass reaches top_p). Where tokens tie with the boundary value, all
+    are kept (HF keeps whichever of them its sort happens to put first). The vocabulary is never sorted: on CPU,
+    where a check costs no synchronisation, the k most probable are found in linear time (threshold_by_partition);
+    elsewhere by bisection with masked sums (threshold_by_bisection)."""
+    if probs.device.type == 'cpu':
+        return threshold_by_partition(probs, top_p)
+    return threshold_by_bisection(probs, top_p)
+
+
+def threshold_by_partition(probs, top_p, k=512):
+    """top_p_threshold from the k largest probabilities of each row (np.partition, then a sort of those k); rows
+    whose nucleus is larger than k try again with 8k."""
+    a = probs.float().numpy()
+    V, threshold = a.shape[1], np.empty((a.shape[0], 1), dtype=np.float32)
+    rows = np.arange(a.shape[0])
+    while rows.size:
+        k = min(k, V)
+        top = -np.sort(-np.partition(a[rows], V - k, axis=1)[:, V - k:], axis=1)  # the k largest, falling
+        n_kept = (np.cumsum(top, axis=1) - top < top_p).sum(1)  # the mass before each < top_p
+        found = (n_kept < k) | (k == V)  # the first token left out is among the k: the boundary is known
+        threshold[rows[found], 0] = top[found, n_kept[found] - 1]
+        rows, k = rows[~found], 8 * k
+    return torch.from_numpy(threshold)
+
+
+def threshold_by_bisection(probs, top_p):
+    """top_p_threshold with no host synchronisation: bisection over the bit patterns of the float32 probabilities
+    (non-negative floats order as their patterns do), 30 masked sums over the vocabulary."""
+    probs = probs.float()
+    lo = torch.zeros(probs.size(0), 1, dtype=torch.int32, device=probs.device)
+    hi = torch.full_like(lo, 0x3F800001)  # just above the pattern of 1.0
+    for _ in range(30):  # mass above float(lo) >= top_p > mass above float(hi), until hi = lo + 1 (2^30 > hi)
+        mid = (lo + hi) >> 1
+        above = torch.where(probs > mid.view(torch.float32), probs, 0).sum(-1, keepdim=True)
+        lo, hi = torch.where(above < top_p, lo, mid), torch.where(above < top_p, mid, hi)
+    return hi.view(torch.float32)
+
+
+def sampling_probs(logits, bias, temperature, top_k, top_p):
+    """(B, V) unnormalised probabilities of the next token: bias (V,) added to the logits (-inf bans a token), then
+    temperature, top-k and top-p in Hugging Face's order. Zero outside what may be drawn."""
+    probs, threshold = _probs_and_threshold(logits, bias, temperature, top_k, top_p)
+    return probs if threshold is None else torch.where(probs >= threshold, probs, 0)
+
+
+def _probs_and_threshold(logits, bias, temperature, top_k, top_p):
+    logits = (logits + bias).div_(temperature)
+    if top_k:
+        logits = logits.masked_fill(logits < logits.topk(top_k, dim=-1).values[:, -1:], float('-inf'))
+    probs = logits.softmax(-1)
+    return probs, top_p_threshold(probs, top_p) if top_p < 1 else None
+
+
+def _inverse_cdf(probs, gen, n=1):
+    """n ids per row drawn from probs (B, V) by inverse CDF: u in (0, total], so the first index whose cumulative mass
+    reaches u has probability > 0 and a banned id is never drawn."""
+    cdf = probs.cumsum(-1)
+    u = (1 - torch.rand(cdf.size(0), n, generator=gen, device=cdf.device)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u)
+
+
+def pick(logits, bias, temperature, top_k, top_p, gen, draws=8):
+    """Next ids (B,) from logits (B, V), as sampling_probs says; temperature 0 is greedy. No torch.multinomial (it
+    would sync with the host). On CPU, where checking costs nothing, the nucleus is not masked out: `draws` ids per
+    row come from the whole distribution and the first inside the nucleus is taken, which is exactly a draw from the
+    nucleus (it holds >= top_p of the mass, so all 8 miss with probability <= (1 - top_p)^8); the rows of a batch
+    where some row missed every time take the masked path."""
+    if temperature == 0:
+        return (logits + bias).argmax(-1)
+    probs, threshold = _probs_and_threshold(logits, bias, temperature, top_k, top_p)
+    if threshold is not None and probs.device.type == 'cpu':
+        ids = _inverse_cdf(probs, gen, draws)
+        inside = probs.gather(-1, ids) >= threshold
+        if inside.any(-1).all():
+            return ids.gather(-1, inside.int().argmax(-1, keepdim=True)).squeeze(-1)
+    if threshold is not None:
+        probs = torch.where(probs >= threshold, probs, 0)
+    return _inverse_cdf(probs, gen).squeeze(-1)
+
+
+@torch.no_grad()
+def sample(model, prompts, max_new_tokens, *, temperature=0.7, top_p=0.9, top_k=0, min_new_tokens=10,
+           blocked_tokens=(), eos_id=EOS, seed=0, batch_size=SAMPLE_BATCH_SIZE, device=None, compile=None):
+    """The new tokens for each prompt (a list of ids), cut before the first end-of-text. The defaults are the
+    paper's (reference §5.1); temperature=0 or top_k=1 is greedy. Prompts of different lengths share a batch,
+    left-padded, with per-row positions and a mask over the cache. No host sync per token on GPU: finished rows keep
+    emitting EOS, and whether all rows are done is checked every 16 tokens. Deterministic for (seed, batch_size).
+    compile: torch.compile the decode step (None: on CUDA)."""
+    if not prompts:
+        return []
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p {top_p}: must be in (0, 1]")
+    device = torch.device(device or next(model.parameters()).device)
+    cfg = model.config
+    P = max(len(p) for p in prompts)
+    max_len = P + max_new_tokens
+    if max_len > cfg.block_size:
+        raise ValueError(f"a prompt of {P} tokens + {max_new_tokens} new tokens > block_size {cfg.block_size}")
+    B = min(batch_size, len(prompts))
+    autocast = torch.is_autocast_enabled(device.type)
+    dtype = torch.get_autocast_dtype(device.type) if autocast else next(model.parameters()).dtype
+    cache = KVCache(cfg, B, max_len, device=device, dtype=dtype)
+    gen = torch.Generator(device).manual_seed(seed)
+    bias = torch.zeros(cfg.padded_vocab_size, device=device)
+    bias[cfg.vocab_size:] = float('-inf')  # the embedding's padding rows are not tokens
+    bias[list(blocked_tokens)] = float('-inf')
+    bias_no_eos = bias.clone()
+    bias_no_eos[eos_id] = float('-inf')
+    step = _decode_step
+    if compile or (compile is None and device.type == 'cuda'):
+        global _compiled_decode_step
+        # no CUDA graphs ('reduce-overhead'): a fresh cache per call would make them re-record
+        _compiled_decode_step = _compiled_decode_step or torch.compile(_decode_step, fullgraph=True)
+        step = _compiled_decode_step
+    slots = torch.arange(max_len, device=device)
+    out = []
+    for i in range(0, len(prompts), B):
+        chunk = prompts[i:i + B]
+        rows = chunk + [[eos_id]] * (B - len(chunk))  # a full last batch keeps the decode step's shapes static
+        idx = torch.tensor([[eos_id] * (P - len(p)) + list(p) for p in rows], device=device)
+        pad = P - torch.tensor([len(p) for p in rows], device=device)
+        real = slots >= pad[:, None]  # (B, max_len) cache slots holding this row's tokens, not its padding
+        # prefill: a prompt token sees its row's earlier real tokens; padding sees only itself (SDPA returns NaN
+        # for a query that sees nothing, and NaN keys would poison the cache)
+        q = slots[:P, None]
+        mask = (slots <= q) & (real[:, None, :] | (slots == q))  # (B, P, max_len)
+        pos = (slots[:P] - pad[:, None]).clamp(min=0)
+        logits = logits_only(model(idx, cache=cache, input_pos=slots[:P], attn_mask=mask[:, None], pos=pos,
+                                   last_only=True))
+        logits = logits[:, -1].float()
+        new = torch.full((B, max_new_tokens), eos_id, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        input_pos, pos = slots[P:P + 1].clone(), (P - pad)[:, None]
+        for t in range(max_new_tokens):
+            tok = pick(logits, bias_no_eos if t < min_new_tokens else bias, temperature, top_k, top_p, gen)
+            tok = tok.masked_fill(done, eos_id)
+            new[:, t] = tok
+            done |= tok == eos_id
+            if t == max_new_tokens - 1 or (t % 16 == 15 and done.all()):
+                break
+            mask = (real & (slots <= input_pos))[:, None, None, :]
+            logits = step(model, cache, tok[:, None], input_pos, mask, pos)
+            input_pos += 1
+            pos += 1
+        for row in new[:len(chunk)].tolist():
+            out.append(row[:row.index(eos_id)] if eos_id in row else row)
+    return out

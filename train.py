@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import objectives
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, keep_freed_memory
 
 METHODS = ('mle', 'filter', 'cond', 'ul', 'awr', 'rwr')
 
@@ -315,6 +315,8 @@ def _train(cfg, ddp, rank, world, master, device_type):
     if device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    else:
+        keep_freed_memory()
 
     # data: filtering and conditional training transform the prepared split once (rank 0), cached on disk
     split_dir = os.path.join(cfg.data_dir, cfg.task, 'train')

@@ -1,0 +1,78 @@
+"""The sampler's top-p: the set of tokens it may draw is the set Hugging Face's TopPLogitsWarper keeps."""
+import pytest
+import torch
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+import model
+from model import sampling_probs, threshold_by_bisection, threshold_by_partition
+
+V = 3000
+
+
+def hf_kept(logits, bias, temperature, top_k, top_p):
+    """What HF's warpers leave finite, in generate's order (temperature, top-k, top-p)."""
+    scores = TemperatureLogitsWarper(temperature)(None, logits + bias)
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    return torch.isfinite(TopPLogitsWarper(top_p)(None, scores))
+
+
+def logits_of(kind, rows=24):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(rows, V, generator=g)
+    return {'random': 2 * z, 'flat': 0.01 * z, 'peaked': 20 * z,
+            'ties': torch.round(2 * z) / 2}[kind]  # ~17 distinct values: ties inside and outside the nucleus
+
+
+@pytest.mark.parametrize('threshold', [threshold_by_partition, threshold_by_bisection])
+@pytest.mark.parametrize('kind', ['random', 'flat', 'peaked', 'ties'])
+@pytest.mark.parametrize('top_p', [0.1, 0.9, 1.0])
+@pytest.mark.parametrize('top_k,banned', [(0, ()), (50, ()), (0, (0, 7, 2999)), (200, (3, 4))])
+def test_the_tokens_that_may_be_drawn_are_those_hf_keeps(monkeypatch, threshold, kind, top_p, top_k, banned):
+    monkeypatch.setattr(model, 'top_p_threshold', threshold)
+    logits, bias = logits_of(kind), torch.zeros(V)
+    bias[list(banned)] = float('-inf')
+    ours = sampling_probs(logits, bias, 0.7, top_k, top_p) > 0
+    hf = hf_kept(logits, bias, 0.7, top_k, top_p)
+    if kind != 'ties':
+        assert torch.equal(ours, hf)
+        return
+    # HF keeps an arbitrary part of the tokens tied with the smallest kept value (its sort's order); we keep all
+    probs = ((logits + bias) / 0.7).softmax(-1)
+    smallest_kept = torch.where(hf, probs, 2).min(-1, keepdim=True).values
+    assert torch.equal(ours, hf | (probs == smallest_kept))
+    assert (ours != hf).any() or top_p == 1.0  # the case is really exercised
+
+
+def test_partition_grows_its_candidates_until_the_nucleus_fits():
+    probs = torch.full((2, 5000), 1 / 5000)
+    probs[0] = torch.linspace(1, 2, 5000) / torch.linspace(1, 2, 5000).sum()  # a nucleus of ~4,400 tokens > 512
+    sorted_probs = probs.sort(-1, descending=True).values
+    n_kept = ((sorted_probs.cumsum(-1) - sorted_probs) < 0.9).sum(-1)
+    expected = sorted_probs.gather(-1, (n_kept - 1)[:, None])
+    assert n_kept[0] > 4096
+    assert torch.equal(threshold_by_partition(probs, 0.9, k=64), expected)
+    assert torch.equal(threshold_by_bisection(probs, 0.9), expected)
+
+
+def test_the_boundary_token_is_kept_iff_the_mass_before_it_is_below_top_p():
+    probs = torch.tensor([[0.125, 0.375, 0.5], [0.05, 0.9, 0.05]])  # exact in binary: sums have no rounding
+    for threshold in (threshold_by_partition, threshold_by_bisection):
+        assert threshold(probs, 0.875).flatten().tolist() == [0.375, 0.8999999761581421]  # 0.5 + 0.375 = top_p: out
+        assert threshold(probs, 0.876).flatten().tolist() == [0.125, 0.8999999761581421]  # just below: in
+        assert threshold(probs, 0.5).flatten().tolist() == [0.5, 0.8999999761581421]  # the first is always kept
+
+
+def test_draws_outside_the_nucleus_fall_back_to_the_masked_path():
+    # token 0 alone is the nucleus (0.12 >= top_p) but holds 12% of the mass: 8 draws all miss it for ~36% of rows
+    probs = torch.tensor([0.12] + [0.88 / 99] * 99)
+    ids = model.pick(probs.log().repeat(200, 1), torch.zeros(100), 1.0, 0, 0.1, torch.Generator().manual_seed(0))
+    assert ids.eq(0).all()
+
+
+def test_draws_inside_the_nucleus_keep_their_proportions():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])  # top_p 0.9: the mass before 0.05 is 0.95, so it is left out
+    ids = model.pick(probs.log().repeat(20000, 1), torch.zeros(4), 1.0, 0, 0.9, torch.Generator().manual_seed(0))
+    freq = torch.bincount(ids, minlength=4) / 20000
+    assert freq[3] == 0
+    assert freq[:3].tolist() == pytest.approx([0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95], abs=0.01)
