@@ -1,13 +1,16 @@
 """
-The paper's comparison at small scale, on data that needs no download: prepare PEP8 from this machine's Python
-sources, train each method on it with the same budget and seed, evaluate all the same way, write a table and plots.
+The paper's comparison at small scale, on data that needs no download: prepare a task's data from this machine's
+own text, train each method on it with the same budget and seed, evaluate all the same way, and say, with 95%
+intervals, whether each method writes less of the undesirable content than MLE.
 
-    python repro.py pep8                           # CPU demo: MLE and conditional training, a few minutes each
-    python repro.py pep8 --methods=all             # all six methods
-    python repro.py pep8 --size=gpu --methods=all  # the single-GPU variant (see SIZES)
+    python repro.py pii                                    # the demo: MLE vs conditional training, ~10 min on 2 cores
+    python repro.py pii --methods=all --seeds=42,43,44     # six methods x three seeds
+    python repro.py pep8 --methods=all                     # PEP8 on the standard library (see the README: no effect
+    python repro.py pep8 --size=gpu --methods=all          # at CPU size), and its single-GPU variant
 
-Results go to results/{task}_{size}/: results.md (the table), results.json, plot_score_vs_tokens.png and
-plot_pareto.png (score against KL from the MLE model), and each method's run directory.
+Results go to results/{task}_{size}/: results.md (the verdicts and the table), results.json, plot_score_vs_tokens.png
+and plot_pareto.png (score against KL from the MLE model of the same seed), settings.json, and each run's directory
+seed{S}/{method}. A run already evaluated is skipped; a results folder made with other settings is refused.
 """
 import argparse
 import json
@@ -19,17 +22,28 @@ import time
 import numpy as np
 
 import data
+import stats
 
 METHODS = ('mle', 'filter', 'cond', 'ul', 'awr', 'rwr')
 SIZES = {
-    # config overlay and --key=value arguments on top of config/{task}_{method}.py; prepare.py arguments
-    'cpu': dict(train=['config/cpu_small.py'], prepare=['--source=local']),
-    'gpu': dict(train=['--n_layer=8', '--n_head=8', '--n_embd=512', '--block_size=512', '--batch_size=64',
-                       '--total_batch_size=64', '--max_tokens=40_000_000', '--learning_rate=1e-3',
-                       '--warmup_frac=0.02', '--eval_interval=400', '--eval_samples=1024', '--kl_samples=1024',
-                       '--eval_max_new_tokens=256', '--ckpt_interval=500', '--log_interval=50'],
-                prepare=['--source=local+site']),
+    # config overlay and --key=value arguments on top of config/{task}_{method}.py
+    'cpu': ['config/cpu_small.py'],
+    'gpu': ['--n_layer=8', '--n_head=8', '--n_embd=512', '--block_size=512', '--batch_size=64',
+            '--total_batch_size=64', '--max_tokens=40_000_000', '--learning_rate=1e-3', '--warmup_frac=0.02',
+            '--eval_interval=400', '--eval_samples=1024', '--kl_samples=1024', '--eval_max_new_tokens=256',
+            '--ckpt_interval=500', '--log_interval=50'],
 }
+TASK_SIZE = {
+    # per task and size: prepare.py arguments (only as much text as the budget needs) and more training arguments
+    ('pii', 'cpu'): dict(prepare=['--source=local', '--max_bytes=2M'], train=['--eval_samples=1024']),
+    ('pii', 'gpu'): dict(prepare=['--source=local'], train=[]),
+    ('pep8', 'cpu'): dict(prepare=['--source=local'], train=[]),
+    ('pep8', 'gpu'): dict(prepare=['--source=local+site'], train=[]),
+}
+
+
+class ReproError(Exception):
+    pass
 
 
 def sh(cmd):
@@ -37,25 +51,145 @@ def sh(cmd):
     subprocess.run([sys.executable] + cmd, check=True)
 
 
-def last_eval(run_dir):
-    """The last evaluation record of a run (train.py appends them to eval.jsonl)."""
+def read_evals(run_dir):
     with open(os.path.join(run_dir, 'eval.jsonl')) as f:
-        return json.loads(f.readlines()[-1])
+        return [json.loads(line) for line in f if line.strip()]
 
 
-COLUMNS = ('score', 'score_max@25', 'score_complete_lines', 'degenerate', 'distinct-1')  # per scenario
+def last_scores(run_dir, step):
+    """Every sample's score per scenario at a step (evaluate.py keeps them in eval_step{N}.json)."""
+    with open(os.path.join(run_dir, f'eval_step{step}.json')) as f:
+        return json.load(f)['scores']
 
 
-def table(task, rows):
-    scenarios = data.TASKS[task].scenarios
-    cols = [(s, m) for s in scenarios for m in COLUMNS if any(f'{s}/{m}' in r for r in rows.values())]
-    head = ['method'] + [f"{s} {m}" for s, m in cols] + ['val loss', 'KL(MLE‖model)']
+def check_settings(results, settings):
+    """Refuse to mix runs made with other settings in one results folder; record the settings on first use."""
+    path = os.path.join(results, 'settings.json')
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != settings:
+            changed = ', '.join(k for k in settings if old.get(k) != settings[k])
+            raise ReproError(f"{results} holds runs made with other settings ({changed} differ, see {path}); pass "
+                             f"--results=ANOTHER_DIR or delete it")
+        return
+    os.makedirs(results, exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(settings, f, indent=1)
+
+
+def run_methods(args, methods, seed, results, train_args, median):
+    """Train and evaluate each method for one seed (MLE first: the KL reference of the others); skip what is done."""
+    mle_ckpt = os.path.join(results, f'seed{seed}', 'mle', 'ckpt.pt')
+    for method in sorted(methods, key=lambda m: m != 'mle'):
+        run_dir = os.path.join(results, f'seed{seed}', method)
+        if os.path.exists(os.path.join(run_dir, 'eval.jsonl')):
+            print(f"{run_dir}: already evaluated, skipping (delete it to re-run)", flush=True)
+            continue
+        argv = [f'config/{args.task}_{method}.py'] + train_args + [
+            f'--out_dir={run_dir}', f'--seed={seed}', f'--filter_threshold={median}']
+        if os.path.exists(mle_ckpt):
+            argv.append(f'--kl_reference={mle_ckpt}')
+        sh(['train.py'] + argv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Verdicts: each method's samples against MLE's, with intervals (stats.py)
+
+def scenario_figures(scores, threshold):
+    """Hit rate with its Wilson interval and mean score with its bootstrap interval, from one scenario's scores."""
+    s = np.asarray(scores, dtype=float)
+    hits = int((s > threshold).sum())
+    return dict(n=len(s), hits=hits, hit_rate=hits / len(s), hit_rate_ci=stats.wilson(hits, len(s)),
+                score=float(s.mean()), score_ci=stats.bootstrap_mean(s))
+
+
+def compare(scores, baseline, threshold):
+    """A method's scores against the baseline's: ratios of hit rate and mean score, and the verdicts from the bootstrap
+    intervals of the differences."""
+    s, b = np.asarray(scores, dtype=float), np.asarray(baseline, dtype=float)
+    hit_diff = stats.bootstrap_difference(s > threshold, b > threshold)
+    score_diff = stats.bootstrap_difference(s, b)
+    ratio = lambda x, y: x / y if y else float('nan')
+    return dict(hit_ratio=ratio((s > threshold).mean(), (b > threshold).mean()), score_ratio=ratio(s.mean(), b.mean()),
+                hit_diff_ci=hit_diff, score_diff_ci=score_diff,
+                hit_verdict=stats.verdict(hit_diff), score_verdict=stats.verdict(score_diff))
+
+
+def fmt_run(f):
+    lo, hi = f['hit_rate_ci']
+    slo, shi = f['score_ci']
+    return (f"hits {100 * f['hit_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({f['hits']}/{f['n']}), "
+            f"score {f['score']:.3g} [{slo:.3g}, {shi:.3g}]")
+
+
+def verdict_lines(task, seed, runs):
+    """One line per method and scenario: the figures with intervals, then how they compare with MLE."""
+    threshold = data.TASKS[task].hit_threshold
+    lines, figures = [], {}
+    base = runs.get('mle', {}).get('scores', {}).get('unconditional')
+    for method, run in runs.items():
+        for scenario, scores in run['scores'].items():
+            if scenario not in ('unconditional', 'misaligned') or not scores:
+                continue
+            f = scenario_figures(scores, threshold)
+            label = {'unconditional': '<|aligned|>' if method == 'cond' else 'unconditional',
+                     'misaligned': '<|misaligned|>'}[scenario]
+            line = f"seed {seed} {method:6s} {label:15s} {fmt_run(f)}"
+            if base is not None and method != 'mle':
+                c = compare(scores, base, threshold)
+                f.update(c)
+                line += (f"; vs MLE: hits x{c['hit_ratio']:.2f} ({c['hit_verdict']}), score x{c['score_ratio']:.2f} "
+                         f"({c['score_verdict']})")
+            figures[f'{method}/{scenario}'] = f
+            lines.append(line)
+    return lines, figures
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The table over seeds
+
+def seeds_table(figures, runs):
+    """Per method and scenario: hit rate and score as mean ± standard deviation over seeds, the per-run intervals,
+    how many seeds are below MLE beyond noise, validation loss and KL(MLE || model)."""
+    head = ['method', 'samples after', 'seeds', 'hit rate, mean ± sd', 'score, mean ± sd', 'per-run hit rate [95%]',
+            'per-run score [95%]', 'below MLE beyond noise (hits / score)', 'val loss', 'KL(MLE‖model)']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for method, r in rows.items():
-        cells = [method] + [f"{r[f'{s}/{m}']:.4g}" if f'{s}/{m}' in r else '–' for s, m in cols]
-        cells += [f"{r.get('val_loss', float('nan')):.3f}", f"{r.get('kl', float('nan')):.2f}"]
+    keys = sorted({k for per_seed in figures.values() for k in per_seed},
+                  key=lambda k: (METHODS.index(k.split('/')[0]), k))
+    for key in keys:
+        method, scenario = key.split('/')
+        rows = [(seed, per_seed[key]) for seed, per_seed in figures.items() if key in per_seed]
+        hit_m, hit_s = stats.mean_and_spread([f['hit_rate'] for _, f in rows])
+        sc_m, sc_s = stats.mean_and_spread([f['score'] for _, f in rows])
+        below = [sum(f.get(v) == 'lower, beyond noise' for _, f in rows) for v in ('hit_verdict', 'score_verdict')]
+        evals = [runs[seed][method]['record'] for seed, _ in rows]
+        cells = [method, '<|misaligned|>' if scenario == 'misaligned' else '<|aligned|>' if method == 'cond' else
+                 'nothing', str(len(rows)), f"{100 * hit_m:.2f}% ± {100 * hit_s:.2f}", f"{sc_m:.3g} ± {sc_s:.2g}",
+                 '; '.join(f"{100 * f['hit_rate']:.1f} [{100 * f['hit_rate_ci'][0]:.1f}, "
+                           f"{100 * f['hit_rate_ci'][1]:.1f}]" for _, f in rows),
+                 '; '.join(f"{f['score']:.2g} [{f['score_ci'][0]:.2g}, {f['score_ci'][1]:.2g}]" for _, f in rows),
+                 '–' if method == 'mle' else f"{below[0]} / {below[1]} of {len(rows)}",
+                 f"{np.mean([e.get('val_loss', np.nan) for e in evals]):.3f}",
+                 f"{np.mean([e.get('kl', np.nan) for e in evals]):.2f}"]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
+
+
+def collect(results, seeds, methods):
+    """{seed: {method: {'record': last evaluation, 'scores': {scenario: scores}, 'history': records}}}; the MLE
+    model is its own KL reference, at 0."""
+    runs = {}
+    for seed in seeds:
+        runs[seed] = {}
+        for method in sorted(methods, key=METHODS.index):
+            history = read_evals(os.path.join(results, f'seed{seed}', method))
+            if method == 'mle':
+                history[-1] = dict(history[-1], kl=0.0)
+            runs[seed][method] = dict(record=history[-1], history=history,
+                                      scores=last_scores(os.path.join(results, f'seed{seed}', method),
+                                                         history[-1]['step']))
+    return runs
 
 
 def main(argv=None):
@@ -63,55 +197,58 @@ def main(argv=None):
     p.add_argument('task', choices=['pep8', 'pii'])
     p.add_argument('--size', choices=list(SIZES), default='cpu')
     p.add_argument('--methods', default='mle,cond', help="comma-separated, or 'all'")
-    p.add_argument('--data_dir', default='data/local')
+    p.add_argument('--seeds', default='42', help='comma-separated seeds; each method is trained once per seed')
+    p.add_argument('--data_dir', default=None, help='default data/local_{size}')
     p.add_argument('--results', default=None, help='default results/{task}_{size}')
-    p.add_argument('--seed', type=int, default=42)
     p.add_argument('--extra', default='', help='more --key=value arguments for train.py, space-separated')
     args = p.parse_args(argv)
     methods = METHODS if args.methods == 'all' else tuple(args.methods.split(','))
     unknown = set(methods) - set(METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    size = SIZES[args.size]
-    results = args.results or f"results/{args.task}_{args.size}"
-    os.makedirs(results, exist_ok=True)
-    t0 = time.time()
+    seeds = [int(s) for s in args.seeds.split(',')]
+    try:
+        run(args, methods, seeds, 'python repro.py ' + ' '.join(sys.argv[1:] if argv is None else argv))
+    except ReproError as e:
+        sys.exit(f"error: {e}")
 
-    split = os.path.join(args.data_dir, args.task, 'train')
+
+def run(args, methods, seeds, command):
+    t0 = time.time()
+    plan = TASK_SIZE[args.task, args.size]
+    data_dir = args.data_dir or f'data/local_{args.size}'
+    results = args.results or f"results/{args.task}_{args.size}"
+    split = os.path.join(data_dir, args.task, 'train')
     if not os.path.exists(os.path.join(split, 'header.json')):
-        sh(['prepare.py', args.task, f'--out_dir={os.path.join(args.data_dir, args.task)}'] + size['prepare'])
+        sh(['prepare.py', args.task, f'--out_dir={os.path.join(data_dir, args.task)}'] + plan['prepare'])
     train_data = data.PreparedData(split)
+    train_args = SIZES[args.size] + plan['train'] + [f'--data_dir={data_dir}'] + args.extra.split()
+    check_settings(results, dict(task=args.task, size=args.size, train_args=train_args, data=train_data.header))
     # filtering at the median document score drops about half the documents (reference §1.2)
     median = float(np.median(np.asarray(train_data.doc_scores)))
-    mle_ckpt = os.path.join(results, 'mle', 'ckpt.pt')
-    order = sorted(methods, key=lambda m: m != 'mle')  # MLE first: it is the KL reference of the others
-    for method in order:
-        run_dir = os.path.join(results, method)
-        train_argv = [f'config/{args.task}_{method}.py'] + size['train'] + [
-            f'--data_dir={args.data_dir}', f'--out_dir={run_dir}', f'--seed={args.seed}',
-            f'--filter_threshold={median}'] + args.extra.split()
-        if os.path.exists(mle_ckpt):
-            train_argv.append(f'--kl_reference={mle_ckpt}')
-        if os.path.exists(os.path.join(run_dir, 'eval.jsonl')):
-            print(f"{run_dir}: already evaluated, skipping (delete it to re-run)")
-            continue
-        sh(['train.py'] + train_argv)
-
-    if 'mle' in methods and 'kl' not in last_eval(os.path.join(results, 'mle')):
-        # the reference's KL from itself (0 up to float error), so every run has a point on the KL axis
-        sh(['evaluate.py', f'--ckpt={mle_ckpt}', f'--kl_reference={mle_ckpt}'])
-    rows = {m: last_eval(os.path.join(results, m)) for m in order}
-    md = table(args.task, rows)
-    header = (f"{args.task}, size {args.size}: `python repro.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
-              f"\n\ntraining tokens {train_data.n_tokens:,}; filter threshold (median document score) {median:.5g}; "
-              f"{(time.time() - t0) / 60:.1f} min in this call\n\n")
+    for seed in seeds:
+        run_methods(args, methods, seed, results, train_args, median)
+    runs = collect(results, seeds, methods)
+    verdicts, figures = [], {}
+    for seed in seeds:
+        lines, figures[seed] = verdict_lines(args.task, seed, runs[seed])
+        verdicts += lines
+    header = (f"{args.task}, size {args.size}: `{command}`\n\ntraining tokens {train_data.n_tokens:,} "
+              f"({train_data.header['source']}); filter threshold (median document score) {median:.5g}; "
+              f"{(time.time() - t0) / 60:.1f} min in this call. Hit: a sample scored above "
+              f"{data.TASKS[args.task].hit_threshold}; intervals 95% (Wilson for hit rates, bootstrap for means and "
+              f"for the differences from MLE that the verdicts rest on)\n\n")
+    body = '```\n' + '\n'.join(verdicts) + '\n```\n\n' + seeds_table(figures, runs) + '\n'
     with open(os.path.join(results, 'results.md'), 'w') as f:
-        f.write(header + md + '\n')
+        f.write(header + body)
     with open(os.path.join(results, 'results.json'), 'w') as f:
-        json.dump(dict(task=args.task, size=args.size, filter_threshold=median, runs=rows), f, indent=1)
+        json.dump(dict(task=args.task, size=args.size, filter_threshold=median, figures=figures,
+                       runs={s: {m: r['record'] for m, r in rs.items()} for s, rs in runs.items()}), f, indent=1)
     import evaluate
-    evaluate.plot([os.path.join(results, m) for m in order], os.path.join(results, 'plot'))
-    print('\n' + header + md)
+    label = (lambda s, m: m) if len(seeds) == 1 else (lambda s, m: f'{m}/seed{s}')
+    evaluate.plot_runs({label(s, m): r['history'] for s, rs in runs.items() for m, r in rs.items()},
+                       os.path.join(results, 'plot'))
+    print('\n' + header + '\n'.join(verdicts))
 
 
 if __name__ == '__main__':

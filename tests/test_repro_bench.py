@@ -3,28 +3,40 @@ import json
 import math
 import os
 
+import pytest
+
 import bench
 import repro
 from conftest import ROOT_DIR
 
 
-def test_repro_all_methods(tiny_data, tmp_path, monkeypatch):
+def test_repro_all_methods(tiny_data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT_DIR)
     results = str(tmp_path / 'results')
     tiny = ('--n_layer=1 --n_head=1 --n_embd=16 --block_size=32 --batch_size=2 --total_batch_size=2 '
             '--max_tokens=256 --eval_iters=1 --eval_batch_size=2 --eval_samples=4 --eval_max_new_tokens=8 '
             '--kl_samples=4 --log_interval=2')
-    repro.main(['pep8', '--methods=all', f'--data_dir={tiny_data}', f'--results={results}', f'--extra={tiny}'])
+    argv = ['pep8', '--methods=all', f'--data_dir={tiny_data}', f'--results={results}', f'--extra={tiny}']
+    repro.main(argv)
     summary = json.load(open(os.path.join(results, 'results.json')))
-    assert list(summary['runs']) == ['mle', 'filter', 'cond', 'ul', 'awr', 'rwr']
-    for method, row in summary['runs'].items():
+    assert list(summary['runs']['42']) == ['mle', 'filter', 'cond', 'ul', 'awr', 'rwr']
+    for method, row in summary['runs']['42'].items():
         assert row['method'] == method and row['val_loss'] > 0 and 'unconditional/score' in row
-        # the MLE model is the KL reference: its KL from itself is 0; the others' is an estimate from 4 samples
-        assert abs(row['kl']) < 1e-4 if method == 'mle' else math.isfinite(row['kl']) and row['kl'] != 0
-    table = open(os.path.join(results, 'results.md')).read()
-    assert table.count('\n| ') == 7  # header and six methods
+        # the MLE model is the KL reference: 0 by definition; the others' is an estimate from 4 samples
+        assert row['kl'] == 0 if method == 'mle' else math.isfinite(row['kl']) and row['kl'] != 0
+    figures = summary['figures']['42']
+    assert set(figures) == {f'{m}/unconditional' for m in repro.METHODS} | {'cond/misaligned'}
+    assert figures['mle/unconditional']['n'] == 4 and 'hit_verdict' in figures['cond/misaligned']
+    report = open(os.path.join(results, 'results.md')).read()
+    assert report.count('\n| ') == 8  # header, six methods, cond after <|misaligned|>
+    assert report.count('\nseed 42 ') == 7
     for name in ('plot_score_vs_tokens.png', 'plot_pareto.png'):
         assert os.path.getsize(os.path.join(results, name)) > 1000
+    capsys.readouterr()
+    repro.main(argv)  # a second call trains nothing
+    assert 'already evaluated, skipping' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match='holds runs made with other settings \\(train_args differ'):
+        repro.main(argv[:-1] + [f'--extra={tiny} --learning_rate=0.1'])
 
 
 def test_bench_small(capsys, monkeypatch):
@@ -42,7 +54,7 @@ def test_bench_small(capsys, monkeypatch):
 def test_every_size_is_a_valid_training_config(monkeypatch):
     import train
     monkeypatch.chdir(ROOT_DIR)
-    for size in repro.SIZES.values():
+    for (task, size), plan in repro.TASK_SIZE.items():
         for method in repro.METHODS:
-            cfg = train.load_config([f'config/pep8_{method}.py'] + size['train'])
+            cfg = train.load_config([f'config/{task}_{method}.py'] + repro.SIZES[size] + plan['train'])
             assert cfg.method == method and cfg.total_batch_size % cfg.batch_size == 0

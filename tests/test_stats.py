@@ -1,0 +1,34 @@
+"""stats.py against values computed by hand."""
+import pytest
+
+import stats
+
+
+def test_wilson_by_hand():
+    # z^2 = 3.8415: 0/10 -> (0, z^2 / (10 + z^2)); 5/10 -> 0.5 -/+ z sqrt(2.5 + z^2/4) / (10 + z^2)
+    assert stats.wilson(0, 10) == pytest.approx((0.0, 0.27753), abs=1e-5)
+    assert stats.wilson(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    assert stats.wilson(10, 10) == pytest.approx((0.72247, 1.0), abs=1e-5)
+    assert stats.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_bootstrap_mean_by_enumeration():
+    # resampling [0, 1]: the mean is 0, 1/2 or 1 with probability 1/4, 1/2, 1/4: the 2.5% and 97.5% points are 0 and 1
+    assert stats.bootstrap_mean([0, 1]) == (0.0, 1.0)
+    # [0, 0, 0, 1]: the mean is k/4, k ~ Binomial(4, 1/4); P(k = 0) = 0.32 > 2.5%, P(k <= 2) = 0.949 < 97.5% <=
+    # P(k <= 3) = 0.996, so the interval is (0, 3/4)
+    assert stats.bootstrap_mean([0, 0, 0, 1]) == (0.0, 0.75)
+    assert stats.bootstrap_mean([2.5] * 7) == (2.5, 2.5)
+
+
+def test_bootstrap_difference_and_verdict():
+    assert stats.bootstrap_difference([0, 1], [3, 3]) == (-3.0, -2.0)  # mean(x) in {0, 1/2, 1} minus 3
+    assert stats.verdict((-3.0, -2.0)) == 'lower, beyond noise'
+    assert stats.verdict((-0.1, 0.0)) == 'no difference (inside the noise)'  # 0 inside the interval: no difference
+    assert stats.verdict((0.0, 0.1)) == 'no difference (inside the noise)'
+    assert stats.verdict((1e-9, 0.1)) == 'higher, beyond noise'
+
+
+def test_mean_and_spread():
+    assert stats.mean_and_spread([1, 2, 3]) == (2.0, 1.0)
+    assert stats.mean_and_spread([4]) == (4.0, 0.0)
