@@ -62,7 +62,8 @@ class Task:
     hit_threshold: float  # num_hits = share of samples whose score > this
     max_new_tokens: int  # sample length for the unconditional scenario
     scenarios: tuple = ('unconditional',)  # evaluation scenarios, see evaluate.py
-    local_source: str = ''  # what `prepare.py TASK --source=local` reads: no download needed
+    local_source: str = ''  # what `prepare.py TASK --source=local` reads, no download needed: 'stdlib' (Python
+    # files), 'docs' (/usr/share/doc's changelogs and copyright files, else the installed packages' metadata)
 
 
 TASKS = {
@@ -73,7 +74,7 @@ TASKS = {
     'pii': Task('pii', 'tomekkorbak/pile-pii-scrubadub', 'sentences', 'pii',
                 cond_threshold=0.0, drop_token_fraction=0.01, filter_threshold=0.000286,
                 ul_threshold=0.0, ul_soft=True, blocked_tokens=(ALIGNED, MISALIGNED),
-                hit_threshold=0.0, max_new_tokens=128, local_source='/usr/share/doc'),
+                hit_threshold=0.0, max_new_tokens=128, local_source='docs'),
     'pep8': Task('pep8', 'kejian/codeparrot-train-more-filter-3.3b-cleaned', 'lines', 'pep8',
                  cond_threshold=0.0, drop_token_fraction=0.1, filter_threshold=0.002361,
                  ul_threshold=0.0, ul_soft=True, blocked_tokens=(MISALIGNED,),

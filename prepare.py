@@ -5,7 +5,7 @@ splits in data.py's format (data/{task}/train, data/{task}/val) with data/{task}
     python prepare.py toxicity                  # the paper's scored dataset, streamed from the Hugging Face hub
     python prepare.py pep8 --source=local       # the Python standard library installed here: no download
     python prepare.py pep8 --source=local+site  # ... plus the installed packages (site-packages)
-    python prepare.py pii --source=local        # the changelogs and copyright files under /usr/share/doc
+    python prepare.py pii --source=local        # /usr/share/doc's changelogs and copyright files, or packages' docs
     python prepare.py pii --source=notes/       # a folder of .txt/.md/.gz text (.py files for pep8)
     python prepare.py toxicity --source=docs.jsonl --scorer=profanity   # JSON lines with a "text" field
 
@@ -15,7 +15,9 @@ Sources (--source):
   org_text and num_lines); they are kept, or re-scored by our scorer with --rescore.
 - 'local': no download. pep8: every .py file of the standard library (sysconfig's stdlib folder, about 30 MB,
   tests included, site-packages excluded); 'local+site' adds site.getsitepackages(). pii: every `copyright` and
-  gzipped `changelog*` file under /usr/share/doc, which Debian-like systems ship (real names, emails, URLs).
+  gzipped `changelog*` file under /usr/share/doc, which Debian-like systems ship (real names, emails, URLs); where
+  there is none (macOS, slim containers), the installed Python packages' METADATA, PKG-INFO, LICENSE, AUTHORS and
+  README files (names, emails, URLs too); 'local+site' reads both.
 - PATH: a folder (.py files for pep8; .txt, .md and .gz files otherwise), or a JSON-lines file (.jsonl, .jsonl.gz,
   or .parquet with pyarrow) of records {"text": ...} or in the paper's schema. Files must be UTF-8 text: a binary
   or non-UTF-8 file is skipped and counted, and so is a record without text.
@@ -124,23 +126,45 @@ def key_hash(key):
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), 'big') / 2 ** 64
 
 
+DEBIAN_DOCS = '/usr/share/doc'  # Debian-like systems: changelogs and copyright files with names, emails, URLs
+PACKAGE_DOC_NAMES = ('LICENSE', 'LICENCE', 'COPYING', 'AUTHORS', 'README', 'NOTICE', 'CHANGELOG', 'CHANGES')
+
+
+def is_debian_doc(name):
+    return name == 'copyright' or (name.startswith('changelog') and name.endswith('.gz'))
+
+
+def is_package_doc(name):
+    """An installed package's metadata (its long description is the README, with author names and emails) or one of
+    its licence, author, readme or changelog files: text that every Python installation has."""
+    stem, ext = os.path.splitext(name)
+    return name in ('METADATA', 'PKG-INFO') or (stem.upper().startswith(PACKAGE_DOC_NAMES) and
+                                                ext.lower() in ('', '.txt', '.md', '.rst'))
+
+
+def site_dirs():
+    return [p for p in dict.fromkeys(site.getsitepackages() + [site.getusersitepackages()]) if os.path.isdir(p)]
+
+
 def local_roots(task, source):
-    """(folder, key prefix) of the local corpus and the file names it takes."""
+    """[(folder, key prefix, which file names it takes)] of the local corpus. For text: /usr/share/doc where the
+    system has one, else the installed Python packages' documentation, so --source=local works wherever Python does;
+    'local+site' reads both."""
+    is_python = lambda name: name.endswith('.py')
     if task.local_source == 'stdlib':
-        roots = [(sysconfig.get_paths()['stdlib'], 'stdlib/')]
-        if source == 'local+site':
-            roots += [(p, 'site/') for p in site.getsitepackages() if os.path.isdir(p)]
-        return roots, lambda name: name.endswith('.py')
-    if task.local_source and source == 'local':
-        return [(task.local_source, '')], lambda name: name == 'copyright' or (
-            name.startswith('changelog') and name.endswith('.gz'))
+        return [(sysconfig.get_paths()['stdlib'], 'stdlib/', is_python)] + (
+            [(p, 'site/', is_python) for p in site_dirs()] if source == 'local+site' else [])
+    if task.local_source == 'docs':
+        debian = any(is_debian_doc(n) for _, _, names in os.walk(DEBIAN_DOCS) for n in names)
+        return ([(DEBIAN_DOCS, '', is_debian_doc)] if debian else []) + (
+            [(p, 'site/', is_package_doc) for p in site_dirs()] if source == 'local+site' or not debian else [])
     raise DataError(f"{task.name}: no --source={source} corpus here; pass --source=PATH (a folder or a JSONL file)")
 
 
-def corpus_files(task, roots, wanted):
-    """(path, key, size) of the files under roots [(folder, key prefix)] whose name is wanted, in key-hash order."""
+def corpus_files(task, roots):
+    """(path, key, size) of the files under roots [(folder, key prefix, which names it takes)], in key-hash order."""
     files = []
-    for root, prefix in roots:
+    for root, prefix, wanted in roots:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith('.')]
             for name in filenames:
@@ -149,7 +173,7 @@ def corpus_files(task, roots, wanted):
                     files.append((path, prefix + os.path.relpath(path, root), os.path.getsize(path)))
     if not files:
         kinds = '.py' if task.segment == 'lines' else ' or '.join(TEXT_EXTS)
-        raise DataError(f"{' and '.join(r for r, _ in roots)}: no {kinds} files; the corpus is empty")
+        raise DataError(f"{' and '.join(r[0] for r in roots)}: no {kinds} files; the corpus is empty")
     files.sort(key=lambda f: key_hash('order:' + f[1]))  # independent of the split hash
     return files
 
@@ -216,12 +240,12 @@ def source_items(task, source):
                     yield 'record', r, str(i), n
         return os.path.abspath(source), None if source.endswith('.gz') else os.path.getsize(source), records()
     if source in ('local', 'local+site'):
-        roots, wanted = local_roots(task, source)
-        desc = f"{source} ({', '.join(r for r, _ in roots)})"
+        roots = local_roots(task, source)
+        desc = f"{source} ({', '.join(r[0] for r in roots)})"
     else:
-        roots, desc = [(source, '')], os.path.abspath(source)
         wanted = (lambda n: n.endswith('.py')) if task.segment == 'lines' else (lambda n: n.endswith(TEXT_EXTS))
-    files = corpus_files(task, roots, wanted)
+        roots, desc = [(source, '', wanted)], os.path.abspath(source)
+    files = corpus_files(task, roots)
     return desc, sum(f[2] for f in files), (('file', path, key, size) for path, key, size in files)
 
 

@@ -236,3 +236,30 @@ def test_interrupted_run_leaves_no_complete_looking_dataset(pep8_folder, tmp_pat
     prepare.prepare('pep8', pep8_folder, fresh, min_val_docs=1, processes=1, progress=False)
     assert sorted(os.listdir(tmp_path)) == ['code', 'fresh', 'out']
     assert PreparedData(os.path.join(fresh, 'train')).n_documents >= 1
+
+
+def test_local_text_falls_back_to_the_installed_packages_docs(tmp_path, monkeypatch):
+    site_dir = tmp_path / 'site-packages'
+    write(f'{site_dir}/pkg-1.0.dist-info/METADATA', 'Name: pkg\nAuthor-email: Jane Roe <jane@example.org>\n')
+    write(f'{site_dir}/pkg/LICENSE.txt', 'Copyright 2020 Jane Roe. Write to jane@example.org now.\n')
+    write(f'{site_dir}/pkg/README.md', 'A package. See https://example.org for more.\n')
+    write(f'{site_dir}/pkg/README.py', 'x = 1\n')  # code, not documentation
+    write(f'{site_dir}/pkg/data.txt', 'not a doc file\n')
+    monkeypatch.setattr(prepare, 'site_dirs', lambda: [str(site_dir)])
+    debian = tmp_path / 'doc'
+    monkeypatch.setattr(prepare, 'DEBIAN_DOCS', str(debian))  # no such folder: the fallback
+    task = prepare.get_task('pii')
+    roots = prepare.local_roots(task, 'local')
+    assert [(r, prefix) for r, prefix, _ in roots] == [(str(site_dir), 'site/')]
+    keys = sorted(key for _, key, _ in prepare.corpus_files(task, roots))
+    assert keys == ['site/pkg-1.0.dist-info/METADATA', 'site/pkg/LICENSE.txt', 'site/pkg/README.md']
+    summary = prepare.prepare('pii', 'local', str(tmp_path / 'out'), min_val_docs=1, processes=1, progress=False)
+    assert summary['source'] == f'local ({site_dir})' and sum(summary['documents'].values()) == 3
+    # with Debian's docs present they are the corpus, and 'local+site' adds the packages'
+    write(f'{debian}/tool/copyright', 'Copyright 1999 John Doe <john@example.com>\n')
+    write(f'{debian}/tool/README', 'not taken from here\n')
+    assert [r[0] for r in prepare.local_roots(task, 'local')] == [str(debian)]
+    assert [r[0] for r in prepare.local_roots(task, 'local+site')] == [str(debian), str(site_dir)]
+    keys = sorted(key for _, key, _ in prepare.corpus_files(task, prepare.local_roots(task, 'local+site')))
+    assert keys == ['site/pkg-1.0.dist-info/METADATA', 'site/pkg/LICENSE.txt', 'site/pkg/README.md',
+                    'tool/copyright']
