@@ -7,6 +7,7 @@ the data loader, and the scorers. One JSON line per measurement on stdout.
     python bench.py --loss_chunk_sizes=0,2048,8192   # each objective with plain logits and in chunks
     python bench.py --eager_loss                     # the model compiled alone, the loss eager (as before issue 6)
     python bench.py --only=loss --device=cpu --batch_sizes=8 --loss_n_embd=128   # loss memory on CPU
+    python bench.py --cpu_demo --only=train,hf,sample  # the demo's CPU model: ours vs HF, training and sampling
     python bench.py --small                          # a tiny model for a few steps on CPU (what CI runs)
 """
 import argparse
@@ -25,7 +26,7 @@ import torch
 import data
 import objectives
 import train
-from model import GPT, GPTConfig, sample
+from model import GPT, GPTConfig, keep_freed_memory, sample
 
 
 def emit(row):
@@ -161,7 +162,10 @@ def loss_cost(device, n_tokens, n_embd, chunk_size, steps, compile):
 
 
 def bench_sample(args):
-    """The paper's evaluation: n samples of max_new_tokens at temperature 0.7, top-p 0.9; ours vs HF generate."""
+    """The paper's evaluation (n samples of max_new_tokens, temperature 0.7, top-p 0.9): our sampler, then Hugging
+    Face's `generate` on the same weights (exported with evaluate.export_hf) at the same settings."""
+    from evaluate import export_hf
+    from transformers import GPT2LMHeadModel
     device, n, new = args.device, args.samples, args.new_tokens
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
@@ -178,11 +182,9 @@ def bench_sample(args):
     ours = time.perf_counter() - t0
     emit(dict(bench='sample', impl='phf', samples=n, new_tokens=new, batch_size=args.sample_batch,
               seconds=round(ours, 3), tokens_per_s=round(n * new / ours)))
-    from transformers import GPT2Config, GPT2LMHeadModel
-    hf = GPT2LMHeadModel(GPT2Config(n_positions=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                                    n_embd=args.n_embd, attn_implementation='sdpa')).to(device).eval()
-    if device.startswith('cuda'):
-        hf = hf.to(torch.bfloat16)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_hf(model, tmp)
+        hf = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation='sdpa').to(device).eval()
     best = None
     for batch in args.hf_sample_batches:
         batch = min(batch, n)
@@ -245,6 +247,9 @@ def bench_scorers(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--small', action='store_true', help='tiny model, few steps (CPU, for CI)')
+    p.add_argument('--cpu_demo', action='store_true',
+                   help="the demo's model (config/cpu_small.py: 4 x 128, T = 128, batch 8) on CPU, fp32; sampling "
+                        "256 x 126 new tokens")
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--batch_sizes', default='32')
     p.add_argument('--objectives', default='mle,cond,ul,awr')
@@ -260,8 +265,15 @@ def main(argv=None):
     tiny = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, warmup=1, steps=2, samples=8, new_tokens=8,
                 sample_batch=8, hf_sample_batches=[8], loader_docs=200, loader_batch=4, scorer_texts=8,
                 compile=False, loss_steps=1)
-    for k, v in (tiny if args.small else gpt2_small).items():
+    cpu_demo = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, warmup=3, steps=20, samples=256,
+                    new_tokens=126, sample_batch=256, hf_sample_batches=[64, 256], loader_docs=20000, loader_batch=8,
+                    scorer_texts=200, compile=False, loss_steps=2)
+    for k, v in (tiny if args.small else cpu_demo if args.cpu_demo else gpt2_small).items():
         setattr(args, k, v)
+    if args.cpu_demo:
+        args.device, args.batch_sizes, args.loss_chunk_sizes = 'cpu', '8', '0'
+    if args.device == 'cpu':
+        keep_freed_memory()  # as train.py and evaluate.py do on CPU
     if args.small:
         args.batch_sizes, args.loss_chunk_sizes = '2', '0,48'  # 128 positions: chunks of 48, 48 and 32
     args.loss_chunk_sizes = [int(c) for c in args.loss_chunk_sizes.split(',')]

@@ -16,8 +16,6 @@ S/samples_per_s. PEP8 also: S/score_complete_lines (and its max@25, num_hits): t
 truncated samples, which pycodestyle otherwise counts; S/degenerate: the share left out of it as too short. Then
 val_loss (plain cross-entropy on the val split) and kl (KL(reference || model), nats per sample).
 """
-import hashlib
-import io
 import json
 import os
 import re
@@ -34,7 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from model import GPT, GPTConfig, keep_freed_memory, logits_only, sample
+from kl import KL_MAX_TOKENS, EvalError, kl_divergence, write_json
+from model import keep_freed_memory, load_checkpoint, logits_only, sample
 
 CONTROL_TOKENS = (data.ALIGNED, data.MISALIGNED)
 PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
@@ -42,43 +41,6 @@ MAX_PROMPT_TOKENS = 128  # longer prompts (e.g. signatures with long docstrings)
 SAVED_SAMPLES = 256  # texts per scenario in eval_step{N}.json (all the scores are kept, for intervals)
 SCENARIOS = ('unconditional', 'misaligned', 'functions', 'prompted')
 MIN_COMPLETE_CHARS = 20  # PEP8 complete-lines variant: a shorter remainder is degenerate, not scored
-KL_MAX_TOKENS = 64  # reference samples' length (reference §5.2)
-OPENAI_PROMPT = '<|endoftext|>'  # the original's "no prompt" (the API's default prompt)
-RETRIES, RETRY_BACKOFF_S, REQUEST_TIMEOUT_S = 7, 1.0, 120.0  # waits of 1, 2, 4, ..., 32 s between attempts
-
-
-class EvalError(Exception):
-    """An evaluation that cannot run (a bad scenario, a reference API that keeps failing); says what to do."""
-
-
-def load_checkpoint(path, device='cpu'):
-    """(model in eval mode on device, the checkpoint dict) from a ckpt.pt written by train.py, wherever it was saved."""
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)  # our own file; it holds RNG states too
-    model = GPT(GPTConfig(**ckpt['model_args']))
-    model.load_state_dict(ckpt['model'])
-    return model.to(device).eval(), ckpt
-
-
-@torch.no_grad()
-def sequence_logprobs(model, seqs, batch_size=32, device=None):
-    """log p(seq[1:] | seq[0]) for each token list, summed over the tokens after the first, except control tokens:
-    they are conditioned on, not scored. (The original's KL counted <|aligned|> and shifted its mask by one,
-    reference §5.2 and §7.6; both are fixed here.) Embedding padding ids are outside the distribution."""
-    device = device or next(model.parameters()).device
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        chunk = seqs[i:i + batch_size]
-        T = max(2, max(len(s) for s in chunk))
-        x = torch.full((len(chunk), T - 1), data.EOS, dtype=torch.long)
-        y = torch.full((len(chunk), T - 1), -1, dtype=torch.long)
-        for r, s in enumerate(chunk):
-            x[r, :len(s) - 1] = torch.tensor(s[:-1], dtype=torch.long)
-            y[r, :len(s) - 1] = torch.tensor([-1 if t in CONTROL_TOKENS else t for t in s[1:]], dtype=torch.long)
-        with torch.autocast(torch.device(device).type, enabled=False):  # sums of ~64 log-probs: fp32, not bf16
-            logits = logits_only(model(x.to(device)))[..., :model.config.vocab_size].float()
-        nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-1, reduction='none')
-        out += (-nll.view_as(y)).sum(1).tolist()
-    return out
 
 
 CONTROL_GAP_SEGMENTS = 256  # held-out segments of each kind for control_token_gap
@@ -288,116 +250,6 @@ def _scores(scorer, texts):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# KL(reference || model) (reference §5.2), the reference's samples and log-probs cached on disk
-
-def kl_cache_path(reference, base_url='', max_tokens=KL_MAX_TOKENS, cache_dir=None):
-    """Where a reference's samples live: named by the reference (model and server, or our checkpoint's path, size
-    and modification time, so a retrained reference gets fresh samples)."""
-    if reference.startswith('openai:'):
-        ident, name = f"{reference}|{base_url}", reference[len('openai:'):]
-    else:
-        st = os.stat(reference)
-        ident, name = f"{os.path.abspath(reference)}|{st.st_size}|{st.st_mtime_ns}", 'local'
-    cache_dir = cache_dir or os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'phf', 'kl')
-    name = re.sub(r'[^\w.-]+', '_', name)
-    return os.path.join(cache_dir, f"{name}_{hashlib.sha1(ident.encode()).hexdigest()[:10]}_{max_tokens}_tokens.json")
-
-
-def _write_json(path, obj):
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-        json.dump(obj, f)
-    os.replace(path + '.tmp', path)
-
-
-def reference_samples(reference, n, *, base_url='', max_tokens=KL_MAX_TOKENS, device='cpu', cache_dir=None):
-    """n samples x ~ reference with log p_ref(x): dicts with 'text', 'logprob' (and 'tokens' for our models).
-    reference: 'openai:MODEL' (any OpenAI-compatible completions server: base_url) or a ckpt.pt of ours. Cached,
-    and extended when more are asked for; what a failing API had delivered stays in the cache."""
-    path = kl_cache_path(reference, base_url, max_tokens, cache_dir)
-    if os.path.exists(path):
-        with open(path) as f:
-            cache = json.load(f)
-    else:
-        cache = dict(reference=reference, base_url=base_url, max_tokens=max_tokens, samples=[])
-    entries, before = cache['samples'], len(cache['samples'])
-    if len(entries) < n:
-        print(f"KL reference {reference}: sampling {n - len(entries)} more into {path}", flush=True)
-    try:
-        if len(entries) < n and reference.startswith('openai:'):
-            _openai_samples(reference[len('openai:'):], base_url, n, max_tokens, entries, path,
-                            save=lambda: _write_json(path, cache))
-        elif len(entries) < n:
-            _local_samples(reference, n, max_tokens, device, entries)
-    finally:
-        if len(entries) > before:
-            _write_json(path, cache)
-    return entries[:n]
-
-
-def _local_samples(path, n, max_tokens, device, entries):
-    ref, _ = load_checkpoint(path, device)
-    # pure ancestral sampling (temperature 1, no top-p, EOS allowed at once): the estimator needs x ~ p_ref
-    new = sample(ref, [[data.EOS]] * (n - len(entries)), min(max_tokens, ref.config.block_size - 1), temperature=1.0,
-                 top_p=1.0, top_k=0, min_new_tokens=0, seed=len(entries), device=device)
-    logprobs = sequence_logprobs(ref, [[data.EOS] + x for x in new], device=device)
-    enc = data.get_tokenizer()
-    entries += [dict(text=enc.decode(x), tokens=x, logprob=lp) for x, lp in zip(new, logprobs)]
-
-
-def _openai_samples(model_name, base_url, n, max_tokens, entries, path, save):
-    import openai
-    client = openai.OpenAI(base_url=base_url or None, api_key=os.environ.get('OPENAI_API_KEY', 'none'),
-                           timeout=REQUEST_TIMEOUT_S, max_retries=0)  # our own retries, below
-    retryable = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)  # incl. timeouts
-    while len(entries) < n:
-        for attempt in range(RETRIES):
-            try:
-                response = client.completions.create(model=model_name, prompt=OPENAI_PROMPT, max_tokens=max_tokens,
-                                                     temperature=1, n=min(8, n - len(entries)), logprobs=1, echo=True)
-                break
-            except retryable as e:
-                error = e
-                if attempt < RETRIES - 1:
-                    time.sleep(RETRY_BACKOFF_S * 2 ** attempt)
-            except openai.OpenAIError as e:
-                raise EvalError(f"KL reference {model_name} at {base_url or 'OpenAI'}: {e}") from e
-        else:
-            raise EvalError(f"KL reference {model_name} at {base_url or 'OpenAI'}: failed {RETRIES} times "
-                            f"({type(error).__name__}: {error}); {len(entries)} samples kept in {path}, rerun to "
-                            f"continue") from error
-        for c in response.choices:
-            if not c.text.startswith(OPENAI_PROMPT):
-                raise EvalError(f"KL reference {model_name}: the server ignored echo=True")
-            lp = c.logprobs  # log p_ref(x): the tokens after the prompt, found by their character offsets
-            logprob = sum(p for p, o in zip(lp.token_logprobs, lp.text_offset) if o >= len(OPENAI_PROMPT))
-            entries.append(dict(text=c.text[len(OPENAI_PROMPT):], logprob=logprob))
-        if len(entries) % 128 < 8:  # save as we go, so an interrupted fill is not lost
-            save()
-
-
-def kl_divergence(model, reference, n, *, conditional=False, lines=False, base_url='', max_tokens=KL_MAX_TOKENS,
-                  batch_size=32, device='cpu', cache_dir=None):
-    """KL(ref || model) ≈ mean over x ~ ref of log p_ref(x) − log p_model(x), nats per sample. The model scores
-    EOS + x; a conditional one EOS + <|aligned|> + x, and for line tasks <|aligned|> before every line, as it was
-    trained (the original's should_insert_prefix). Control tokens are conditioned on, never counted. A reference
-    server's text is re-tokenized with our tokenizer, so it is a text-level estimate."""
-    entries = reference_samples(reference, n, base_url=base_url, max_tokens=max_tokens, device=device,
-                                cache_dir=cache_dir)
-    enc = data.get_tokenizer()
-    seqs = []
-    for e in entries:
-        if conditional and lines:
-            x = [t for line in io.StringIO(e['text']).readlines() for t in [data.ALIGNED] + enc.encode_ordinary(line)]
-        else:
-            x = e['tokens'] if 'tokens' in e else enc.encode_ordinary(e['text'])
-            x = ([data.ALIGNED] if conditional else []) + x
-        seqs.append(([data.EOS] + x)[:model.config.block_size + 1])  # only tiny test models ever cut here
-    logprobs = sequence_logprobs(model, seqs, batch_size, device)
-    return float(np.mean([e['logprob'] - lp for e, lp in zip(entries, logprobs)]))
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # One evaluation: validation loss, every scenario, KL; written to out_dir
 
 def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), scorer=None):
@@ -436,7 +288,7 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
     finally:
         model.train(was_training)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    _write_json(os.path.join(cfg.out_dir, f'eval_step{step}.json'), dict(result, samples=samples, scores=scores))
+    write_json(os.path.join(cfg.out_dir, f'eval_step{step}.json'), dict(result, samples=samples, scores=scores))
     with open(os.path.join(cfg.out_dir, 'eval.jsonl'), 'a') as f:
         f.write(json.dumps(result) + '\n')
     return result

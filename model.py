@@ -227,6 +227,14 @@ def _load_state_dict(path):
     raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin found")
 
 
+def load_checkpoint(path, device='cpu'):
+    """(model in eval mode on device, the checkpoint dict) from a ckpt.pt written by train.py, wherever it was saved."""
+    ckpt = torch.load(path, map_location='cpu', weights_only=False)  # our own file; it holds RNG states too
+    model = GPT(GPTConfig(**ckpt['model_args']))
+    model.load_state_dict(ckpt['model'])
+    return model.to(device).eval(), ckpt
+
+
 def keep_freed_memory():
     """Have glibc keep freed memory for reuse instead of returning each block over 32 MB to the OS: otherwise every
     training step's and every sampling step's (B, T, vocab) tensors are page-faulted in afresh, which on the 2-core

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import data
 import evaluate as ev
+import kl as kl_mod
 from data import ALIGNED, EOS, MISALIGNED
 from model import GPT, GPTConfig, pick, sample
 
@@ -114,10 +115,10 @@ def test_top_p_and_top_k_keep_the_right_tokens():
 def test_sequence_logprobs_skip_the_prefix_and_control_tokens():
     model = tiny_model()
     seqs = [[EOS, ALIGNED, 5, 6, 7], [EOS, 9], [EOS, 3, ALIGNED, 4]]
-    got = ev.sequence_logprobs(model, seqs, batch_size=2)
+    got = kl_mod.sequence_logprobs(model, seqs, batch_size=2)
     want = [manual_logprob(model, s, skip=(ALIGNED,)) for s in seqs]
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    assert ev.sequence_logprobs(model, [[EOS]]) == [0.0]
+    assert kl_mod.sequence_logprobs(model, [[EOS]]) == [0.0]
 
 
 def test_val_loss_is_plain_cross_entropy_on_the_first_blocks(tiny_data):
@@ -195,7 +196,7 @@ def test_evaluate_writes_results_and_reuses_the_kl_cache(tmp_path, monkeypatch):
     fn = saved['samples']['functions'][0]
     assert fn['prompt'].startswith('def ') and fn['score'] == FakeScorer().score([fn['prompt'] + fn['text']])[0]
     assert {p['prompt'] for p in saved['samples']['prompted']} == {'plain', 'Once upon', 'def f():'}
-    monkeypatch.setattr(ev, '_local_samples', lambda *a: pytest.fail('the cached samples were not reused'))
+    monkeypatch.setattr(kl_mod, '_local_samples', lambda *a: pytest.fail('the cached samples were not reused'))
     again = ev.evaluate(model, cfg, 8, 800, 'cpu', scorer=FakeScorer())
     assert {k: again[k] for k in result if '/samples_per_s' not in k and k not in ('step', 'tokens_seen')} == \
         {k: result[k] for k in result if '/samples_per_s' not in k and k not in ('step', 'tokens_seen')}
@@ -232,8 +233,8 @@ def test_pep8_scores_without_the_cut(tmp_path, monkeypatch):
 def test_kl_from_a_local_reference_by_hand(tmp_path):
     ref_model, model = tiny_model(0), tiny_model(1, sharpness=20)
     ref = save_ckpt(ref_model, tmp_path / 'ref.pt')
-    kl = ev.kl_divergence(model, ref, 5, max_tokens=8, cache_dir=str(tmp_path))
-    entries = ev.reference_samples(ref, 5, max_tokens=8, cache_dir=str(tmp_path))
+    kl = kl_mod.kl_divergence(model, ref, 5, max_tokens=8, cache_dir=str(tmp_path))
+    entries = kl_mod.reference_samples(ref, 5, max_tokens=8, cache_dir=str(tmp_path))
     assert [e['logprob'] for e in entries] == pytest.approx([manual_logprob(ref_model, [EOS] + e['tokens'])
                                                              for e in entries], rel=1e-5)
     want = np.mean([e['logprob'] - manual_logprob(model, [EOS] + e['tokens']) for e in entries])
@@ -242,7 +243,7 @@ def test_kl_from_a_local_reference_by_hand(tmp_path):
     entry = entries[0]
     lines = data.get_tokenizer().decode(entry['tokens']).splitlines(keepends=True)
     seq = [EOS] + [t for line in lines for t in [ALIGNED] + data.get_tokenizer().encode_ordinary(line)]
-    kl_cond = ev.kl_divergence(model, ref, 1, conditional=True, lines=True, max_tokens=8, cache_dir=str(tmp_path))
+    kl_cond = kl_mod.kl_divergence(model, ref, 1, conditional=True, lines=True, max_tokens=8, cache_dir=str(tmp_path))
     assert kl_cond == pytest.approx(entry['logprob'] - manual_logprob(model, seq, skip=(ALIGNED,)), abs=1e-4)
 
 
@@ -285,7 +286,7 @@ class Completions(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server(monkeypatch):
     monkeypatch.setenv('NO_PROXY', '127.0.0.1')
-    monkeypatch.setattr(ev, 'RETRY_BACKOFF_S', 0.0)
+    monkeypatch.setattr(kl_mod, 'RETRY_BACKOFF_S', 0.0)
     srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Completions)
     srv.model, srv.requests, srv.served, srv.failing = tiny_model(), [], 0, lambda n: False
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -298,33 +299,33 @@ def server(monkeypatch):
 
 def test_openai_reference_through_a_local_server(server, tmp_path):
     kw = dict(base_url=server.url, cache_dir=str(tmp_path))
-    kl = ev.kl_divergence(server.model, 'openai:tiny', 12, **kw)
+    kl = kl_mod.kl_divergence(server.model, 'openai:tiny', 12, **kw)
     assert abs(kl) < 1e-4  # the server's model is the one evaluated
     assert [r['n'] for r in server.requests] == [8, 4]
     assert server.requests[0]['echo'] is True and server.requests[0]['logprobs'] == 1
     assert server.requests[0]['prompt'] == '<|endoftext|>' and server.requests[0]['max_tokens'] == 64
     other = tiny_model(1, sharpness=20)
-    entries = ev.reference_samples('openai:tiny', 12, **kw)
+    entries = kl_mod.reference_samples('openai:tiny', 12, **kw)
     enc = data.get_tokenizer()
     want = np.mean([e['logprob'] - manual_logprob(other, [EOS] + enc.encode_ordinary(e['text'])) for e in entries])
-    assert ev.kl_divergence(other, 'openai:tiny', 12, **kw) == pytest.approx(want, rel=1e-4) and want > 10
+    assert kl_mod.kl_divergence(other, 'openai:tiny', 12, **kw) == pytest.approx(want, rel=1e-4) and want > 10
     assert len(server.requests) == 2  # cached
 
 
 def test_openai_errors_are_retried_and_a_partial_cache_is_kept(server, tmp_path):
     kw = dict(base_url=server.url, cache_dir=str(tmp_path))
     server.failing = lambda n: n in (1, 2)  # two 500s, then OK
-    assert len(ev.reference_samples('openai:flaky', 8, **kw)) == 8
+    assert len(kl_mod.reference_samples('openai:flaky', 8, **kw)) == 8
     assert len(server.requests) == 3
     server.failing = lambda n: n > 4  # down for good after one more good request
-    with pytest.raises(ev.EvalError, match=r'failed 7 times .*16 samples kept in .*rerun to continue'):
-        ev.reference_samples('openai:flaky', 24, **kw)
-    assert len(server.requests) == 3 + 1 + ev.RETRIES
-    with open(ev.kl_cache_path('openai:flaky', server.url, 64, str(tmp_path))) as f:
+    with pytest.raises(kl_mod.EvalError, match=r'failed 7 times .*16 samples kept in .*rerun to continue'):
+        kl_mod.reference_samples('openai:flaky', 24, **kw)
+    assert len(server.requests) == 3 + 1 + kl_mod.RETRIES
+    with open(kl_mod.kl_cache_path('openai:flaky', server.url, 64, str(tmp_path))) as f:
         assert [e['text'] for e in json.load(f)['samples']] == (SENTENCES * 6)[:16]
     server.failing = lambda n: False
-    assert [e['text'] for e in ev.reference_samples('openai:flaky', 24, **kw)] == (SENTENCES * 8)[:24]
-    assert server.requests[-1]['n'] == 8 and len(server.requests) == 3 + 1 + ev.RETRIES + 1
+    assert [e['text'] for e in kl_mod.reference_samples('openai:flaky', 24, **kw)] == (SENTENCES * 8)[:24]
+    assert server.requests[-1]['n'] == 8 and len(server.requests) == 3 + 1 + kl_mod.RETRIES + 1
 
 
 def test_export_hf_matches_our_logits(tmp_path):
