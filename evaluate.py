@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import scorers
 from kl import KL_MAX_TOKENS, EvalError, kl_divergence, write_json
 from model import keep_freed_memory, load_checkpoint, logits_only, sample
 
@@ -243,7 +244,6 @@ _scorer_cache = {}
 
 def _scores(scorer, texts):
     """Our scorers through scorers.score_texts (a process pool for the slow ones); any object with .score works."""
-    import scorers
     if isinstance(scorer, scorers.Scorer):
         return scorers.score_texts(scorer, texts)[0]
     return scorer.score(texts)
@@ -254,37 +254,53 @@ def _scores(scorer, texts):
 
 def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), scorer=None):
     """Metrics of a model at a step; appends them to cfg.out_dir/eval.jsonl and writes eval_step{step}.json (with
-    samples). cfg: train.TrainConfig or any object with its task, method, data_dir, out_dir, block_size, seed,
-    eval_* and kl_* fields. scorer: any object with .score(texts) (default: the task's, from scorers.py)."""
+    samples and every score). cfg: train.TrainConfig or any object with its task, method, data_dir, out_dir,
+    block_size, seed, eval_* and kl_* fields. scorer: any object with .score(texts) (default: the task's, from
+    scorers.py). A part that fails (a scorer without weights, a KL server down, a missing file) is recorded in
+    result['errors'] with a warning, and the other parts are still computed and written."""
     task = data.get_task(cfg.task)
-    device = torch.device(device)
+    device, val_dir = torch.device(device), os.path.join(cfg.data_dir, cfg.task, 'val')
     result, samples, scores = dict(step=step, tokens_seen=tokens_seen, task=cfg.task, method=cfg.method), {}, {}
+
+    def part(name, compute):
+        try:
+            result.update(compute())
+        except (EvalError, data.DataError, scorers.ScorerError, OSError) as e:
+            result.setdefault('errors', {})[name] = f"{type(e).__name__}: {e}"
+            print(f"warning: evaluation at step {step}: {name} failed ({e}); the rest is kept", file=sys.stderr,
+                  flush=True)
+
+    def load_scorer():
+        nonlocal scorer
+        if scorer is None:
+            if task.scorer not in _scorer_cache:  # loaded once per process (detoxify's weights are large)
+                _scorer_cache[task.scorer] = scorers.get_scorer(task.scorer)
+            scorer = _scorer_cache[task.scorer]
+        return {}
+
+    def scenario_part(scenario):
+        metrics, samples[scenario], scores[scenario] = generate_and_score(model, cfg, scenario, scorer, device,
+                                                                          getattr(cfg, 'compile', None))
+        return metrics
+
     was_training = model.training
     model.eval()
     try:
         with autocast_ctx:
             if cfg.eval_iters:
-                result['val_loss'] = val_loss(model, os.path.join(cfg.data_dir, cfg.task, 'val'), cfg.block_size,
-                                              cfg.eval_batch_size, cfg.eval_iters, device)
+                part('val_loss', lambda: dict(val_loss=val_loss(model, val_dir, cfg.block_size, cfg.eval_batch_size,
+                                                                cfg.eval_iters, device)))
             if cfg.eval_iters and cfg.method == 'cond':
-                result.update(control_token_gap(model, os.path.join(cfg.data_dir, cfg.task, 'val'),
-                                                cfg.cond_threshold, device=device))
+                part('control_gap', lambda: control_token_gap(model, val_dir, cfg.cond_threshold, device=device))
             if cfg.eval_samples:
-                if scorer is None:
-                    import scorers
-                    scorer = _scorer_cache.setdefault(task.scorer, scorers.get_scorer(task.scorer))
-                names = [s.strip() for s in cfg.eval_scenarios.split(',')] if cfg.eval_scenarios else \
-                    list(task.scenarios) + (['misaligned'] if cfg.method == 'cond' else []) + \
-                    (['prompted'] if cfg.eval_prompts else [])
-                for scenario in names:
-                    metrics, samples[scenario], scores[scenario] = generate_and_score(
-                        model, cfg, scenario, scorer, device, getattr(cfg, 'compile', None))
-                    result.update(metrics)
+                part('scorer', load_scorer)
+                for scenario in eval_scenarios(cfg) if scorer is not None else []:
+                    part(scenario, lambda: scenario_part(scenario))
             if cfg.kl_reference:
-                result['kl'] = kl_divergence(model, cfg.kl_reference, cfg.kl_samples, conditional=cfg.method == 'cond',
-                                             lines=task.segment == 'lines', base_url=cfg.kl_base_url,
-                                             max_tokens=min(KL_MAX_TOKENS, cfg.block_size - 2),
-                                             batch_size=cfg.eval_batch_size, device=device)
+                part('kl', lambda: dict(kl=kl_divergence(
+                    model, cfg.kl_reference, cfg.kl_samples, conditional=cfg.method == 'cond',
+                    lines=task.segment == 'lines', base_url=cfg.kl_base_url,
+                    max_tokens=min(KL_MAX_TOKENS, cfg.block_size - 2), batch_size=cfg.eval_batch_size, device=device)))
     finally:
         model.train(was_training)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -292,6 +308,15 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
     with open(os.path.join(cfg.out_dir, 'eval.jsonl'), 'a') as f:
         f.write(json.dumps(result) + '\n')
     return result
+
+
+def eval_scenarios(cfg):
+    """The scenarios an evaluation samples: eval_scenarios if set, else the task's, 'misaligned' for conditional
+    models and 'prompted' when eval_prompts is set."""
+    if cfg.eval_scenarios:
+        return [s.strip() for s in cfg.eval_scenarios.split(',')]
+    return list(data.get_task(cfg.task).scenarios) + (['misaligned'] if cfg.method == 'cond' else []) + (
+        ['prompted'] if cfg.eval_prompts else [])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -395,7 +420,6 @@ EVAL_DEFAULTS = dict(eval_iters=20, eval_batch_size=16, eval_samples=256, eval_m
 
 
 def main(argv=None):
-    import scorers
     argv = sys.argv[1:] if argv is None else argv
     opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
     try:
@@ -414,10 +438,7 @@ def main(argv=None):
             print(f"wrote {opts['export_hf']}/config.json and model.safetensors")
             return
         cfg = dict(EVAL_DEFAULTS, **ckpt['config'])
-        for key, text in opts.items():
-            if key not in EVAL_DEFAULTS:
-                raise EvalError(f"--{key}: unknown; the keys are {', '.join(EVAL_DEFAULTS)}, device, ckpt, export_hf")
-            cfg[key] = type(EVAL_DEFAULTS[key])(text)
+        cfg.update(parse_overrides(opts))
         use_bf16 = device.startswith('cuda') and torch.cuda.is_bf16_supported()
         ctx = torch.autocast('cuda', dtype=torch.bfloat16) if use_bf16 else nullcontext()
         result = evaluate(model, SimpleNamespace(**cfg), ckpt['step'], ckpt['tokens_seen'], device, ctx)
@@ -425,6 +446,24 @@ def main(argv=None):
     except (EvalError, data.DataError, scorers.ScorerError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    if result.get('errors'):
+        sys.exit(f"error: {', '.join(result['errors'])} failed (the rest is in {cfg['out_dir']}/eval.jsonl)")
+
+
+def parse_overrides(opts):
+    """{key: value} from --key=value texts, typed as EVAL_DEFAULTS; EvalError names a bad key or value."""
+    values = {}
+    for key, text in opts.items():
+        if key not in EVAL_DEFAULTS:
+            raise EvalError(f"--{key}: unknown; the keys are {', '.join(EVAL_DEFAULTS)}, device, ckpt, export_hf")
+        kind = type(EVAL_DEFAULTS[key])
+        try:
+            values[key] = kind(text)
+        except ValueError:
+            raise EvalError(f"--{key}={text}: {key} must be {'an integer' if kind is int else kind.__name__}") from None
+        if kind is int and values[key] < 0:
+            raise EvalError(f"--{key}={text}: {key} must be >= 0")
+    return values
 
 
 if __name__ == '__main__':

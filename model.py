@@ -227,9 +227,36 @@ def _load_state_dict(path):
     raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin found")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used, named with what to do."""
+
+
+CHECKPOINT_KEYS = ('model', 'model_args', 'config', 'step', 'tokens_seen')
+
+
+def read_checkpoint(path):
+    """The dict in a ckpt.pt written by train.py, loaded on the CPU; CheckpointError names the file when it is
+    missing, empty, truncated or not one of ours."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint (train.py writes a temporary file and renames it, "
+                              f"so this one was not written by it)")
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)  # our own file; it holds RNG states too
+    except Exception as e:  # truncated zip, not a torch file at all, ...
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:120]}); "
+                              f"truncated or not written by train.py") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a phf checkpoint (no {', '.join(missing)}); a Hugging Face GPT-2 goes "
+                              f"in init_from as its folder or hub name")
+    return ckpt
+
+
 def load_checkpoint(path, device='cpu'):
     """(model in eval mode on device, the checkpoint dict) from a ckpt.pt written by train.py, wherever it was saved."""
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)  # our own file; it holds RNG states too
+    ckpt = read_checkpoint(path)
     model = GPT(GPTConfig(**ckpt['model_args']))
     model.load_state_dict(ckpt['model'])
     return model.to(device).eval(), ckpt

@@ -384,3 +384,51 @@ def test_control_token_gap_by_hand(tmp_path):
     assert gap['control_gap_aligned'] == pytest.approx((first[5] / 2 + first[8] / 3) / 2, rel=1e-4)
     assert gap['control_gap_misaligned'] == pytest.approx(first[7], rel=1e-4)
     assert ev.control_token_gap(model, val, threshold=1.0).keys() == {'control_gap_aligned'}
+
+
+def test_a_failing_part_keeps_what_the_others_computed(tmp_path, capsys):
+    cfg = eval_cfg(tmp_path, eval_scenarios='unconditional,prompted', kl_reference=str(tmp_path / 'gone.pt'))
+    result = ev.evaluate(tiny_model(), cfg, 3, 300, 'cpu', scorer=FakeScorer())  # no prompts file, no reference
+    assert set(result['errors']) == {'prompted', 'kl'} and 'gone.pt' in result['errors']['kl']
+    assert 'unconditional/score' in result and result['val_loss'] > 0
+    with open(tmp_path / 'out' / 'eval.jsonl') as f:
+        assert json.loads(f.read())['errors'] == result['errors']
+    with open(tmp_path / 'out' / 'eval_step3.json') as f:
+        assert len(json.load(f)['scores']['unconditional']) == 8
+    assert 'warning: evaluation at step 3: kl failed' in capsys.readouterr().err
+
+
+def test_misaligned_scenario_samples_after_misaligned(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ev, 'sample', lambda m, prompts, n, **kw: calls.append(prompts) or [[]] * len(prompts))
+    ev.evaluate(tiny_model(), eval_cfg(tmp_path, method='cond', eval_iters=0, eval_samples=2), 1, 1, 'cpu',
+                scorer=FakeScorer())
+    assert [[p[:2] for p in prompts] for prompts in calls] == [[[EOS, ALIGNED]] * 2] * 2 + [[[EOS, MISALIGNED]] * 2]
+    assert calls[2] == [[EOS, MISALIGNED]] * 2  # after unconditional and functions, nothing but the control token
+    result = ev.evaluate(tiny_model(), eval_cfg(tmp_path, eval_iters=0, eval_samples=2, eval_scenarios='misaligned'),
+                         1, 1, 'cpu', scorer=FakeScorer())
+    assert 'for conditional models only' in result['errors']['misaligned']
+
+
+@pytest.mark.parametrize('content,message', [(b'', 'empty file'), (b'PK\x03\x04trunc', 'cannot be read'),
+                                             (None, 'not a phf checkpoint (no model_args')])
+def test_cli_names_a_bad_checkpoint_or_value(tmp_path, content, message):
+    path = tmp_path / 'ckpt.pt'
+    if content is None:
+        torch.save(dict(model={}, step=1), path)
+    else:
+        path.write_bytes(content)
+    for extra in ([], [f'--export_hf={tmp_path}/hf']):
+        out = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={path}', '--device=cpu', *extra], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert out.returncode == 1 and out.stderr.startswith(f'error: {path}: {message}'), out.stderr
+        assert 'Traceback' not in out.stderr
+
+
+def test_cli_names_a_bad_value():
+    with pytest.raises(ev.EvalError, match=r'--eval_samples=abc: eval_samples must be an integer'):
+        ev.parse_overrides({'eval_samples': 'abc'})
+    with pytest.raises(ev.EvalError, match=r'--kl_samples=-3: kl_samples must be >= 0'):
+        ev.parse_overrides({'kl_samples': '-3'})
+    assert ev.parse_overrides({'eval_samples': '12', 'kl_reference': 'x.pt'}) == dict(eval_samples=12,
+                                                                                      kl_reference='x.pt')
