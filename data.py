@@ -21,7 +21,8 @@ one split holds at most 2^32 - 1 tokens (the paper's 3.3B fit; shard anything la
 Every token's reward is the negated score of the segment that contains it: the training target's reward is that of
 the segment containing the *target* token (reference §1.0, §1.6). Filtering and conditional training are
 transformations from one prepared split to another (same format, cached next to the source, see `for_method`).
-A directory becomes visible only when complete: writers fill `<dir>.tmp-<pid>` and rename it at the end.
+A directory becomes visible only when complete: writers fill `<dir>.tmp-<pid>` and rename it at the end (what a
+killed writer left is removed by the next for_method, see remove_leftovers).
 """
 import datetime
 import hashlib
@@ -42,6 +43,8 @@ VOCAB_SIZE = 50283  # GPT-2's 50257 ids, the two control tokens, the 24 space ru
 TOKENIZER = 'gpt2+spaces'  # the name prepared data records; data from another tokenizer is refused
 FILES = {'tokens': np.uint16, 'seg_starts': np.uint32, 'seg_scores': np.float32,
          'doc_starts': np.uint32, 'doc_scores': np.float32}
+HEADER_KEYS = dict(task=str, split=str, scorer=str, created=str, vocab_size=int, n_tokens=int, n_segments=int,
+                   n_documents=int)  # what readers use, besides format, version, tokenizer and eos_id
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -276,9 +279,16 @@ class PreparedData:
                 h = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise DataError(f"{hp}: corrupt header; re-run prepare.py") from None
+        if not isinstance(h, dict):
+            raise DataError(f"{hp}: {json.dumps(h)[:40]} is not a header; re-run prepare.py")
         if h.get('format') != 'phf' or h.get('version') != FORMAT_VERSION:
             raise DataError(f"{hp}: format {h.get('format')!r} version {h.get('version')!r}, this code reads "
                             f"'phf' version {FORMAT_VERSION}; re-run prepare.py")
+        for key, kind in HEADER_KEYS.items():
+            if type(h.get(key)) is not kind or (kind is int and h[key] < 0):
+                found = f"is {h[key]!r}" if key in h else 'is missing'
+                raise DataError(f"{hp}: {key} {found}, expected {'a count' if kind is int else 'a string'}; the "
+                                f"header is corrupt, re-run prepare.py")
         if h.get('tokenizer') != TOKENIZER or h.get('eos_id') != EOS or h.get('vocab_size', 0) > VOCAB_SIZE:
             raise DataError(f"{hp}: tokenizer {h.get('tokenizer')!r} (vocab {h.get('vocab_size')}, eos "
                             f"{h.get('eos_id')}) does not match {TOKENIZER} with {VOCAB_SIZE} ids; re-run prepare.py")
@@ -370,12 +380,35 @@ def add_control_tokens(src, out_dir, threshold, drop_fraction, seed):
     return PreparedData(out_dir)
 
 
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def remove_leftovers(directory, prefix=''):
+    """Remove the files and directories named PREFIX*.tmp-PID in directory whose process is gone: what a killed writer
+    left (a transformed split, a checkpoint)."""
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        stem, tmp, pid = name.rpartition('.tmp-')
+        if tmp and stem.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid)):
+            path = os.path.join(directory, name)
+            print(f"removing {path}, left by an interrupted run", file=sys.stderr)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+
 def for_method(split_dir, method, *, filter_threshold=None, cond_threshold=None, drop_token_fraction=None,
                seed=0, rank=0):
     """The split a method trains on: the prepared split itself, or a filtered / control-token version of it,
     built once and cached next to it (e.g. data/pep8/train.cond-0-0.1-42). Only rank 0 builds; call it on rank 0
     first, then on the others after a barrier."""
     src = PreparedData(split_dir)
+    if rank == 0:
+        remove_leftovers(os.path.dirname(src.path) or '.', os.path.basename(src.path) + '.')
     if method == 'filter':
         out = f"{src.path}.filter-{filter_threshold:g}"
         build = lambda: filter_documents(src, out, filter_threshold)
@@ -441,6 +474,10 @@ class BlockLoader:
         for i, b in enumerate(blocks):
             start = int(b) * T
             chunk = np.asarray(self.data.tokens[start:start + T + 1], dtype=np.int64)
+            if chunk.max() >= self.data.header['vocab_size']:  # a corrupt file; else a CUDA assert much later
+                raise DataError(f"{self.data.path}/tokens.bin: token id {chunk.max()} in tokens {start}-{start + T} "
+                                f"is outside the vocabulary of {self.data.header['vocab_size']}; the file is "
+                                f"corrupt, re-run prepare.py")
             x[i], y[i] = chunk[:-1], chunk[1:]
             r[i] = -self.data.token_scores(start + 1, start + T + 1)
         return x, y, r

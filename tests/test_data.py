@@ -98,6 +98,34 @@ def test_corrupt_and_mismatched_files(tmp_path):
         data.get_task('sentiment')
 
 
+def test_header_that_is_json_but_wrong(tmp_path):
+    path = str(tmp_path / 'train')
+    write_two_docs(path)
+    hp = os.path.join(path, 'header.json')
+    header = json.load(open(hp))
+    without_documents = {k: v for k, v in header.items() if k != 'n_documents'}
+    for content, error in ((None, 'null is not a header'), (dict(header, n_tokens=None), 'n_tokens is None'),
+                           (without_documents, 'n_documents is missing'),
+                           (dict(header, n_segments=-1), 'n_segments is -1'),
+                           (dict(header, vocab_size='50283'), "vocab_size is '50283'")):
+        json.dump(content, open(hp, 'w'))
+        with pytest.raises(data.DataError, match=f"{hp}: {error}.*re-run prepare.py"):
+            data.PreparedData(path)
+
+
+def test_token_outside_the_vocabulary_is_named(tmp_path):
+    path = str(tmp_path / 'train')
+    write_two_docs(path)
+    tokens = np.fromfile(os.path.join(path, 'tokens.bin'), dtype=np.uint16)
+    tokens[9] = 60000
+    tokens.tofile(os.path.join(path, 'tokens.bin'))
+    loader = data.BlockLoader(data.PreparedData(path), block_size=4, batch_size=1)
+    assert loader.batch([0])[0].tolist() == [[50256, 1, 2, 3]]
+    with pytest.raises(data.DataError, match=f"{path}/tokens.bin: token id 60000 in tokens 8-12 is outside the "
+                                             f"vocabulary of 50283; the file is corrupt, re-run prepare.py"):
+        loader.batch([2])
+
+
 def test_interrupted_writer_leaves_nothing(tmp_path):
     path = str(tmp_path / 'train')
     with pytest.raises(KeyboardInterrupt):

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def losses(out_dir):
-    """The last logged loss of every step (a resumed run logs its redone steps again)."""
+    """The logged loss of every step."""
     by_step = {}
     for line in open(os.path.join(out_dir, 'log.jsonl')):
         record = json.loads(line)
@@ -101,6 +101,8 @@ def test_resume_after_sigkill_continues_exactly(tiny_data, tmp_path):
     assert resumed_from % 10 == 0 and resumed_from <= steps_before
     run(tiny_args(tiny_data, killed, resume=True, **args))
     assert losses(killed) == losses(full)  # bit for bit, step for step
+    logged = [json.loads(line)['step'] for line in open(os.path.join(killed, 'log.jsonl'))]
+    assert logged == list(range(1, 121))  # each once: the records after the checkpoint were dropped on resume
     a = torch.load(os.path.join(full, 'ckpt.pt'), weights_only=False)['model']
     b = torch.load(os.path.join(killed, 'ckpt.pt'), weights_only=False)['model']
     assert all(torch.equal(a[k], b[k]) for k in a)
