@@ -231,26 +231,28 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used, named with what to do."""
 
 
-CHECKPOINT_KEYS = ('model', 'model_args', 'config', 'step', 'tokens_seen')
+CHECKPOINT_KEYS = ('model', 'model_args', 'config', 'step', 'tokens_seen')  # in every ckpt.pt train.py writes
 
 
 def read_checkpoint(path):
     """The dict in a ckpt.pt written by train.py, loaded on the CPU; CheckpointError names the file when it is
-    missing, empty, truncated or not one of ours."""
+    missing, empty, truncated or not one of ours (train.py and evaluate.py read checkpoints with it)."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint")
+        raise CheckpointError(f"{path}: checkpoint not found")
     if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: empty file, not a checkpoint (train.py writes a temporary file and renames it, "
-                              f"so this one was not written by it)")
+        raise CheckpointError(f"{path}: empty file (an interrupted copy?), not a checkpoint; use another checkpoint")
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=False)  # our own file; it holds RNG states too
-    except Exception as e:  # truncated zip, not a torch file at all, ...
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:120]}); "
-                              f"truncated or not written by train.py") from None
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read, {e.strerror or e}") from None
+    except Exception as e:  # a damaged zip or pickle fails in many ways (RuntimeError, EOFError, UnpicklingError...)
+        reason = str(e).split('\n')[0].split('. ')[0]
+        raise CheckpointError(f"{path}: truncated or corrupt ({type(e).__name__}: {reason}); use another "
+                              f"checkpoint") from None
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS)
     if missing:
-        raise CheckpointError(f"{path}: not a phf checkpoint (no {', '.join(missing)}); a Hugging Face GPT-2 goes "
-                              f"in init_from as its folder or hub name")
+        raise CheckpointError(f"{path}: not a phf checkpoint (it has no {', '.join(missing)}); pass a ckpt.pt "
+                              f"written by train.py")
     return ckpt
 
 

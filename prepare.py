@@ -56,7 +56,7 @@ import time
 import numpy as np
 
 import scorers
-from data import DataError, DatasetWriter, PreparedData, get_task, get_tokenizer
+from data import DataError, DatasetWriter, PreparedData, get_task, get_tokenizer, pid_alive
 
 SHARD_EXTS = ('.jsonl', '.jsonl.gz', '.json', '.json.gz', '.parquet')
 TEXT_EXTS = ('.txt', '.md', '.gz')
@@ -330,16 +330,6 @@ def run_chunks(chunks, processes, initargs):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Output directory: staged, swapped in when complete
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
 
 def remove_leftovers(out_dir):
     """Remove the staging and set-aside directories of interrupted runs (whose process is gone)."""

@@ -88,6 +88,8 @@ def run_methods(args, methods, seed, results, train_args, median):
             continue
         argv = [f'config/{args.task}_{method}.py'] + train_args + [
             f'--out_dir={run_dir}', f'--seed={seed}', f'--filter_threshold={median}']
+        if os.path.exists(os.path.join(run_dir, 'ckpt.pt')):  # an interrupted run: continue it, then evaluate it
+            argv.append('--resume=True')
         if os.path.exists(mle_ckpt):
             argv.append(f'--kl_reference={mle_ckpt}')
         sh(['train.py'] + argv)

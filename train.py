@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import objectives
-from model import GPT, GPTConfig, keep_freed_memory
+from model import GPT, CheckpointError, GPTConfig, keep_freed_memory, read_checkpoint
 
 METHODS = ('mle', 'filter', 'cond', 'ul', 'awr', 'rwr')
 
@@ -316,31 +316,6 @@ def save_checkpoint(path, state):
             os.remove(tmp)
 
 
-CKPT_KEYS = ('model', 'model_args', 'config', 'step', 'tokens_seen')  # in every ckpt.pt that train.py writes
-
-
-def load_checkpoint_file(path):
-    """The dict of a ckpt.pt written by train.py, on the CPU; a ConfigError naming the file when it is missing, empty,
-    truncated or not ours. (evaluate.py reads checkpoints with it too.)"""
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: checkpoint not found")
-    if os.path.getsize(path) == 0:
-        raise ConfigError(f"{path}: empty file (an interrupted copy?), not a checkpoint; use another checkpoint")
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=False)  # our own file; it holds RNG states too
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot be read, {e.strerror or e}") from None
-    except Exception as e:  # a damaged zip or pickle fails in many ways (RuntimeError, EOFError, UnpicklingError...)
-        reason = str(e).split('\n')[0].split('. ')[0]
-        raise ConfigError(f"{path}: truncated or corrupt ({type(e).__name__}: {reason}); use another checkpoint") \
-            from None
-    missing = [k for k in CKPT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CKPT_KEYS)
-    if missing:
-        raise ConfigError(f"{path}: not a phf checkpoint (it has no {', '.join(missing)}); pass a ckpt.pt written "
-                          f"by train.py")
-    return ckpt
-
-
 def rng_state():
     return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
@@ -367,7 +342,7 @@ def build_model(cfg, ckpt):
                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
                              value_head=value_head))
     if cfg.init_from.endswith('.pt'):
-        src = load_checkpoint_file(cfg.init_from)
+        src = read_checkpoint(cfg.init_from)
         args = dict(src['model_args'], value_head=value_head, dropout=cfg.dropout)
         model = GPT(GPTConfig(**args))
         state = {k: v for k, v in src['model'].items() if not k.startswith('value_head')}
@@ -427,7 +402,7 @@ def checkpoint_to_resume(cfg, ckpt_path, max_steps, master):
     """The checkpoint of the run in out_dir, once cfg agrees with the settings it was trained with."""
     if not os.path.exists(ckpt_path):
         raise ConfigError(f"{ckpt_path}: no checkpoint to resume from; start the run without --resume=True")
-    ckpt = load_checkpoint_file(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path)
     saved = ckpt['config']
     changed = {k: (saved[k], v) for k, v in asdict(cfg).items()
                if k in saved and saved[k] != v and k not in ('resume', 'overwrite', 'out_dir')}
@@ -455,9 +430,7 @@ def check_out_dir(cfg, ckpt_path):
 def check_eval_settings(cfg):
     """What the evaluations will need, checked before the first step rather than when the first one runs."""
     import evaluate as ev
-    task = data.TASKS[cfg.task]
-    scenarios = [s.strip() for s in cfg.eval_scenarios.split(',') if s.strip()] or \
-        list(task.scenarios) + (['prompted'] if cfg.eval_prompts else [])  # by default the task's, as in evaluate
+    scenarios = ev.eval_scenarios(cfg)
     for name in scenarios if cfg.eval_samples else []:
         if name not in ev.SCENARIOS:
             raise ConfigError(f"eval_scenarios: unknown scenario {name!r}; choose from {', '.join(ev.SCENARIOS)}")
@@ -831,7 +804,7 @@ def main(argv=None):
     try:
         cfg = load_config(argv)
         train(cfg)
-    except (ConfigError, data.DataError, TrainingError) as e:
+    except (ConfigError, CheckpointError, data.DataError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except Stopped as e:

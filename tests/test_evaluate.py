@@ -410,8 +410,8 @@ def test_misaligned_scenario_samples_after_misaligned(tmp_path, monkeypatch):
     assert 'for conditional models only' in result['errors']['misaligned']
 
 
-@pytest.mark.parametrize('content,message', [(b'', 'empty file'), (b'PK\x03\x04trunc', 'cannot be read'),
-                                             (None, 'not a phf checkpoint (no model_args')])
+@pytest.mark.parametrize('content,message', [(b'', 'empty file'), (b'PK\x03\x04trunc', 'truncated or corrupt'),
+                                             (None, 'not a phf checkpoint (it has no model_args')])
 def test_cli_names_a_bad_checkpoint_or_value(tmp_path, content, message):
     path = tmp_path / 'ckpt.pt'
     if content is None:

@@ -13,6 +13,7 @@ import torch
 
 import data
 import evaluate
+import model
 import train
 from conftest import tiny_args
 
@@ -199,14 +200,14 @@ def test_damaged_checkpoints_are_named(tiny_data, tmp_path, capsys):
     for content, error in ((b'', 'empty file'), (good[:len(good) // 2], 'truncated or corrupt'),
                            (b'{"step": 1}', 'truncated or corrupt')):
         open(bad, 'wb').write(content)
-        with pytest.raises(train.ConfigError, match=f"{bad}: {error}"):
-            train.load_checkpoint_file(bad)
+        with pytest.raises(model.CheckpointError, match=f"{bad}: {error}"):
+            model.read_checkpoint(bad)
     torch.save({'state_dict': {}}, bad)
-    with pytest.raises(train.ConfigError, match=f"{bad}: not a phf checkpoint .it has no model, model_args, config"):
-        train.load_checkpoint_file(bad)
-    with pytest.raises(train.ConfigError, match=f"{tmp_path}/none.pt: checkpoint not found"):
-        train.load_checkpoint_file(str(tmp_path / 'none.pt'))
-    assert train.load_checkpoint_file(os.path.join(out, 'ckpt.pt'))['step'] == 2
+    with pytest.raises(model.CheckpointError, match=f"{bad}: not a phf checkpoint .it has no model, model_args, config"):
+        model.read_checkpoint(bad)
+    with pytest.raises(model.CheckpointError, match=f"{tmp_path}/none.pt: checkpoint not found"):
+        model.read_checkpoint(str(tmp_path / 'none.pt'))
+    assert model.read_checkpoint(os.path.join(out, 'ckpt.pt'))['step'] == 2
 
     open(os.path.join(out, 'ckpt.pt'), 'wb').write(good[:1000])
     code, err = main_fails(tiny_args(tiny_data, out, max_tokens=2 * 4 * 32, resume=True), capsys)
