@@ -35,7 +35,7 @@ SIZES = {
 }
 TASK_SIZE = {
     # per task and size: prepare.py arguments (only as much text as the budget needs) and more training arguments
-    ('pii', 'cpu'): dict(prepare=['--source=local', '--max_bytes=2M'], train=['--eval_samples=1024']),
+    ('pii', 'cpu'): dict(prepare=['--source=local', '--max_bytes=16M'], train=['--eval_samples=1024']),
     ('pii', 'gpu'): dict(prepare=['--source=local'], train=[]),
     ('pep8', 'cpu'): dict(prepare=['--source=local'], train=[]),
     ('pep8', 'gpu'): dict(prepare=['--source=local+site'], train=[]),
