@@ -1,0 +1,237 @@
+"""
+A training run's state on disk and in flight: atomic checkpoints with every RNG state, the rules for resuming one,
+a history (log.jsonl, eval.jsonl) that reads as an uninterrupted run's after a resume, and the stop signals
+(SIGTERM, Ctrl-C) that end a run at a step's end with its checkpoint saved.
+"""
+import glob
+import json
+import os
+import random
+import re
+import signal
+import sys
+import threading
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import data
+from model import read_checkpoint
+from settings import ConfigError
+
+class TrainingError(Exception):
+    pass
+
+
+class Stopped(Exception):
+    """A stop signal was obeyed: the checkpoint of the step it ended is saved. The exit status is 128 + signum."""
+
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = signum
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+def save_checkpoint(path, state):
+    """Write-then-rename: a crash or a full disk during the save leaves the previous checkpoint intact."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # ENOSPC, EDQUOT, EIO: the run cannot go on, but nothing saved before is lost
+        raise TrainingError(f"{path}: not saved, {e.strerror or e}; the checkpoint there before (if any) is "
+                            f"unchanged: free disk space (or fix the cause), then resume with --resume=True") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def rng_state():
+    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_rng_state(state):
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+FIXED_ON_RESUME = ('task', 'method', 'data_dir', 'init_from', 'skip_tokens', 'n_layer', 'n_head', 'n_embd',
+                   'block_size', 'dropout', 'bias', 'filter_threshold', 'cond_threshold', 'drop_token_fraction',
+                   'ul_threshold', 'ul_soft', 'ul_alpha', 'awr_alpha', 'awr_beta', 'awr_clip_weight_max',
+                   'total_batch_size', 'weight_decay', 'beta1', 'beta2', 'seed')
+
+
+def checkpoint_to_resume(cfg, ckpt_path, max_steps, master):
+    """The checkpoint of the run in out_dir, once cfg agrees with the settings it was trained with."""
+    if not os.path.exists(ckpt_path):
+        raise ConfigError(f"{ckpt_path}: no checkpoint to resume from; start the run without --resume=True")
+    ckpt = read_checkpoint(ckpt_path)
+    saved = ckpt['config']
+    changed = {k: (saved[k], v) for k, v in asdict(cfg).items()
+               if k in saved and saved[k] != v and k not in ('resume', 'overwrite', 'out_dir')}
+    fixed = [k for k in changed if k in FIXED_ON_RESUME]
+    if fixed:
+        raise ConfigError(f"--resume=True: {ckpt_path} was trained with " + ', '.join(
+            f"{k}={changed[k][0]!r} (now {changed[k][1]!r})" for k in fixed) + "; these cannot change in a run in "
+            "progress: drop those settings to continue it, or start a new run in another --out_dir")
+    if changed and master:
+        print("resuming with changed settings: " + ', '.join(f"{k} {old!r} -> {new!r}"
+                                                             for k, (old, new) in changed.items()), flush=True)
+    if ckpt['step'] > max_steps:
+        raise ConfigError(f"max_tokens {cfg.max_tokens}: {max_steps} steps, fewer than the {ckpt['step']} steps "
+                          f"of {ckpt_path}")
+    return ckpt
+
+
+def check_out_dir(cfg, ckpt_path):
+    """A fresh run never mixes its checkpoints and logs with those of the run already in out_dir."""
+    if not cfg.resume and not cfg.overwrite and os.path.exists(ckpt_path):
+        raise ConfigError(f"{cfg.out_dir} holds a run ({ckpt_path}); continue it with --resume=True, or start "
+                          f"again with --overwrite=True (deletes it) or in another --out_dir")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# out_dir: a resumed run's history is that of an uninterrupted run
+
+RUN_FILES = ('ckpt.pt', 'ckpt_step*.pt', 'log.jsonl', 'eval.jsonl', 'eval_step*.json')
+
+
+def prepare_out_dir(cfg, step):
+    """(Rank 0) out_dir for a run starting at step (0: a fresh one): without the temporary files of killed runs,
+    without the previous run if overwrite=True, and without the records logged after the checkpoint (the steps
+    after it are run and logged again)."""
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    data.remove_leftovers(cfg.out_dir)
+    if cfg.overwrite and not cfg.resume:
+        for path in sorted(p for pattern in RUN_FILES for p in glob.glob(os.path.join(cfg.out_dir, pattern))):
+            print(f"overwrite=True: deleting {path}", flush=True)
+            os.remove(path)
+    for name in ('log.jsonl', 'eval.jsonl'):
+        drop_records_after(os.path.join(cfg.out_dir, name), step)
+    for path in glob.glob(os.path.join(cfg.out_dir, 'eval_step*.json')):
+        if int(re.search(r'eval_step(\d+)\.json$', path).group(1)) > step:
+            os.remove(path)
+
+
+def record_step(line):
+    """The step of a JSONL record, None for a line cut short by a kill."""
+    try:
+        return json.loads(line)['step'] if line.endswith('\n') else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def drop_records_after(path, step):
+    """Rewrite a JSONL log without its records past step, atomically."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    steps = [record_step(line) for line in lines]
+    kept = [line for line, s in zip(lines, steps) if s is not None and s <= step]
+    if len(kept) < len(lines):
+        with open(f"{path}.tmp-{os.getpid()}", 'w') as f:
+            f.writelines(kept)
+        os.replace(f"{path}.tmp-{os.getpid()}", path)
+        print(f"{path}: dropped {len(lines) - len(kept)} records from after step {step}", flush=True)
+
+
+def evaluated(out_dir, step):
+    """Whether eval.jsonl holds the evaluation of step."""
+    path = os.path.join(out_dir, 'eval.jsonl')
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return any(record_step(line) == step for line in f)
+
+
+class RunLog:
+    """log.jsonl in out_dir (rank 0), and wandb if wandb_project is set."""
+
+    def __init__(self, cfg, master):
+        self.file = open(os.path.join(cfg.out_dir, 'log.jsonl'), 'a') if master else None
+        self.wandb = None
+        if master and cfg.wandb_project:
+            try:
+                import wandb
+                wandb.init(project=cfg.wandb_project, name=os.path.basename(cfg.out_dir), config=asdict(cfg),
+                           resume='allow')
+                self.wandb = wandb
+            except ImportError:
+                print("wandb_project is set but wandb is not installed; logging to log.jsonl only")
+
+    def __call__(self, record):
+        if self.file:
+            self.file.write(json.dumps(record) + '\n')
+            self.file.flush()
+            if self.wandb:
+                self.wandb.log(record, step=record['step'])
+
+    def close(self):
+        if self.file:
+            self.file.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stopping
+
+def agreed(value, ddp):
+    """The largest value over the processes, so that every rank takes the same branch (collectives may follow)."""
+    if ddp:
+        value = value.float()  # a copy, reduced in place; gloo and nccl both have MAX for floats
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value.item()
+
+
+class StopSignals:
+    """SIGTERM (a preempted job) and Ctrl-C, once install()ed: the loop ends its step, saves a checkpoint and raises
+    Stopped. A second Ctrl-C stops at once."""
+
+    def __init__(self, ddp, device):
+        self.ddp, self.device, self.signum, self.previous, self.pid = ddp, device, 0, {}, os.getpid()
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():  # Python runs handlers in the main thread only
+            self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(self, signum, frame):
+        if os.getpid() != self.pid:  # a forked child (a scorer's process pool): the signal is for it, act as default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"{signal.Signals(signum).name}: stopping after this step (Ctrl-C again stops now)", file=sys.stderr,
+              flush=True)
+
+    def received(self):
+        """The signal that stops the run at this step's end (0: none); the same on every rank."""
+        if not self.ddp:
+            return self.signum
+        return int(agreed(torch.tensor(self.signum, device=self.device), self.ddp))  # a host sync per step
+
+    def uninstall(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+
+def diverged(cfg, where, ckpt_path, saved_step):
+    """The error for a non-finite loss, saying what this run has saved and what may help."""
+    fix = 'lower learning_rate' + (' or use dtype=bfloat16 (float16 overflows)' if cfg.dtype == 'float16' else '')
+    if saved_step is None:
+        return TrainingError(f"non-finite loss {where}; stopped, no checkpoint was saved: {fix} and start again")
+    return TrainingError(f"non-finite loss {where}; stopped without saving. {ckpt_path} holds step {saved_step}, "
+                         f"the last good one: {fix}, then --resume=True")

@@ -1,0 +1,240 @@
+"""
+Training settings: TrainConfig (every setting, with its default), read from config files and --key=value arguments,
+each checked (type, range, device, evaluation settings, data folder) before any training time is spent.
+Config files are short Python files of assignments to the keys of TrainConfig, applied left to right.
+"""
+import ast
+import math
+import os
+import traceback
+import typing
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+import torch
+
+import data
+
+METHODS = ('mle', 'filter', 'cond', 'ul', 'awr', 'rwr')
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    task: str = 'pep8'  # a key of data.TASKS
+    method: str = 'mle'  # one of METHODS
+    data_dir: str = 'data'  # prepared splits are read from data_dir/task/{train,val}
+    out_dir: str = 'out'
+    init_from: str = 'scratch'  # 'scratch', a ckpt.pt of ours (finetuning), or a Hugging Face GPT-2 (dir or hub name)
+    resume: bool = False  # continue the run in out_dir from its ckpt.pt
+    overwrite: bool = False  # a fresh run into an out_dir that holds a run deletes that run first (else: refused)
+    skip_tokens: int = 0  # start this far into the data order (finetuning continues where pretraining stopped)
+    # model
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    dropout: float = 0.0
+    bias: bool = True
+    # method hyperparameters; None takes the task's value from data.TASKS
+    filter_threshold: Optional[float] = None
+    cond_threshold: Optional[float] = None
+    drop_token_fraction: Optional[float] = None
+    ul_threshold: Optional[float] = None
+    ul_soft: Optional[bool] = None
+    ul_alpha: float = 1.0
+    awr_alpha: float = 0.5
+    awr_beta: float = 1.0
+    awr_clip_weight_max: float = 1000.0
+    # optimisation (HF Trainer defaults of the original, reference §4)
+    max_tokens: int = 3_300_000_000  # the budget; max_steps = max_tokens // (total_batch_size · block_size)
+    batch_size: int = 16  # sequences per micro-batch per process
+    total_batch_size: int = 64  # sequences per optimizer step over all processes (the paper's effective batch)
+    learning_rate: float = 5e-4
+    min_lr: float = 0.0
+    lr_schedule: str = 'linear'  # 'linear' or 'cosine' decay after warm-up
+    warmup_frac: float = 0.01
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0
+    # system
+    device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
+    dtype: str = 'auto'  # 'auto' (bf16 if supported, else fp16 on GPU; fp32 on CPU), 'float32', 'bfloat16', 'float16'
+    compile: Optional[bool] = None  # None: on for CUDA; compiles the model and the loss as one graph
+    loss_chunk_size: int = 0  # 0: plain logits; N: log-probs N tokens at a time, never the whole (B, T, vocab) logits
+    seed: int = 42
+    # logging, evaluation, checkpoints
+    log_interval: int = 10
+    ckpt_interval: int = 1000
+    keep_ckpt_steps: str = ''  # comma-separated steps whose checkpoint is also kept as ckpt_step{N}.pt
+    eval_interval: int = 1000  # 0: evaluate only at the end
+    eval_iters: int = 20  # validation batches
+    eval_batch_size: int = 16
+    eval_samples: int = 256  # samples per scenario; 0: validation loss only
+    eval_max_new_tokens: int = 0  # 0: the task's
+    eval_scenarios: str = ''  # comma-separated; '': the task's
+    eval_prompts: str = ''  # JSONL of prompts for a prompted scenario
+    kl_reference: str = ''  # '', a ckpt.pt of ours, or 'openai:MODEL'
+    kl_base_url: str = ''
+    kl_samples: int = 256
+    wandb_project: str = ''  # log to wandb too (if installed)
+
+
+class ConfigError(Exception):
+    pass
+
+
+# The range of every numeric setting, checked by load_config: keys, test, what the test asks for
+RANGES = (
+    ('n_layer n_head n_embd block_size batch_size total_batch_size max_tokens log_interval ckpt_interval '
+     'eval_batch_size kl_samples', lambda v: v >= 1, 'at least 1'),
+    ('skip_tokens loss_chunk_size eval_interval eval_iters eval_samples eval_max_new_tokens seed learning_rate '
+     'min_lr weight_decay grad_clip ul_alpha', lambda v: v >= 0, '0 or more'),
+    ('dropout drop_token_fraction warmup_frac awr_alpha', lambda v: 0 <= v <= 1, 'between 0 and 1'),
+    ('beta1 beta2', lambda v: 0 <= v < 1, 'at least 0 and below 1'),
+    ('awr_beta awr_clip_weight_max', lambda v: v > 0, 'above 0'),
+)
+
+
+def _check_type(key, value, where):
+    tp = {f.name: f.type for f in fields(TrainConfig)}[key]
+    allowed = typing.get_args(tp) if typing.get_origin(tp) is typing.Union else (tp,)
+    if float in allowed and type(value) is int:
+        value = float(value)
+    if type(value) not in allowed:
+        names = ' or '.join('None' if t is type(None) else t.__name__ for t in allowed)
+        raise ConfigError(f"{where}: {key} must be {names}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def read_config_file(path):
+    """The assignments of a config file, a short Python file; its errors name the file and line."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    scope = {}
+    with open(path) as f:
+        text = f.read()
+    try:
+        exec(compile(text, path, 'exec'), scope)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}, line {e.lineno}: {e.msg}; a config file holds Python assignments") from None
+    except Exception as e:
+        line = next((frame.lineno for frame in reversed(traceback.extract_tb(e.__traceback__))
+                     if frame.filename == path), '?')
+        raise ConfigError(f"{path}, line {line}: {type(e).__name__}: {e}") from None
+    return {key: value for key, value in scope.items() if not key.startswith('_') and type(value).__name__ != 'module'}
+
+
+def load_config(argv):
+    """TrainConfig from config files and --key=value arguments, applied left to right."""
+    known = {f.name for f in fields(TrainConfig)}
+    values = {}
+    for arg in argv:
+        if arg.startswith('--'):
+            key, eq, text = arg[2:].partition('=')
+            if not eq:
+                raise ConfigError(f"{arg}: expected --key=value")
+            if key not in known:
+                raise ConfigError(f"{arg}: unknown key {key!r}; the keys are the fields of TrainConfig in settings.py")
+            try:
+                value = text if TrainConfig.__dataclass_fields__[key].type is str else ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text  # a bare string such as --task=pii
+            values[key] = _check_type(key, value, arg)
+        else:
+            for key, value in read_config_file(arg).items():
+                if key not in known:
+                    raise ConfigError(f"{arg}: unknown key {key!r}; the keys are the fields of TrainConfig in "
+                                      f"settings.py")
+                values[key] = _check_type(key, value, arg)
+    cfg = TrainConfig(**values)
+    if cfg.task not in data.TASKS:
+        raise ConfigError(f"task {cfg.task!r}: choose one of {', '.join(data.TASKS)}")
+    task = data.TASKS[cfg.task]
+    for key in ('filter_threshold', 'cond_threshold', 'drop_token_fraction', 'ul_threshold', 'ul_soft'):
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, getattr(task, key))
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg):
+    """Every setting in its range, and a device this machine has: refused before anything runs."""
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method {cfg.method!r}: choose one of {', '.join(METHODS)}")
+    if cfg.lr_schedule not in ('linear', 'cosine'):
+        raise ConfigError(f"lr_schedule {cfg.lr_schedule!r}: choose 'linear' or 'cosine'")
+    if cfg.dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
+        raise ConfigError(f"dtype {cfg.dtype!r}: choose auto, float32, bfloat16 or float16")
+    for key, value in asdict(cfg).items():
+        if type(value) is float and not math.isfinite(value):
+            raise ConfigError(f"{key} {value!r}: must be a finite number")
+    for keys, ok, wanted in RANGES:
+        for key in keys.split():
+            if not ok(getattr(cfg, key)):
+                raise ConfigError(f"{key} {getattr(cfg, key)!r}: must be {wanted}")
+    if cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"n_embd {cfg.n_embd} is not a multiple of n_head {cfg.n_head}")
+    if cfg.min_lr > cfg.learning_rate:
+        raise ConfigError(f"min_lr {cfg.min_lr} is above learning_rate {cfg.learning_rate}")
+    try:
+        keep_steps(cfg)
+    except ValueError:
+        raise ConfigError(f"keep_ckpt_steps {cfg.keep_ckpt_steps!r}: expected step numbers separated by commas") \
+            from None
+    check_device(cfg.device)
+
+
+def keep_steps(cfg):
+    """The steps whose checkpoint is also kept, as ckpt_step{N}.pt."""
+    return {int(s) for s in cfg.keep_ckpt_steps.split(',') if s.strip()}
+
+
+def check_device(device):
+    """'auto', 'cpu', or a CUDA device this machine has."""
+    kind, colon, index = device.partition(':')
+    if device in ('auto', 'cpu'):
+        return
+    if kind != 'cuda' or (colon and not index.isdigit()):
+        raise ConfigError(f"device {device!r}: choose auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine; use --device=cpu (or auto)")
+    if colon and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
+def check_eval_settings(cfg):
+    """What the evaluations will need, checked before the first step rather than when the first one runs."""
+    import evaluate as ev
+    scenarios = ev.eval_scenarios(cfg)
+    for name in scenarios if cfg.eval_samples else []:
+        if name not in ev.SCENARIOS:
+            raise ConfigError(f"eval_scenarios: unknown scenario {name!r}; choose from {', '.join(ev.SCENARIOS)}")
+        if name == 'misaligned' and cfg.method != 'cond':
+            raise ConfigError("eval_scenarios: 'misaligned' (samples after <|misaligned|>) is for method 'cond' only")
+        if name == 'prompted' and not cfg.eval_prompts:
+            raise ConfigError("eval_scenarios: 'prompted' needs --eval_prompts=PATH, a JSONL file of prompts")
+    if cfg.eval_prompts and not os.path.isfile(cfg.eval_prompts):
+        raise ConfigError(f"eval_prompts {cfg.eval_prompts}: file not found")
+    if cfg.kl_reference and not cfg.kl_reference.startswith('openai:') and not os.path.isfile(cfg.kl_reference):
+        raise ConfigError(f"kl_reference {cfg.kl_reference}: file not found; pass a ckpt.pt of ours or openai:MODEL")
+    if cfg.eval_iters or (cfg.eval_samples and 'functions' in scenarios):  # these read the val split
+        data.BlockLoader(data.PreparedData(os.path.join(cfg.data_dir, cfg.task, 'val')), cfg.block_size, 1)
+
+
+def check_data_dir(cfg):
+    """data_dir holds one folder per task, which is what prepare.py --out_dir names (e.g. data/pii): when data_dir
+    names a task's folder or a split instead, say which folder to pass."""
+    if os.path.exists(os.path.join(cfg.data_dir, cfg.task, 'train')):
+        return
+    folder = os.path.normpath(cfg.data_dir)
+    if os.path.exists(os.path.join(folder, 'header.json')):  # a split, e.g. data/pii/train
+        folder = os.path.dirname(folder)
+    if not os.path.exists(os.path.join(folder, 'train', 'header.json')):
+        return  # nothing prepared here: PreparedData says to run prepare.py
+    parent = os.path.dirname(folder) or '.'
+    rename = '' if os.path.basename(folder) == cfg.task else f", once {folder} is renamed {parent}/{cfg.task}"
+    raise ConfigError(f"data_dir {cfg.data_dir}: this is one task's prepared folder (prepare.py --out_dir); "
+                      f"train.py takes the folder that holds it: --data_dir={parent}{rename}")
