@@ -10,6 +10,7 @@ import pytest
 
 import prepare
 import scorers
+import sources
 from data import EOS, DataError, PreparedData, get_tokenizer
 
 B_PY = 'import os\n\n\ndef f( a ):\n    return a\n'  # E201 and E202 on line 4
@@ -245,21 +246,21 @@ def test_local_text_falls_back_to_the_installed_packages_docs(tmp_path, monkeypa
     write(f'{site_dir}/pkg/README.md', 'A package. See https://example.org for more.\n')
     write(f'{site_dir}/pkg/README.py', 'x = 1\n')  # code, not documentation
     write(f'{site_dir}/pkg/data.txt', 'not a doc file\n')
-    monkeypatch.setattr(prepare, 'site_dirs', lambda: [str(site_dir)])
+    monkeypatch.setattr(sources, 'site_dirs', lambda: [str(site_dir)])
     debian = tmp_path / 'doc'
-    monkeypatch.setattr(prepare, 'DEBIAN_DOCS', str(debian))  # no such folder: the fallback
+    monkeypatch.setattr(sources, 'DEBIAN_DOCS', str(debian))  # no such folder: the fallback
     task = prepare.get_task('pii')
-    roots = prepare.local_roots(task, 'local')
+    roots = sources.local_roots(task, 'local')
     assert [(r, prefix) for r, prefix, _ in roots] == [(str(site_dir), 'site/')]
-    keys = sorted(key for _, key, _ in prepare.corpus_files(task, roots))
+    keys = sorted(key for _, key, _ in sources.corpus_files(task, roots))
     assert keys == ['site/pkg-1.0.dist-info/METADATA', 'site/pkg/LICENSE.txt', 'site/pkg/README.md']
     summary = prepare.prepare('pii', 'local', str(tmp_path / 'out'), min_val_docs=1, processes=1, progress=False)
     assert summary['source'] == f'local ({site_dir})' and sum(summary['documents'].values()) == 3
     # with Debian's docs present they are the corpus, and 'local+site' adds the packages'
     write(f'{debian}/tool/copyright', 'Copyright 1999 John Doe <john@example.com>\n')
     write(f'{debian}/tool/README', 'not taken from here\n')
-    assert [r[0] for r in prepare.local_roots(task, 'local')] == [str(debian)]
-    assert [r[0] for r in prepare.local_roots(task, 'local+site')] == [str(debian), str(site_dir)]
-    keys = sorted(key for _, key, _ in prepare.corpus_files(task, prepare.local_roots(task, 'local+site')))
+    assert [r[0] for r in sources.local_roots(task, 'local')] == [str(debian)]
+    assert [r[0] for r in sources.local_roots(task, 'local+site')] == [str(debian), str(site_dir)]
+    keys = sorted(key for _, key, _ in sources.corpus_files(task, sources.local_roots(task, 'local+site')))
     assert keys == ['site/pkg-1.0.dist-info/METADATA', 'site/pkg/LICENSE.txt', 'site/pkg/README.md',
                     'tool/copyright']
