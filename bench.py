@@ -8,6 +8,8 @@ the data loader, and the scorers. One JSON line per measurement on stdout.
     python bench.py --eager_loss                     # the model compiled alone, the loss eager (as before issue 6)
     python bench.py --only=loss --device=cpu --batch_sizes=8 --loss_n_embd=128   # loss memory on CPU
     python bench.py --cpu_demo --only=train,hf,sample  # the demo's CPU model: ours vs HF, training and sampling
+    python bench.py --cpu_demo --only=train,sample --default_allocator   # ... without model.keep_freed_memory
+    python bench.py --cpu_demo --only=sample --ckpt=results/pii_cpu/seed42/mle/ckpt.pt   # the demo's trained model
     python bench.py --small                          # a tiny model for a few steps on CPU (what CI runs)
 """
 import argparse
@@ -26,7 +28,7 @@ import torch
 import data
 import objectives
 import train
-from model import GPT, GPTConfig, keep_freed_memory, sample
+from model import GPT, GPTConfig, keep_freed_memory, load_checkpoint, sample
 
 
 def emit(row):
@@ -168,14 +170,19 @@ def bench_sample(args):
     from transformers import GPT2LMHeadModel
     device, n, new = args.device, args.samples, args.new_tokens
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                          n_embd=args.n_embd)).to(device).eval()
+    if args.ckpt:  # a trained model: a random one's next-token distribution is flat, the nucleus nearly everything
+        model = load_checkpoint(args.ckpt, device)[0]
+    else:
+        model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                              n_embd=args.n_embd)).to(device).eval()
     if device.startswith('cuda'):
         model = model.to(torch.bfloat16)
     prompts = [[data.EOS]] * n
     kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, device=device)  # fixed length: fair timing
-    sample(model, prompts[:args.sample_batch], new, **kwargs, batch_size=args.sample_batch)  # warm-up
-    sync(device)
+    warm_up = device.startswith('cuda')  # compile and CUDA start-up; on CPU a warm-up would only double the time
+    if warm_up:
+        sample(model, prompts[:args.sample_batch], new, **kwargs, batch_size=args.sample_batch)
+        sync(device)
     t0 = time.perf_counter()
     sample(model, prompts, new, **kwargs, batch_size=args.sample_batch)
     sync(device)
@@ -193,8 +200,9 @@ def bench_sample(args):
                                   top_p=0.9, top_k=0, max_new_tokens=new, min_new_tokens=new,
                                   pad_token_id=data.EOS)
         with torch.no_grad():
-            run()
-            sync(device)
+            if warm_up:
+                run()
+                sync(device)
             t0 = time.perf_counter()
             for _ in range(n // batch):
                 run()
@@ -257,6 +265,9 @@ def main(argv=None):
     p.add_argument('--eager_loss', action='store_true', help='compile the model without the loss')
     p.add_argument('--loss_n_embd', type=int, help="the loss rows' hidden width (default: the model's)")
     p.add_argument('--only', default='train,hf,loss,sample,loader,scorers')
+    p.add_argument('--ckpt', default='', help='sample from this checkpoint of ours instead of a random model')
+    p.add_argument('--default_allocator', action='store_true',
+                   help="CPU: leave glibc's malloc as it is (no model.keep_freed_memory), to measure what it gives")
     args = p.parse_args(argv)
     cuda = args.device.startswith('cuda')
     gpt2_small = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, warmup=10, steps=30, samples=4096,
@@ -266,13 +277,13 @@ def main(argv=None):
                 sample_batch=8, hf_sample_batches=[8], loader_docs=200, loader_batch=4, scorer_texts=8,
                 compile=False, loss_steps=1)
     cpu_demo = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, warmup=3, steps=20, samples=256,
-                    new_tokens=126, sample_batch=256, hf_sample_batches=[64, 256], loader_docs=20000, loader_batch=8,
+                    new_tokens=126, sample_batch=256, hf_sample_batches=[256], loader_docs=20000, loader_batch=8,
                     scorer_texts=200, compile=False, loss_steps=2)
     for k, v in (tiny if args.small else cpu_demo if args.cpu_demo else gpt2_small).items():
         setattr(args, k, v)
     if args.cpu_demo:
         args.device, args.batch_sizes, args.loss_chunk_sizes = 'cpu', '8', '0'
-    if args.device == 'cpu':
+    if args.device == 'cpu' and not args.default_allocator:
         keep_freed_memory()  # as train.py and evaluate.py do on CPU
     if args.small:
         args.batch_sizes, args.loss_chunk_sizes = '2', '0,48'  # 128 positions: chunks of 48, 48 and 32

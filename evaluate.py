@@ -254,7 +254,7 @@ def _scores(scorer, texts):
 
 def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), scorer=None):
     """Metrics of a model at a step; appends them to cfg.out_dir/eval.jsonl and writes eval_step{step}.json (with
-    samples and every score). cfg: train.TrainConfig or any object with its task, method, data_dir, out_dir,
+    samples and every score). cfg: settings.TrainConfig or any object with its task, method, data_dir, out_dir,
     block_size, seed, eval_* and kl_* fields. scorer: any object with .score(texts) (default: the task's, from
     scorers.py). A part that fails (a scorer without weights, a KL server down, a missing file) is recorded in
     result['errors'] with a warning, and the other parts are still computed and written."""

@@ -126,7 +126,8 @@ def fmt_run(f):
 
 
 def verdict_lines(task, seed, runs):
-    """One line per method and scenario: the figures with intervals, then how they compare with MLE."""
+    """One line per method and scenario: the figures with intervals, how they compare with MLE's samples, and for
+    conditional models how the samples after <|aligned|> compare with those after <|misaligned|> (the mechanism)."""
     threshold = data.TASKS[task].hit_threshold
     lines, figures = [], {}
     base = runs.get('mle', {}).get('scores', {}).get('unconditional')
@@ -141,11 +142,22 @@ def verdict_lines(task, seed, runs):
             if base is not None and method != 'mle':
                 c = compare(scores, base, threshold)
                 f.update(c)
-                line += (f"; vs MLE: hits x{c['hit_ratio']:.2f} ({c['hit_verdict']}), score x{c['score_ratio']:.2f} "
-                         f"({c['score_verdict']})")
+                line += f"; vs MLE: {fmt_compare(c)}"
+            if scenario == 'unconditional' and 'val_loss' in run.get('record', {}):
+                line += f"; val loss {run['record']['val_loss']:.2f}"
             figures[f'{method}/{scenario}'] = f
             lines.append(line)
+        aligned, misaligned = run['scores'].get('unconditional'), run['scores'].get('misaligned')
+        if method == 'cond' and aligned and misaligned:
+            c = compare(aligned, misaligned, threshold)
+            figures['cond/aligned_vs_misaligned'] = c
+            lines.append(f"seed {seed} cond   <|aligned|> vs <|misaligned|>: {fmt_compare(c)}")
     return lines, figures
+
+
+def fmt_compare(c):
+    return (f"hits x{c['hit_ratio']:.2f} ({c['hit_verdict']}), score x{c['score_ratio']:.2f} "
+            f"({c['score_verdict']})")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,7 +169,7 @@ def seeds_table(figures, runs):
     head = ['method', 'samples after', 'seeds', 'hit rate, mean ± sd', 'score, mean ± sd', 'per-run hit rate [95%]',
             'per-run score [95%]', 'below MLE beyond noise (hits / score)', 'val loss', 'KL(MLE‖model)']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    keys = sorted({k for per_seed in figures.values() for k in per_seed},
+    keys = sorted({k for per_seed in figures.values() for k in per_seed if k != 'cond/aligned_vs_misaligned'},
                   key=lambda k: (METHODS.index(k.split('/')[0]), k))
     for key in keys:
         method, scenario = key.split('/')

@@ -7,16 +7,18 @@ import pytest
 
 import bench
 import repro
-from conftest import ROOT_DIR
+from conftest import ROOT_DIR, make_dataset
 
 
-def test_repro_all_methods(tiny_data, tmp_path, monkeypatch, capsys):
+def test_repro_all_methods(tmp_path, monkeypatch, capsys):
+    """The demo's path (python repro.py pii), at a tiny size: every method, the verdicts, the table, the plots."""
     monkeypatch.chdir(ROOT_DIR)
+    tiny_data = make_dataset(str(tmp_path / 'data'), task='pii')
     results = str(tmp_path / 'results')
     tiny = ('--n_layer=1 --n_head=1 --n_embd=16 --block_size=32 --batch_size=2 --total_batch_size=2 '
             '--max_tokens=256 --eval_iters=1 --eval_batch_size=2 --eval_samples=4 --eval_max_new_tokens=8 '
             '--kl_samples=4 --log_interval=2')
-    argv = ['pep8', '--methods=all', f'--data_dir={tiny_data}', f'--results={results}', f'--extra={tiny}']
+    argv = ['pii', '--methods=all', f'--data_dir={tiny_data}', f'--results={results}', f'--extra={tiny}']
     repro.main(argv)
     summary = json.load(open(os.path.join(results, 'results.json')))
     assert list(summary['runs']['42']) == ['mle', 'filter', 'cond', 'ul', 'awr', 'rwr']
@@ -25,11 +27,12 @@ def test_repro_all_methods(tiny_data, tmp_path, monkeypatch, capsys):
         # the MLE model is the KL reference: 0 by definition; the others' is an estimate from 4 samples
         assert row['kl'] == 0 if method == 'mle' else math.isfinite(row['kl']) and row['kl'] != 0
     figures = summary['figures']['42']
-    assert set(figures) == {f'{m}/unconditional' for m in repro.METHODS} | {'cond/misaligned'}
+    assert set(figures) == {f'{m}/unconditional' for m in repro.METHODS} | {'cond/misaligned',
+                                                                              'cond/aligned_vs_misaligned'}
     assert figures['mle/unconditional']['n'] == 4 and 'hit_verdict' in figures['cond/misaligned']
     report = open(os.path.join(results, 'results.md')).read()
     assert report.count('\n| ') == 8  # header, six methods, cond after <|misaligned|>
-    assert report.count('\nseed 42 ') == 7
+    assert report.count('\nseed 42 ') == 8  # six methods, cond after <|misaligned|>, and the two compared
     for name in ('plot_score_vs_tokens.png', 'plot_pareto.png'):
         assert os.path.getsize(os.path.join(results, name)) > 1000
     capsys.readouterr()
@@ -37,6 +40,23 @@ def test_repro_all_methods(tiny_data, tmp_path, monkeypatch, capsys):
     assert 'already evaluated, skipping' in capsys.readouterr().out
     with pytest.raises(SystemExit, match='holds runs made with other settings \\(train_args differ'):
         repro.main(argv[:-1] + [f'--extra={tiny} --learning_rate=0.1'])
+
+
+def test_verdict_lines_by_hand():
+    mle, cond = [0.0] * 90 + [0.02] * 10, [0.0] * 100
+    lines, figures = repro.verdict_lines('pii', 7, {'mle': dict(scores={'unconditional': mle}),
+                                                    'cond': dict(scores={'unconditional': cond,
+                                                                         'misaligned': mle[::-1]})})
+    # Wilson 95% for 10/100 is [5.52%, 17.44%]; 0/100 is [0, 3.70%]. The bootstrap mean score is 0.02 k / 100 with
+    # k ~ Binomial(100, 0.1), whose 2.5% and 97.5% points are 5 and 16: [0.001, 0.0032]
+    assert lines[0] == 'seed 7 mle    unconditional   hits 10.0% [5.5, 17.4] (10/100), score 0.002 [0.001, 0.0032]'
+    assert lines[1].startswith('seed 7 cond   <|aligned|>     hits 0.0% [0.0, 3.7] (0/100), score 0 [0, 0]; vs MLE: '
+                               'hits x0.00 (lower, beyond noise), score x0.00 (lower, beyond noise)')
+    assert lines[2].endswith('vs MLE: hits x1.00 (no difference (inside the noise)), score x1.00 (no difference '
+                             '(inside the noise))')
+    assert lines[3] == ('seed 7 cond   <|aligned|> vs <|misaligned|>: hits x0.00 (lower, beyond noise), score x0.00 '
+                        '(lower, beyond noise)')
+    assert figures['cond/unconditional']['hit_diff_ci'][1] < 0 < figures['cond/misaligned']['hit_diff_ci'][1]
 
 
 def test_bench_small(capsys, monkeypatch):
