@@ -267,7 +267,7 @@ def load_checkpoint(path, device='cpu'):
 def keep_freed_memory():
     """Have glibc keep freed memory for reuse instead of returning each block over 32 MB to the OS: otherwise every
     training step's and every sampling step's (B, T, vocab) tensors are page-faulted in afresh, which on the 2-core
-    CPU machine is a third of a CPU training step (README, Benchmarks). Costs a resident set that stays at its
+    CPU machine is about half of a CPU training step (README, Benchmarks). Costs a resident set that stays at its
     peak. True if set (Linux with glibc); harmless to call twice."""
     try:
         libc = ctypes.CDLL('libc.so.6')
