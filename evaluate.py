@@ -33,10 +33,9 @@ import torch.nn.functional as F
 
 import data
 import scorers
-from kl import KL_MAX_TOKENS, EvalError, kl_divergence, write_json
+from kl import CONTROL_TOKENS, KL_MAX_TOKENS, EvalError, kl_divergence, write_json
 from model import keep_freed_memory, load_checkpoint, logits_only, sample
 
-CONTROL_TOKENS = (data.ALIGNED, data.MISALIGNED)
 PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
 MAX_PROMPT_TOKENS = 128  # longer prompts (e.g. signatures with long docstrings) are skipped; block_size/4 if smaller
 SAVED_SAMPLES = 256  # texts per scenario in eval_step{N}.json (all the scores are kept, for intervals)

@@ -38,3 +38,19 @@ def tiny_args(data_dir, out_dir, **overrides):
                 eval_samples=0, kl_reference='')
     args.update(overrides)
     return [f"--{k}={v}" for k, v in args.items()]
+
+
+def start_training(data_dir, out_dir, log_lines, stderr=None, **overrides):
+    """train.py in a child process on the tiny config, returned once out_dir/log.jsonl holds log_lines records (or
+    the child ended, or 120 s passed): for tests that signal or kill a run part way."""
+    import subprocess
+    import time
+    proc = subprocess.Popen([sys.executable, 'train.py'] + tiny_args(data_dir, out_dir, **overrides), cwd=ROOT_DIR,
+                            stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL, text=True)
+    log = os.path.join(out_dir, 'log.jsonl')
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(log) and len(open(log).readlines()) >= log_lines:
+            break
+        time.sleep(0.005)
+    return proc

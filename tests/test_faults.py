@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ import data
 import evaluate
 import model
 import train
-from conftest import tiny_args
+from conftest import start_training, tiny_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -315,14 +314,7 @@ def test_sigterm_saves_the_step_and_the_resume_ends_as_an_uninterrupted_run(tiny
     full = str(tmp_path / 'full')
     run(tiny_args(tiny_data, full, **args))
     out = str(tmp_path / 'preempted')
-    proc = subprocess.Popen([sys.executable, 'train.py'] + tiny_args(tiny_data, out, **args), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    log = os.path.join(out, 'log.jsonl')
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(log) and len(open(log).readlines()) >= 5:
-            break
-        time.sleep(0.005)
+    proc = start_training(tiny_data, out, 5, stderr=subprocess.PIPE, **args)
     proc.send_signal(signal.SIGTERM)
     err = proc.stderr.read()
     assert proc.wait() == 128 + signal.SIGTERM

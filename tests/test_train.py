@@ -4,13 +4,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 import train
-from conftest import tiny_args
+from conftest import start_training, tiny_args
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,14 +84,7 @@ def test_resume_after_sigkill_continues_exactly(tiny_data, tmp_path):
     full = str(tmp_path / 'full')
     run(tiny_args(tiny_data, full, **args))
     killed = str(tmp_path / 'killed')
-    proc = subprocess.Popen([sys.executable, 'train.py'] + tiny_args(tiny_data, killed, **args), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = os.path.join(killed, 'log.jsonl')
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(log) and len(open(log).readlines()) >= 25:
-            break
-        time.sleep(0.005)
+    proc = start_training(tiny_data, killed, 25, **args)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     steps_before = max(losses(killed))
