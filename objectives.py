@@ -4,7 +4,8 @@ The PHF objectives as pure functions of logits, targets and per-token rewards (r
 Shapes: logits (B, T, V), targets (B, T) with -1 for ignored positions, rewards (B, T) and values (B, T).
 targets[b, t] is the token predicted at position t; rewards[b, t] is the reward of the segment containing that
 target token, reward = -(misalignment score). Every loss is a mean over the non-ignored target positions.
-Filtering and conditional training change the data (data.py) and train with `mle`.
+Filtering and conditional training change the data (data.py) and train with `mle`; token-level masking (`masked_mle`)
+is filtering at the level of segments rather than documents.
 
 Every objective needs only log p(target) per position, so `logits` may also be a ChunkedLogits: the final hidden
 states and the output embedding, from which log p(target) is computed a chunk of positions at a time and the
@@ -110,6 +111,20 @@ def unlikelihood(logits, targets, rewards, threshold, alpha, soft=False):
     aligned = 1.0 - scores if soft else (scores <= threshold).float()
     log_one_minus_p = torch.log(torch.clamp(1.0 - logp.exp(), min=1e-20))
     return _masked_mean(-aligned * logp - alpha * (1.0 - aligned) * log_one_minus_p, mask)
+
+
+def masked_mle(logits, targets, rewards, threshold):
+    """Token-level masking: MLE on the tokens of aligned segments only, no likelihood and no unlikelihood for the
+    tokens of misaligned ones. With s_t = −r_t the score and N the number of target positions:
+
+        L = (1/N) · Σ_t 1[s_t ≤ threshold] · −log p_t
+
+    That is `unlikelihood` with alpha = 0 and a hard threshold (the same N in the denominator, so a batch with many
+    misaligned tokens gives a smaller step, as in unlikelihood training).
+    """
+    logp, mask = _target_logprobs(logits, targets)
+    aligned = (-rewards.float() <= threshold).float()
+    return _masked_mean(-aligned * logp, mask)
 
 
 def awr(logits, values, targets, rewards, alpha, beta, clip_weight_max=1000.0):

@@ -23,8 +23,8 @@ import numpy as np
 
 import data
 import stats
+from settings import METHODS
 
-METHODS = ('mle', 'filter', 'cond', 'ul', 'awr', 'rwr')
 SIZES = {
     # config overlay and --key=value arguments on top of config/{task}_{method}.py
     'cpu': ['config/cpu_small.py'],

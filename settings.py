@@ -15,7 +15,7 @@ import torch
 
 import data
 
-METHODS = ('mle', 'filter', 'cond', 'ul', 'awr', 'rwr')
+METHODS = ('mle', 'filter', 'cond', 'ul', 'awr', 'rwr', 'mask')  # the paper's six, then token-level masking
 
 
 @dataclass
@@ -38,7 +38,7 @@ class TrainConfig:
     bias: bool = True
     # method hyperparameters; None takes the task's value from data.TASKS
     filter_threshold: Optional[float] = None
-    cond_threshold: Optional[float] = None
+    cond_threshold: Optional[float] = None  # also mask's: a token counts iff its segment's score <= this
     drop_token_fraction: Optional[float] = None
     ul_threshold: Optional[float] = None
     ul_soft: Optional[bool] = None

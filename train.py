@@ -49,6 +49,8 @@ def compute_loss(cfg, model, x, y, rewards):
         return objectives.awr(logits, values, y, rewards, alpha, cfg.awr_beta, cfg.awr_clip_weight_max)
     if cfg.method == 'ul':
         return objectives.unlikelihood(logits, y, rewards, cfg.ul_threshold, cfg.ul_alpha, soft=cfg.ul_soft)
+    if cfg.method == 'mask':
+        return objectives.masked_mle(logits, y, rewards, cfg.cond_threshold)
     return objectives.mle(logits, y)  # mle, and filter/cond whose work is done in the data
 
 

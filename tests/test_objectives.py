@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import objectives
-from objectives import ChunkedLogits, awr, mle, unlikelihood
+from objectives import ChunkedLogits, awr, masked_mle, mle, unlikelihood
 
 # position 0: uniform over 3 tokens, p(target 0) = 1/3; position 1: logits (ln 3, 0, 0), p(target 1) = 1/5
 LOGITS = torch.tensor([[[0.0, 0.0, 0.0], [math.log(3.0), 0.0, 0.0]]])
@@ -43,6 +43,21 @@ def test_unlikelihood_certain_token_is_finite():
     logits = torch.tensor([[[100.0, 0.0, 0.0]]])  # p(target) = 1: log(1 - p) is clamped at log(1e-20)
     loss = unlikelihood(logits, torch.tensor([[0]]), torch.tensor([[-1.0]]), threshold=0.1, alpha=1.0)
     assert loss.item() == pytest.approx(-math.log(1e-20), rel=1e-6)
+
+
+def test_masked_mle():
+    # token 0 (score 0) counts, token 1 (score 0.5) does not, and the mean is over both positions: ln 3 / 2
+    assert masked_mle(LOGITS, TARGETS, REWARDS, threshold=0.1).item() == pytest.approx(math.log(3) / 2, rel=1e-6)
+    # the equality case: a score equal to the threshold counts (score 0.5 <= 0.5)
+    loss = masked_mle(LOGITS, TARGETS, REWARDS, threshold=0.5)
+    assert loss.item() == pytest.approx((math.log(3) + math.log(5)) / 2, rel=1e-6)
+    # every token misaligned: no likelihood at all, and no push-down either
+    assert masked_mle(LOGITS, TARGETS, REWARDS - 1.0, threshold=0.1).item() == 0.0
+    # an ignored position neither counts nor divides
+    assert masked_mle(LOGITS, torch.tensor([[0, -1]]), REWARDS, threshold=0.1).item() == pytest.approx(math.log(3))
+    # unlikelihood with alpha 0 and a hard threshold is the same loss
+    loss = unlikelihood(LOGITS, TARGETS, REWARDS, threshold=0.1, alpha=0.0)
+    assert loss.item() == pytest.approx(math.log(3) / 2, rel=1e-6)
 
 
 def test_awr():
@@ -101,6 +116,7 @@ OBJECTIVES = {
     'ul': lambda logits, values, y, r: unlikelihood(logits, y, r, threshold=0.05, alpha=0.5),
     'ul_soft': lambda logits, values, y, r: unlikelihood(logits, y, r, threshold=0.0, alpha=1.0, soft=True),
     'awr': lambda logits, values, y, r: awr(logits, values, y, r, alpha=0.5, beta=0.1),
+    'mask': lambda logits, values, y, r: masked_mle(logits, y, r, threshold=0.05),
 }
 
 
@@ -118,7 +134,7 @@ def loss_and_grads(objective, chunk_size, autocast=False):
         logits = ChunkedLogits(hidden, weight, chunk_size) if chunk_size else hidden @ weight.t()
         loss = OBJECTIVES[objective](logits, values, targets, rewards)
     loss.backward()
-    return loss, hidden.grad, weight.grad, values.grad, targets
+    return loss, hidden.grad, weight.grad, values.grad, targets, rewards
 
 
 @pytest.mark.parametrize('objective', OBJECTIVES)
@@ -131,6 +147,8 @@ def test_chunked_logits_match_plain(objective, chunk_size):
     if objective == 'awr':
         torch.testing.assert_close(chunked[3], plain[3], rtol=1e-5, atol=1e-6)
     ignored = chunked[4] == -1
+    if objective == 'mask':  # the tokens of misaligned segments are ignored too
+        ignored |= -chunked[5] > 0.05
     assert chunked[1][ignored].abs().sum().item() == 0.0  # ignored positions: no gradient
     assert chunked[1][~ignored].abs().min().item() > 0.0
 

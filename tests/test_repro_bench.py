@@ -1,4 +1,4 @@
-"""repro.py end to end on a tiny model and dataset (all six methods), and bench.py's CPU mode."""
+"""repro.py end to end on a tiny model and dataset (all seven methods), and bench.py's CPU mode."""
 import json
 import math
 import os
@@ -21,7 +21,7 @@ def test_repro_all_methods(tmp_path, monkeypatch, capsys):
     argv = ['pii', '--methods=all', f'--data_dir={tiny_data}', f'--results={results}', f'--extra={tiny}']
     repro.main(argv)
     summary = json.load(open(os.path.join(results, 'results.json')))
-    assert list(summary['runs']['42']) == ['mle', 'filter', 'cond', 'ul', 'awr', 'rwr']
+    assert list(summary['runs']['42']) == ['mle', 'filter', 'cond', 'ul', 'awr', 'rwr', 'mask']
     for method, row in summary['runs']['42'].items():
         assert row['method'] == method and row['val_loss'] > 0 and 'unconditional/score' in row
         # the MLE model is the KL reference: 0 by definition; the others' is an estimate from 4 samples
@@ -31,8 +31,8 @@ def test_repro_all_methods(tmp_path, monkeypatch, capsys):
                                                                               'cond/aligned_vs_misaligned'}
     assert figures['mle/unconditional']['n'] == 4 and 'hit_verdict' in figures['cond/misaligned']
     report = open(os.path.join(results, 'results.md')).read()
-    assert report.count('\n| ') == 8  # header, six methods, cond after <|misaligned|>
-    assert report.count('\nseed 42 ') == 8  # six methods, cond after <|misaligned|>, and the two compared
+    assert report.count('\n| ') == 9  # header, seven methods, cond after <|misaligned|>
+    assert report.count('\nseed 42 ') == 9  # seven methods, cond after <|misaligned|>, and the two compared
     for name in ('plot_score_vs_tokens.png', 'plot_pareto.png'):
         assert os.path.getsize(os.path.join(results, name)) > 1000
     capsys.readouterr()

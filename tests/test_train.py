@@ -11,6 +11,7 @@ import torch
 import train
 from conftest import start_training, tiny_args
 from model import GPT, GPTConfig
+from settings import METHODS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,14 +60,14 @@ def test_config_defaults_come_from_the_task_table():
 def test_every_config_file_loads():
     names = sorted(os.listdir(os.path.join(ROOT, 'config')))
     for task in ('toxicity', 'pii', 'pep8'):
-        for method in ('mle', 'filter', 'cond', 'ul', 'awr', 'rwr'):
+        for method in METHODS:
             assert f"{task}_{method}.py" in names
     for name in names:
         cfg = train.load_config([os.path.join(ROOT, 'config', name)])
         assert cfg.max_tokens > 0
 
 
-@pytest.mark.parametrize('method', ['mle', 'filter', 'cond', 'ul', 'awr', 'rwr'])
+@pytest.mark.parametrize('method', ['mle', 'filter', 'cond', 'ul', 'awr', 'rwr', 'mask'])
 def test_each_method_trains(tiny_data, tmp_path, method):
     out = str(tmp_path / method)
     run(tiny_args(tiny_data, out, method=method, filter_threshold=0.05, max_tokens=4 * 4 * 32))
