@@ -210,6 +210,10 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     control = [data.MISALIGNED] if scenario == 'misaligned' else [data.ALIGNED] if cond else []
     prefix = [data.EOS] + control
     shown = [enc.decode(p) for p in prompts]
+    guidance = cfg.eval_guidance if cond and scenario != 'misaligned' else 0.0
+    if cfg.eval_guidance and not cond:
+        raise EvalError("eval_guidance: guided sampling needs a conditional model (method 'cond')")
+    negative = [[data.EOS, data.MISALIGNED] + p for p in prompts] if guidance else None
     prompts = [prefix + p for p in prompts]
     default = task.max_new_tokens if scenario in ('unconditional', 'misaligned') else \
         min(task.max_new_tokens, PROMPTED_MAX_NEW_TOKENS)
@@ -217,7 +221,8 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     # our unconditional models never saw control tokens: block them, as the original's had none in the vocabulary
     blocked = task.blocked_tokens if cond else CONTROL_TOKENS
     t0 = time.time()
-    new = sample(model, prompts, max_new, blocked_tokens=blocked, seed=cfg.seed, device=device, compile=compile)
+    new = sample(model, prompts, max_new, blocked_tokens=blocked, seed=cfg.seed, device=device, compile=compile,
+                 guidance=guidance, negative_prompts=negative)
     seconds = time.time() - t0
     conts = [data.decode(toks) for toks in new]  # control tokens stripped
     scored = [p + c for p, c in zip(shown, conts)] if scenario == 'functions' else conts  # §3 prompted scoring
@@ -260,6 +265,8 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
     task = data.get_task(cfg.task)
     device, val_dir = torch.device(device), os.path.join(cfg.data_dir, cfg.task, 'val')
     result, samples, scores = dict(step=step, tokens_seen=tokens_seen, task=cfg.task, method=cfg.method), {}, {}
+    if cfg.eval_guidance:
+        result['guidance'] = cfg.eval_guidance
 
     def part(name, compute):
         try:
@@ -299,7 +306,8 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
                 part('kl', lambda: dict(kl=kl_divergence(
                     model, cfg.kl_reference, cfg.kl_samples, conditional=cfg.method == 'cond',
                     lines=task.segment == 'lines', base_url=cfg.kl_base_url,
-                    max_tokens=min(KL_MAX_TOKENS, cfg.block_size - 2), batch_size=cfg.eval_batch_size, device=device)))
+                    max_tokens=min(KL_MAX_TOKENS, cfg.block_size - 2), batch_size=cfg.eval_batch_size, device=device,
+                    guidance=cfg.eval_guidance)))
     finally:
         model.train(was_training)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -415,7 +423,7 @@ def export_hf(model, out_dir):
 
 EVAL_DEFAULTS = dict(eval_iters=20, eval_batch_size=16, eval_samples=256, eval_max_new_tokens=0, eval_scenarios='',
                      eval_prompts='', kl_reference='', kl_base_url='', kl_samples=256, out_dir='out', data_dir='data',
-                     seed=42)
+                     seed=42, eval_guidance=0.0)
 
 
 def main(argv=None):

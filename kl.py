@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from model import load_checkpoint, logits_only, sample
+from model import guided_logits, load_checkpoint, logits_only, sample
 
 CONTROL_TOKENS = (data.ALIGNED, data.MISALIGNED)
 KL_MAX_TOKENS = 64  # reference samples' length (reference §5.2)
@@ -28,10 +28,12 @@ class EvalError(Exception):
 
 
 @torch.no_grad()
-def sequence_logprobs(model, seqs, batch_size=32, device=None):
+def sequence_logprobs(model, seqs, batch_size=32, device=None, guidance=0.0):
     """log p(seq[1:] | seq[0]) for each token list, summed over the tokens after the first, except control tokens:
     they are conditioned on, not scored. (The original's KL counted <|aligned|> and shifted its mask by one,
-    reference §5.2 and §7.6; both are fixed here.) Embedding padding ids are outside the distribution."""
+    reference §5.2 and §7.6; both are fixed here.) Embedding padding ids are outside the distribution. guidance != 0:
+    under the guided distribution model.sample draws from (before temperature and top-p), with the sequence's
+    <|aligned|> tokens turned into <|misaligned|> as the negative twin."""
     device = device or next(model.parameters()).device
     out = []
     for i in range(0, len(seqs), batch_size):
@@ -42,8 +44,12 @@ def sequence_logprobs(model, seqs, batch_size=32, device=None):
         for r, s in enumerate(chunk):
             x[r, :len(s) - 1] = torch.tensor(s[:-1], dtype=torch.long)
             y[r, :len(s) - 1] = torch.tensor([-1 if t in CONTROL_TOKENS else t for t in s[1:]], dtype=torch.long)
+        if guidance:
+            x = torch.cat([x, x.masked_fill(x == data.ALIGNED, data.MISALIGNED)])
         with torch.autocast(torch.device(device).type, enabled=False):  # sums of ~64 log-probs: fp32, not bf16
             logits = logits_only(model(x.to(device)))[..., :model.config.vocab_size].float()
+        if guidance:
+            logits = guided_logits(logits, guidance)
         nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-1, reduction='none')
         out += (-nll.view_as(y)).sum(1).tolist()
     return out
@@ -137,11 +143,12 @@ def _openai_samples(model_name, base_url, n, max_tokens, entries, path, save):
 
 
 def kl_divergence(model, reference, n, *, conditional=False, lines=False, base_url='', max_tokens=KL_MAX_TOKENS,
-                  batch_size=32, device='cpu', cache_dir=None):
+                  batch_size=32, device='cpu', cache_dir=None, guidance=0.0):
     """KL(ref || model) ≈ mean over x ~ ref of log p_ref(x) − log p_model(x), nats per sample. The model scores
     EOS + x; a conditional one EOS + <|aligned|> + x, and for line tasks <|aligned|> before every line, as it was
     trained (the original's should_insert_prefix). Control tokens are conditioned on, never counted. A reference
-    server's text is re-tokenized with our tokenizer, so it is a text-level estimate."""
+    server's text is re-tokenized with our tokenizer, so it is a text-level estimate. guidance: of a conditional
+    model's guided distribution (sequence_logprobs)."""
     entries = reference_samples(reference, n, base_url=base_url, max_tokens=max_tokens, device=device,
                                 cache_dir=cache_dir)
     enc = data.get_tokenizer()
@@ -153,5 +160,5 @@ def kl_divergence(model, reference, n, *, conditional=False, lines=False, base_u
             x = e['tokens'] if 'tokens' in e else enc.encode_ordinary(e['text'])
             x = ([data.ALIGNED] if conditional else []) + x
         seqs.append(([data.EOS] + x)[:model.config.block_size + 1])  # only tiny test models ever cut here
-    logprobs = sequence_logprobs(model, seqs, batch_size, device)
+    logprobs = sequence_logprobs(model, seqs, batch_size, device, guidance)
     return float(np.mean([e['logprob'] - lp for e, lp in zip(entries, logprobs)]))

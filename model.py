@@ -378,27 +378,47 @@ def pick(logits, bias, temperature, top_k, top_p, gen, draws=8):
 
 
 @torch.no_grad()
+def guided_logits(logits, guidance):
+    """Classifier-free guidance over a batch whose first half holds the prompts and whose second half the same
+    prompts' negative versions (e.g. <|aligned|> and <|misaligned|> before the same text), row for row:
+
+        logits_guided = logits_pos + guidance · (logits_pos − logits_neg)
+
+    guidance 0 is the positive prompts' own distribution; each row's softmax shifts by a constant only, so logits
+    or log-probabilities give the same distribution."""
+    pos, neg = logits.chunk(2)
+    return pos + guidance * (pos - neg)
+
+
+@torch.no_grad()
 def sample(model, prompts, max_new_tokens, *, temperature=0.7, top_p=0.9, top_k=0, min_new_tokens=10,
-           blocked_tokens=(), eos_id=EOS, seed=0, batch_size=SAMPLE_BATCH_SIZE, device=None, compile=None):
+           blocked_tokens=(), eos_id=EOS, seed=0, batch_size=SAMPLE_BATCH_SIZE, device=None, compile=None,
+           guidance=0.0, negative_prompts=None):
     """The new tokens for each prompt (a list of ids), cut before the first end-of-text. The defaults are the
     paper's (reference §5.1); temperature=0 or top_k=1 is greedy. Prompts of different lengths share a batch,
     left-padded, with per-row positions and a mask over the cache. No host sync per token on GPU: finished rows keep
     emitting EOS, and whether all rows are done is checked every 16 tokens. Deterministic for (seed, batch_size).
-    compile: torch.compile the decode step (None: on CUDA)."""
+    compile: torch.compile the decode step (None: on CUDA). guidance != 0: each prompt's negative_prompts twin runs
+    as another row of the same batch, each new token is drawn from guided_logits and fed to both rows (twice the
+    rows; guidance 0 runs exactly the unguided sampler)."""
     if not prompts:
         return []
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p {top_p}: must be in (0, 1]")
+    guided = guidance != 0
+    if guided and (negative_prompts is None or len(negative_prompts) != len(prompts)):
+        raise ValueError("guidance needs negative_prompts, one per prompt")
     device = torch.device(device or next(model.parameters()).device)
     cfg = model.config
-    P = max(len(p) for p in prompts)
+    P = max(len(p) for p in prompts + (negative_prompts if guided else []))
     max_len = P + max_new_tokens
     if max_len > cfg.block_size:
         raise ValueError(f"a prompt of {P} tokens + {max_new_tokens} new tokens > block_size {cfg.block_size}")
     B = min(batch_size, len(prompts))
     autocast = torch.is_autocast_enabled(device.type)
     dtype = torch.get_autocast_dtype(device.type) if autocast else next(model.parameters()).dtype
-    cache = KVCache(cfg, B, max_len, device=device, dtype=dtype)
+    cache = KVCache(cfg, 2 * B if guided else B, max_len, device=device, dtype=dtype)
+    guide = (lambda logits: guided_logits(logits, guidance)) if guided else (lambda logits: logits)
     gen = torch.Generator(device).manual_seed(seed)
     bias = torch.zeros(cfg.padded_vocab_size, device=device)
     bias[cfg.vocab_size:] = float('-inf')  # the embedding's padding rows are not tokens
@@ -416,6 +436,8 @@ def sample(model, prompts, max_new_tokens, *, temperature=0.7, top_p=0.9, top_k=
     for i in range(0, len(prompts), B):
         chunk = prompts[i:i + B]
         rows = chunk + [[eos_id]] * (B - len(chunk))  # a full last batch keeps the decode step's shapes static
+        if guided:
+            rows += negative_prompts[i:i + B] + [[eos_id]] * (B - len(chunk))
         idx = torch.tensor([[eos_id] * (P - len(p)) + list(p) for p in rows], device=device)
         pad = P - torch.tensor([len(p) for p in rows], device=device)
         real = slots >= pad[:, None]  # (B, max_len) cache slots holding this row's tokens, not its padding
@@ -426,7 +448,7 @@ def sample(model, prompts, max_new_tokens, *, temperature=0.7, top_p=0.9, top_k=
         pos = (slots[:P] - pad[:, None]).clamp(min=0)
         logits = logits_only(model(idx, cache=cache, input_pos=slots[:P], attn_mask=mask[:, None], pos=pos,
                                    last_only=True))
-        logits = logits[:, -1].float()
+        logits = guide(logits[:, -1].float())
         new = torch.full((B, max_new_tokens), eos_id, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         input_pos, pos = slots[P:P + 1].clone(), (P - pad)[:, None]
@@ -438,7 +460,7 @@ def sample(model, prompts, max_new_tokens, *, temperature=0.7, top_p=0.9, top_k=
             if t == max_new_tokens - 1 or (t % 16 == 15 and done.all()):
                 break
             mask = (real & (slots <= input_pos))[:, None, None, :]
-            logits = step(model, cache, tok[:, None], input_pos, mask, pos)
+            logits = guide(step(model, cache, tok.repeat(2 if guided else 1)[:, None], input_pos, mask, pos))
             input_pos += 1
             pos += 1
         for row in new[:len(chunk)].tolist():

@@ -78,6 +78,7 @@ class TrainConfig:
     kl_reference: str = ''  # '', a ckpt.pt of ours, or 'openai:MODEL'
     kl_base_url: str = ''
     kl_samples: int = 256
+    eval_guidance: float = 0.0  # conditional models: sample with guidance γ away from <|misaligned|> (model.sample)
     wandb_project: str = ''  # log to wandb too (if installed)
 
 
@@ -216,6 +217,8 @@ def check_eval_settings(cfg):
             raise ConfigError("eval_scenarios: 'misaligned' (samples after <|misaligned|>) is for method 'cond' only")
         if name == 'prompted' and not cfg.eval_prompts:
             raise ConfigError("eval_scenarios: 'prompted' needs --eval_prompts=PATH, a JSONL file of prompts")
+    if cfg.eval_guidance and cfg.method != 'cond':
+        raise ConfigError("eval_guidance: guided sampling needs a conditional model (method 'cond')")
     if cfg.eval_prompts and not os.path.isfile(cfg.eval_prompts):
         raise ConfigError(f"eval_prompts {cfg.eval_prompts}: file not found")
     if cfg.kl_reference and not cfg.kl_reference.startswith('openai:') and not os.path.isfile(cfg.kl_reference):

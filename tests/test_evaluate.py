@@ -121,6 +121,33 @@ def test_sequence_logprobs_skip_the_prefix_and_control_tokens():
     assert kl_mod.sequence_logprobs(model, [[EOS]]) == [0.0]
 
 
+def test_sequence_logprobs_under_guidance_by_hand():
+    model, seq, gamma = tiny_model(), [EOS, ALIGNED, 5, 6, 7], 0.7
+    with torch.no_grad():
+        a = model(torch.tensor([seq[:-1]]))[0, :, :model.config.vocab_size]
+        m = model(torch.tensor([[EOS, MISALIGNED, 5, 6]]))[0, :, :model.config.vocab_size]
+    logp = F.log_softmax(a + gamma * (a - m), -1)
+    want = float(logp[1, 5] + logp[2, 6] + logp[3, 7])  # <|aligned|> is conditioned on, not scored
+    got, = kl_mod.sequence_logprobs(model, [seq], guidance=gamma)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert kl_mod.sequence_logprobs(model, [seq], guidance=0.0) == kl_mod.sequence_logprobs(model, [seq])
+
+
+def test_guided_evaluation_samples_against_the_misaligned_twins(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ev, 'sample', lambda m, prompts, n, **kw: calls.append((prompts, kw)) or [[]] * len(prompts))
+    cfg = eval_cfg(tmp_path, task='pii', method='cond', eval_iters=0, eval_samples=2, eval_guidance=1.5)
+    result = ev.evaluate(tiny_model(), cfg, 1, 1, 'cpu', scorer=FakeScorer())
+    (aligned, kw), (misaligned, kw_mis) = calls  # the unconditional scenario, then the misaligned one
+    assert aligned == [[EOS, ALIGNED]] * 2 and kw['guidance'] == 1.5
+    assert kw['negative_prompts'] == [[EOS, MISALIGNED]] * 2
+    assert misaligned == [[EOS, MISALIGNED]] * 2 and kw_mis['guidance'] == 0.0  # the mechanism check stays unguided
+    assert result['guidance'] == 1.5
+    result = ev.evaluate(tiny_model(), eval_cfg(tmp_path, task='pii', eval_iters=0, eval_samples=2,
+                                                eval_guidance=1.0), 1, 1, 'cpu', scorer=FakeScorer())
+    assert 'needs a conditional model' in result['errors']['unconditional']
+
+
 def test_val_loss_is_plain_cross_entropy_on_the_first_blocks(tiny_data):
     model = tiny_model()
     split = data.PreparedData(os.path.join(tiny_data, 'pep8', 'val'))
@@ -163,7 +190,8 @@ def test_function_prompts_from_the_held_out_split(tmp_path):
 def eval_cfg(tmp_path, **kw):
     cfg = dict(task='pep8', method='mle', data_dir=write_code_data(str(tmp_path / 'data')),
                out_dir=str(tmp_path / 'out'), block_size=64, seed=0, eval_iters=2, eval_batch_size=4, eval_samples=8,
-               eval_max_new_tokens=6, eval_scenarios='', eval_prompts='', kl_reference='', kl_base_url='', kl_samples=6)
+               eval_max_new_tokens=6, eval_scenarios='', eval_prompts='', kl_reference='', kl_base_url='', kl_samples=6,
+               eval_guidance=0.0)
     cfg.update(kw)
     return SimpleNamespace(**cfg)
 

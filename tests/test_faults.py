@@ -122,6 +122,7 @@ def test_evaluation_settings_are_checked_before_the_first_step(tiny_data, tmp_pa
     for settings, error in (
             (dict(eval_samples=2, eval_scenarios='unconditional,sideways'), "unknown scenario 'sideways'"),
             (dict(eval_samples=2, eval_scenarios='misaligned'), "'misaligned'.*is for method 'cond' only"),
+            (dict(eval_samples=2, eval_guidance=1.0), "eval_guidance: guided sampling needs a conditional model"),
             (dict(eval_samples=2, eval_scenarios='prompted'), "'prompted' needs --eval_prompts=PATH"),
             (dict(eval_samples=2, eval_prompts=str(tmp_path / 'prompts.jsonl')),
              r"eval_prompts .*prompts.jsonl: file not found"),

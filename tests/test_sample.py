@@ -3,6 +3,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+import data
 import model
 from model import sampling_probs, threshold_by_bisection, threshold_by_partition
 
@@ -76,3 +77,72 @@ def test_draws_inside_the_nucleus_keep_their_proportions():
     freq = torch.bincount(ids, minlength=4) / 20000
     assert freq[3] == 0
     assert freq[:3].tolist() == pytest.approx([0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95], abs=0.01)
+
+
+# Guided sampling (classifier-free guidance over control tokens)
+
+def test_guided_logits_by_hand():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])  # row 0: after <|aligned|>, row 1: after <|misaligned|>
+    assert model.guided_logits(logits, 0.5).tolist() == [[0.0, 2.0, 4.0]]  # 1 + 0.5·(1 - 3), 2 + 0, 3 + 0.5·(3 - 1)
+    assert model.guided_logits(logits, 0.0).tolist() == [[1.0, 2.0, 3.0]]
+    assert model.guided_logits(logits, -1.0).tolist() == [[3.0, 2.0, 1.0]]  # -1: the negative row's
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return model.GPT(model.GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)).eval()
+
+
+def twin_prompts():
+    bodies = [[5, 6, 7], [8], [], [9, 10, 11, 12, 13]]  # different lengths: left padding in one batch
+    pos = [[data.EOS, data.ALIGNED] + b for b in bodies]
+    neg = [[data.EOS, data.MISALIGNED] + b for b in bodies]
+    return pos, neg
+
+
+def test_guidance_zero_is_the_unguided_sampler():
+    m, (pos, neg) = tiny_model(), twin_prompts()
+    plain = model.sample(m, pos, 12, seed=3, batch_size=3)
+    assert model.sample(m, pos, 12, seed=3, batch_size=3, guidance=0.0, negative_prompts=neg) == plain
+    assert model.sample(m, pos, 12, seed=3, batch_size=3, guidance=1.0, negative_prompts=neg) != plain
+
+
+def greedy_guided_by_full_forward(m, pos, neg, guidance, n_new, blocked):
+    """The reference: each step runs both whole sequences, guides their last logits, takes the argmax."""
+    out = []
+    for p, q in zip(pos, neg):
+        new = []
+        for t in range(n_new):
+            with torch.no_grad():
+                a = m(torch.tensor([p + new]))[0, -1]
+                b = m(torch.tensor([q + new]))[0, -1]
+            logits = a + guidance * (a - b)
+            logits[m.config.vocab_size:] = float('-inf')
+            logits[list(blocked)] = float('-inf')
+            if t < 2:
+                logits[data.EOS] = float('-inf')
+            tok = int(logits.argmax())
+            if tok == data.EOS:
+                break
+            new.append(tok)
+        out.append(new)
+    return out
+
+
+@pytest.mark.parametrize('guidance', [1.5, -1.0])
+def test_guided_greedy_sampling_matches_the_full_forward(guidance):
+    m, (pos, neg) = tiny_model(), twin_prompts()
+    blocked = (data.ALIGNED, data.MISALIGNED)
+    ours = model.sample(m, pos, 8, temperature=0, min_new_tokens=2, blocked_tokens=blocked, batch_size=3,
+                        guidance=guidance, negative_prompts=neg)
+    assert ours == greedy_guided_by_full_forward(m, pos, neg, guidance, 8, blocked)
+    if guidance == -1.0:  # all the weight on the negative prompts: what they alone would give
+        assert ours == model.sample(m, neg, 8, temperature=0, min_new_tokens=2, blocked_tokens=blocked)
+
+
+def test_guidance_needs_a_negative_prompt_per_prompt():
+    m, (pos, neg) = tiny_model(), twin_prompts()
+    with pytest.raises(ValueError, match='negative_prompts'):
+        model.sample(m, pos, 4, guidance=1.0)
+    with pytest.raises(ValueError, match='negative_prompts'):
+        model.sample(m, pos, 4, guidance=1.0, negative_prompts=neg[:2])
