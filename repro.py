@@ -7,10 +7,13 @@ intervals, whether each method writes less of the undesirable content than MLE.
     python repro.py pii --methods=all --seeds=42,43,44     # six methods x three seeds
     python repro.py pep8 --methods=all                     # PEP8 on the standard library (see the README: no effect
     python repro.py pep8 --size=gpu --methods=all          # at CPU size), and its single-GPU variant
+    python repro.py pii --seeds=42,43,44 --guidance=1,2    # also sample the conditional models with guidance
 
 Results go to results/{task}_{size}/: results.md (the verdicts and the table), results.json, plot_score_vs_tokens.png
 and plot_pareto.png (score against KL from the MLE model of the same seed), settings.json, and each run's directory
-seed{S}/{method}. A run already evaluated is skipped; a results folder made with other settings is refused.
+seed{S}/{method} (guided evaluations of the conditional model: seed{S}/cond_guided{γ}). With several seeds, each
+method's per-seed differences from MLE get a paired t interval. A run already evaluated is skipped; a results folder
+made with other settings is refused.
 """
 import argparse
 import json
@@ -95,6 +98,33 @@ def run_methods(args, methods, seed, results, train_args, median):
         sh(['train.py'] + argv)
 
 
+GUIDED = 'cond_guided'  # run names cond_guided{γ}: the cond model of the seed, sampled with guidance γ
+
+
+def guided_name(guidance):
+    return f'{GUIDED}{guidance:g}'
+
+
+def run_order(name):
+    """Runs in METHODS order, each cond model's guided evaluations after it by γ."""
+    if name.startswith(GUIDED):
+        return METHODS.index('cond'), float(name[len(GUIDED):])
+    return METHODS.index(name), -1.0
+
+
+def evaluate_guided(seed, results, guidance):
+    """Sample a seed's conditional model again, with guidance, into seed{S}/cond_guided{γ} (evaluate.py): its
+    unconditional scenario and KL from the seed's MLE model, no validation loss (the weights are cond's)."""
+    seed_dir = os.path.join(results, f'seed{seed}')
+    out = os.path.join(seed_dir, guided_name(guidance))
+    if os.path.exists(os.path.join(out, 'eval.jsonl')):
+        print(f"{out}: already evaluated, skipping (delete it to re-run)", flush=True)
+        return
+    sh(['evaluate.py', f"--ckpt={os.path.join(seed_dir, 'cond', 'ckpt.pt')}", f'--out_dir={out}',
+        f'--eval_guidance={guidance}', '--eval_scenarios=unconditional', '--eval_iters=0',
+        f"--kl_reference={os.path.join(seed_dir, 'mle', 'ckpt.pt')}"])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Verdicts: each method's samples against MLE's, with intervals (stats.py)
 
@@ -136,9 +166,8 @@ def verdict_lines(task, seed, runs):
             if scenario not in ('unconditional', 'misaligned') or not scores:
                 continue
             f = scenario_figures(scores, threshold)
-            label = {'unconditional': '<|aligned|>' if method == 'cond' else 'unconditional',
-                     'misaligned': '<|misaligned|>'}[scenario]
-            line = f"seed {seed} {method:6s} {label:15s} {fmt_run(f)}"
+            name, label = run_label(method, scenario)
+            line = f"seed {seed} {name:6s} {label:15s} {fmt_run(f)}"
             if base is not None and method != 'mle':
                 c = compare(scores, base, threshold)
                 f.update(c)
@@ -153,6 +182,48 @@ def verdict_lines(task, seed, runs):
             figures['cond/aligned_vs_misaligned'] = c
             lines.append(f"seed {seed} cond   <|aligned|> vs <|misaligned|>: {fmt_compare(c)}")
     return lines, figures
+
+
+def run_label(run_name, scenario):
+    """(method, what its samples come after) as the report shows them."""
+    if run_name.startswith(GUIDED):
+        return 'cond', f"<|aligned|> γ={run_name[len(GUIDED):]}"
+    if scenario == 'misaligned':
+        return run_name, '<|misaligned|>'
+    return run_name, '<|aligned|>' if run_name == 'cond' else 'unconditional'
+
+
+def across_seeds(figures, runs):
+    """With two seeds or more: per run and scenario, the mean over seeds of its difference from MLE's hit rate and
+    score, with the paired t interval (each seed trained both ways) and the verdict; and cond's <|aligned|> minus
+    <|misaligned|> the same way (the mechanism)."""
+    seeds = list(figures)
+    if len(seeds) < 2:
+        return []
+    lines = []
+
+    def line(what, pairs):
+        hit = [a['hit_rate'] - b['hit_rate'] for a, b in pairs]
+        score = [a['score'] - b['score'] for a, b in pairs]
+        hit_ci, score_ci = stats.paired_t_interval(hit), stats.paired_t_interval(score)
+        lines.append(f"across {len(pairs)} seeds, {what}: hits {100 * np.mean(hit):+.2f} points "
+                     f"[{100 * hit_ci[0]:+.2f}, {100 * hit_ci[1]:+.2f}] ({stats.verdict(hit_ci)}), score "
+                     f"{np.mean(score):+.3g} [{score_ci[0]:+.3g}, {score_ci[1]:+.3g}] ({stats.verdict(score_ci)})")
+
+    names = sorted({name for rs in runs.values() for name in rs}, key=run_order)
+    for name in names:
+        for scenario in ('unconditional', 'misaligned'):
+            key = f'{name}/{scenario}'
+            pairs = [(figures[s][key], figures[s]['mle/unconditional']) for s in seeds
+                     if key in figures[s] and 'mle/unconditional' in figures[s] and name != 'mle']
+            if len(pairs) >= 2:
+                method, label = run_label(name, scenario)
+                line(f"{method} {label} minus MLE", pairs)
+    pairs = [(figures[s]['cond/unconditional'], figures[s]['cond/misaligned']) for s in seeds
+             if 'cond/misaligned' in figures[s]]
+    if len(pairs) >= 2:
+        line("cond <|aligned|> minus <|misaligned|>", pairs)
+    return lines
 
 
 def fmt_compare(c):
@@ -170,7 +241,7 @@ def seeds_table(figures, runs):
             'per-run score [95%]', 'below MLE beyond noise (hits / score)', 'val loss', 'KL(MLE‖model)']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     keys = sorted({k for per_seed in figures.values() for k in per_seed if k != 'cond/aligned_vs_misaligned'},
-                  key=lambda k: (METHODS.index(k.split('/')[0]), k))
+                  key=lambda k: (run_order(k.split('/')[0]), k))
     for key in keys:
         method, scenario = key.split('/')
         rows = [(seed, per_seed[key]) for seed, per_seed in figures.items() if key in per_seed]
@@ -178,8 +249,9 @@ def seeds_table(figures, runs):
         sc_m, sc_s = stats.mean_and_spread([f['score'] for _, f in rows])
         below = [sum(f.get(v) == 'lower, beyond noise' for _, f in rows) for v in ('hit_verdict', 'score_verdict')]
         evals = [runs[seed][method]['record'] for seed, _ in rows]
-        cells = [method, '<|misaligned|>' if scenario == 'misaligned' else '<|aligned|>' if method == 'cond' else
-                 'nothing', str(len(rows)), f"{100 * hit_m:.2f}% ± {100 * hit_s:.2f}", f"{sc_m:.3g} ± {sc_s:.2g}",
+        name, after = run_label(method, scenario)
+        cells = [name, 'nothing' if after == 'unconditional' else after, str(len(rows)),
+                 f"{100 * hit_m:.2f}% ± {100 * hit_s:.2f}", f"{sc_m:.3g} ± {sc_s:.2g}",
                  '; '.join(f"{100 * f['hit_rate']:.1f} [{100 * f['hit_rate_ci'][0]:.1f}, "
                            f"{100 * f['hit_rate_ci'][1]:.1f}]" for _, f in rows),
                  '; '.join(f"{f['score']:.2g} [{f['score_ci'][0]:.2g}, {f['score_ci'][1]:.2g}]" for _, f in rows),
@@ -190,13 +262,13 @@ def seeds_table(figures, runs):
     return '\n'.join(lines)
 
 
-def collect(results, seeds, methods):
-    """{seed: {method: {'record': last evaluation, 'scores': {scenario: scores}, 'history': records}}}; the MLE
+def collect(results, seeds, names):
+    """{seed: {run name: {'record': last evaluation, 'scores': {scenario: scores}, 'history': records}}}; the MLE
     model is its own KL reference, at 0."""
     runs = {}
     for seed in seeds:
         runs[seed] = {}
-        for method in sorted(methods, key=METHODS.index):
+        for method in sorted(names, key=run_order):
             history = read_evals(os.path.join(results, f'seed{seed}', method))
             if method == 'mle':
                 history[-1] = dict(history[-1], kl=0.0)
@@ -215,12 +287,19 @@ def main(argv=None):
     p.add_argument('--data_dir', default=None, help='default data/local_{size}')
     p.add_argument('--results', default=None, help='default results/{task}_{size}')
     p.add_argument('--extra', default='', help='more --key=value arguments for train.py, space-separated')
+    p.add_argument('--guidance', default='', help='comma-separated γ: also sample each cond model with guidance γ')
     args = p.parse_args(argv)
     methods = METHODS if args.methods == 'all' else tuple(args.methods.split(','))
     unknown = set(methods) - set(METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     seeds = [int(s) for s in args.seeds.split(',')]
+    try:
+        args.guidance = [float(g) for g in args.guidance.split(',') if g.strip()]
+    except ValueError:
+        p.error(f"--guidance={args.guidance}: expected numbers separated by commas")
+    if args.guidance and 'cond' not in methods:
+        p.error("--guidance samples the conditional models: add cond to --methods")
     try:
         run(args, methods, seeds, 'python repro.py ' + ' '.join(sys.argv[1:] if argv is None else argv))
     except ReproError as e:
@@ -242,11 +321,14 @@ def run(args, methods, seeds, command):
     median = float(np.median(np.asarray(train_data.doc_scores)))
     for seed in seeds:
         run_methods(args, methods, seed, results, train_args, median)
-    runs = collect(results, seeds, methods)
+        for guidance in [g for g in args.guidance if g]:  # γ = 0 is the cond run itself
+            evaluate_guided(seed, results, guidance)
+    runs = collect(results, seeds, list(methods) + [guided_name(g) for g in args.guidance if g])
     verdicts, figures = [], {}
     for seed in seeds:
         lines, figures[seed] = verdict_lines(args.task, seed, runs[seed])
         verdicts += lines
+    verdicts += across_seeds(figures, runs)
     header = (f"{args.task}, size {args.size}: `{command}`\n\ntraining tokens {train_data.n_tokens:,} "
               f"({train_data.header['source']}); filter threshold (median document score) {median:.5g}; "
               f"{(time.time() - t0) / 60:.1f} min in this call. Hit: a sample scored above "

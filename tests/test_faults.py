@@ -374,7 +374,7 @@ train.main(sys.argv[1:])
 
 def test_a_process_pool_started_during_training_ends(tmp_path):
     """A pool's workers are forked with the training loop's signal handlers; a pool ends its busy workers with
-    SIGTERM, which they must obey (before, a worker took it for a stop request and the evaluation's scorer pool hung)."""
+    SIGTERM, which they must obey (before, a worker took it for a stop request and the scorer pool hung)."""
     script = tmp_path / 'pool_under_stop_signals.py'
     script.write_text(f"""import multiprocessing as mp, os, sys, time
 sys.path.insert(0, {ROOT!r})

@@ -18,21 +18,29 @@ def test_repro_all_methods(tmp_path, monkeypatch, capsys):
     tiny = ('--n_layer=1 --n_head=1 --n_embd=16 --block_size=32 --batch_size=2 --total_batch_size=2 '
             '--max_tokens=256 --eval_iters=1 --eval_batch_size=2 --eval_samples=4 --eval_max_new_tokens=8 '
             '--kl_samples=4 --log_interval=2')
-    argv = ['pii', '--methods=all', f'--data_dir={tiny_data}', f'--results={results}', f'--extra={tiny}']
+    argv = ['pii', '--methods=all', f'--data_dir={tiny_data}', f'--results={results}', f'--extra={tiny}',
+            '--guidance=0,1.5']
     repro.main(argv)
     summary = json.load(open(os.path.join(results, 'results.json')))
-    assert list(summary['runs']['42']) == ['mle', 'filter', 'cond', 'ul', 'awr', 'rwr', 'mask']
+    assert list(summary['runs']['42']) == ['mle', 'filter', 'cond', 'cond_guided1.5', 'ul', 'awr', 'rwr', 'mask']
+    guided = summary['runs']['42']['cond_guided1.5']
+    assert guided['guidance'] == 1.5 and guided['step'] == summary['runs']['42']['cond']['step']
+    assert 'val_loss' not in guided and math.isfinite(guided['kl'])
     for method, row in summary['runs']['42'].items():
+        if method == 'cond_guided1.5':
+            continue
         assert row['method'] == method and row['val_loss'] > 0 and 'unconditional/score' in row
         # the MLE model is the KL reference: 0 by definition; the others' is an estimate from 4 samples
         assert row['kl'] == 0 if method == 'mle' else math.isfinite(row['kl']) and row['kl'] != 0
     figures = summary['figures']['42']
-    assert set(figures) == {f'{m}/unconditional' for m in repro.METHODS} | {'cond/misaligned',
-                                                                              'cond/aligned_vs_misaligned'}
+    assert set(figures) == {f'{m}/unconditional' for m in repro.METHODS + ('cond_guided1.5',)} | {
+        'cond/misaligned', 'cond/aligned_vs_misaligned'}
     assert figures['mle/unconditional']['n'] == 4 and 'hit_verdict' in figures['cond/misaligned']
     report = open(os.path.join(results, 'results.md')).read()
-    assert report.count('\n| ') == 9  # header, seven methods, cond after <|misaligned|>
-    assert report.count('\nseed 42 ') == 9  # seven methods, cond after <|misaligned|>, and the two compared
+    assert report.count('\n| ') == 10  # header, seven methods, cond after <|misaligned|>, cond guided
+    assert report.count('\nseed 42 ') == 10  # seven methods, cond after <|misaligned|> and guided, the two compared
+    assert '\nseed 42 cond   <|aligned|> γ=1.5 hits ' in report and '| cond | <|aligned|> γ=1.5 | 1 |' in report
+    assert 'across' not in report  # one seed: no interval over seeds
     for name in ('plot_score_vs_tokens.png', 'plot_pareto.png'):
         assert os.path.getsize(os.path.join(results, name)) > 1000
     capsys.readouterr()
@@ -78,3 +86,23 @@ def test_every_size_is_a_valid_training_config(monkeypatch):
         for method in repro.METHODS:
             cfg = train.load_config([f'config/{task}_{method}.py'] + repro.SIZES[size] + plan['train'])
             assert cfg.method == method and cfg.total_batch_size % cfg.batch_size == 0
+
+
+def test_across_seeds_by_hand():
+    f = lambda hit, score: dict(hit_rate=hit, score=score)
+    figures = {42: {'mle/unconditional': f(0.027, 3e-4), 'cond/unconditional': f(0.009, 1e-4),
+                    'cond/misaligned': f(0.012, 1e-4)},
+               43: {'mle/unconditional': f(0.050, 5e-4), 'cond/unconditional': f(0.017, 2e-4),
+                    'cond/misaligned': f(0.017, 4e-4)},
+               44: {'mle/unconditional': f(0.011, 1e-4), 'cond/unconditional': f(0.013, 1e-4),
+                    'cond/misaligned': f(0.057, 1e-4)}}
+    runs = {s: {'mle': {}, 'cond': {}} for s in figures}
+    lines = repro.across_seeds(figures, runs)
+    # cond minus MLE, hits in points: -1.8, -3.3, +0.2 -> mean -1.63, paired t interval -1.63 ± 4.36
+    assert lines[0].startswith('across 3 seeds, cond <|aligned|> minus MLE: hits -1.63 points [-6.00, +2.73] '
+                               '(no difference (inside the noise))')
+    assert lines[1].startswith('across 3 seeds, cond <|misaligned|> minus MLE: hits ')
+    # aligned minus misaligned: -0.3, 0, -4.4 points; scores 0, -2e-4, 0
+    assert lines[2].startswith('across 3 seeds, cond <|aligned|> minus <|misaligned|>: hits -1.57 points ')
+    assert len(lines) == 3
+    assert repro.across_seeds({42: figures[42]}, {42: runs[42]}) == []

@@ -32,3 +32,14 @@ def test_bootstrap_difference_and_verdict():
 def test_mean_and_spread():
     assert stats.mean_and_spread([1, 2, 3]) == (2.0, 1.0)
     assert stats.mean_and_spread([4]) == (4.0, 0.0)
+
+
+def test_paired_t_interval_by_hand():
+    # [1, 3]: mean 2, sd √2, se 1; t(1 df) 97.5th percentile 12.7062
+    lo, hi = stats.paired_t_interval([1.0, 3.0])
+    assert (lo, hi) == pytest.approx((2 - 12.7062047, 2 + 12.7062047))
+    # the three PII seeds, cond minus MLE in points: mean -1.6333, sd 1.75594, se 1.01379, t(2 df) 4.30265
+    lo, hi = stats.paired_t_interval([-1.8, -3.3, 0.2])
+    assert (lo, hi) == pytest.approx((-1.63333 - 4.36200, -1.63333 + 4.36200), abs=1e-4)
+    assert stats.verdict((lo, hi)) == 'no difference (inside the noise)'
+    assert all(v != v for v in stats.paired_t_interval([1.0]))  # one seed: no interval
