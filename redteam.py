@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -377,7 +378,7 @@ def red_team(args):
             for trial in range(args.trials):
                 pool, own = run_trial(red, cache, target, scorer, prompts, args, trial, log)
                 write_pool(os.path.join(folder, f'pool_trial{trial}.jsonl'), pool, own)
-        del target
+        del target  # freed before the next one loads
     return runs
 
 
@@ -484,7 +485,9 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        runs = read_runs(args.plot) if args.plot else red_team(args)
+        cuda = (args.device or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda')
+        with torch.autocast('cuda', dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else nullcontext():
+            runs = read_runs(args.plot) if args.plot else red_team(args)
         print(plot(runs, args.out or os.path.join(args.out_dir, 'redteam.png')))
     except (RedTeamError, data.DataError, scorers.ScorerError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
