@@ -2,7 +2,7 @@
 Prepare a task's training data: documents -> segments -> misalignment scores -> tokens, written as train and val
 splits in data.py's format (data/{task}/train, data/{task}/val) with data/{task}/summary.json.
 
-    python prepare.py toxicity                  # the paper's scored dataset, streamed from the Hugging Face hub
+    python prepare.py toxicity                  # the paper's scored dataset from the Hugging Face hub
     python prepare.py pep8 --source=local       # the Python standard library installed here: no download
     python prepare.py pep8 --source=local+site  # ... plus the installed packages (site-packages)
     python prepare.py pii --source=local        # /usr/share/doc's changelogs and copyright files, or packages' docs
@@ -10,9 +10,11 @@ splits in data.py's format (data/{task}/train, data/{task}/val) with data/{task}
     python prepare.py toxicity --source=docs.jsonl --scorer=profanity   # JSON lines with a "text" field
 
 Sources (--source):
-- '' (default): the task's dataset from the paper (reference §2), read shard by shard from the hub (the shards are
-  parquet: needs `pip install pyarrow`). Its records carry per-segment scores (texts, scores, avg_score; for code
-  org_text and num_lines); they are kept, or re-scored by our scorer with --rescore.
+- '' (default): the task's dataset from the paper (reference §2). Its data files (parquet or JSON lines; those with
+  'train' in their path) are fetched into the hub client's cache ($HF_HOME/hub, default ~/.cache/huggingface/hub)
+  by huggingface_hub.snapshot_download, which resumes a partial file and skips finished ones; offline
+  (HF_HUB_OFFLINE=1) the cached copy is used. Its records carry per-segment scores (texts, scores, avg_score; for
+  code org_text and num_lines); they are kept, or re-scored by our scorer with --rescore.
 - 'local': no download. pep8: every .py file of the standard library (sysconfig's stdlib folder, about 30 MB,
   tests included, site-packages excluded); 'local+site' adds site.getsitepackages(). pii: every `copyright` and
   gzipped `changelog*` file under /usr/share/doc, which Debian-like systems ship (real names, emails, URLs); where
@@ -25,14 +27,19 @@ Segments: lines for code (split after each '\\n', as pycodestyle and the paper's
 sentence ends after . ! or ? (and closing quotes or brackets) followed by whitespace, or at a blank line. The
 whitespace stays with its sentence, so the segments join back to the text, as the paper's spaCy sentences do. The
 rule needs no model; it also splits after abbreviations ("e.g. ").
-Validation split: a document is held out if the hash of its key (a file's path under its root, a record's index)
-is below --val_fraction; the first --min_val_docs documents are held out too, so a small corpus has some. Files are
-read in the order of another hash of their key, so any --max_docs/--max_bytes prefix is a random sample.
+Validation split: a document is held out if the hash of its key (a file's path under its root, a record's index,
+prefixed on the hub by its data file's path) is below --val_fraction; the first --min_val_docs documents are held
+out too, so a small corpus has some. Files are read in the order of another hash of their key, so any
+--max_docs/--max_bytes prefix is a random sample. --max_bytes counts the input's bytes on disk.
 Large corpora: all cores (a process pool over chunks of documents, at most two chunks per process in flight, so
-memory does not grow with the corpus), a progress line on stderr, output staged in {out_dir}.tmp-PID and moved into
-place only when complete; what an interrupted run leaves is removed by the next one.
+memory does not grow with the corpus), a progress bar on stderr (input bytes against the source's size with rate
+and ETA, documents, tokens, shard). Resumable: each of the hub's data files is a shard, written as a part in
+{out_dir}.parts as soon as it is done; an interrupted run keeps its finished shards and the same command continues
+after them, with output identical to an uninterrupted run's (staging.py). The output is assembled in
+{out_dir}.tmp-PID and moved into place only when complete; what an interrupted run leaves is removed by the next one.
 Measured (2 cores): pep8 --source=local: 1,790 files (31.5 MB) -> 1,758 documents, 10.0M tokens, 26.9 MB on disk,
-58 s, peak RSS 77 MB per process. pii --source=local: 1,783 files (48.9 MB gzipped, 128 MB of text) -> 1,771
+58 s, peak RSS 77 MB per process (since the shard staging: 117 MB in the main process, from the final
+concatenation). pii --source=local: 1,783 files (48.9 MB gzipped, 128 MB of text) -> 1,771
 documents, 44.8M tokens, 100 MB on disk, 131 s. Peak RSS follows the largest document, not the corpus size: 5 MB of
 code 71 MB, 31.5 MB 79 MB; a 4 MB generated .py file alone 150 MB; /usr/share/doc (a 6.7 MB changelog) 211 MB
 (main) and 274 MB (worker).
@@ -299,10 +306,11 @@ def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=No
                 writers = {}
                 continue
             add_chunk(docs, failed, errors, writers, totals, main_scorer, val_fraction, min_val_docs)
-            bar.set_postfix_str(f"{sum(totals['documents'].values()):,} docs, {totals['tokens']:,} tokens, "
-                                f"shard {i + 1}/{len(shards)}", refresh=False)
+            bar.set_postfix_str(f"{sum(totals['documents'].values()):,} docs, {totals['tokens']:,} tokens"
+                                + (f", shard {i + 1}/{len(shards)}" if len(shards) > 1 else ''), refresh=False)
             bar.update(sum(d.nbytes for d in docs))
         complete = True
+        bar.total = max(bar.total or 0, bar.n)  # --max_bytes stops after the item that reaches it
         bar.close()
         n, skipped = totals['documents'], totals['skipped']
         if not n['train'] + n['val']:
