@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 import prepare
 from conftest import ROOT_DIR
-from data import FILES, PreparedData, decode
+from data import FILES, DataError, PreparedData, decode
 
 TOXICITY = prepare.get_task('toxicity').hf_dataset
 SPLITS = ('train', 'val')
@@ -131,6 +131,34 @@ def test_resume_reads_only_the_unfinished_shards(tmp_path, toxicity_hub, monkeyp
     other = str(tmp_path / 'other')
     prepare.prepare('toxicity', '', other, min_val_docs=2, val_fraction=0.5, processes=1, progress=False)
     assert output(out) == output(other)
+
+
+def test_parts_of_a_live_run_are_refused_and_of_a_killed_one_resumed(tmp_path, toxicity_hub, monkeypatch, capsys):
+    out = str(tmp_path / 'out')
+    process_item = prepare.process_item
+
+    def interrupted(kind, payload, key, nbytes):
+        if key == 'data/train-00001-of-00003.parquet:0':
+            raise KeyboardInterrupt
+        return process_item(kind, payload, key, nbytes)
+    monkeypatch.setattr(prepare, 'process_item', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare('toxicity', '', out, min_val_docs=1, processes=1, progress=False)
+    monkeypatch.setattr(prepare, 'process_item', process_item)
+    manifest_path = os.path.join(out + '.parts', 'manifest.json')
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    for pid, outcome in ((os.getppid(), 'refused'), (int(dead.stdout), 'resumed')):
+        with open(manifest_path, 'w') as f:
+            json.dump(dict(manifest, pid=pid), f)
+        if outcome == 'refused':
+            with pytest.raises(DataError, match=rf'out.parts: prepare.py pid {pid} is writing it; wait for it'):
+                prepare.prepare('toxicity', '', out, min_val_docs=1, processes=1, progress=False)
+        else:
+            capsys.readouterr()
+            prepare.prepare('toxicity', '', out, min_val_docs=1, processes=1, progress=False)
+            assert 'resuming: 1 of 3 shards' in capsys.readouterr().err
 
 
 def test_max_docs_cuts_across_shards_and_resumes(tmp_path, toxicity_hub, monkeypatch):
