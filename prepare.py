@@ -2,7 +2,7 @@
 Prepare a task's training data: documents -> segments -> misalignment scores -> tokens, written as train and val
 splits in data.py's format (data/{task}/train, data/{task}/val) with data/{task}/summary.json.
 
-    python prepare.py toxicity                  # the paper's scored dataset, streamed from the Hugging Face hub
+    python prepare.py toxicity                  # the paper's scored dataset from the Hugging Face hub
     python prepare.py pep8 --source=local       # the Python standard library installed here: no download
     python prepare.py pep8 --source=local+site  # ... plus the installed packages (site-packages)
     python prepare.py pii --source=local        # /usr/share/doc's changelogs and copyright files, or packages' docs
@@ -10,9 +10,11 @@ splits in data.py's format (data/{task}/train, data/{task}/val) with data/{task}
     python prepare.py toxicity --source=docs.jsonl --scorer=profanity   # JSON lines with a "text" field
 
 Sources (--source):
-- '' (default): the task's dataset from the paper (reference §2), read shard by shard from the hub (the shards are
-  parquet: needs `pip install pyarrow`). Its records carry per-segment scores (texts, scores, avg_score; for code
-  org_text and num_lines); they are kept, or re-scored by our scorer with --rescore.
+- '' (default): the task's dataset from the paper (reference §2). Its data files (parquet or JSON lines; those with
+  'train' in their path) are fetched into the hub client's cache ($HF_HOME/hub, default ~/.cache/huggingface/hub)
+  by huggingface_hub.snapshot_download, which resumes a partial file and skips finished ones; offline
+  (HF_HUB_OFFLINE=1) the cached copy is used. Its records carry per-segment scores (texts, scores, avg_score; for
+  code org_text and num_lines); they are kept, or re-scored by our scorer with --rescore.
 - 'local': no download. pep8: every .py file of the standard library (sysconfig's stdlib folder, about 30 MB,
   tests included, site-packages excluded); 'local+site' adds site.getsitepackages(). pii: every `copyright` and
   gzipped `changelog*` file under /usr/share/doc, which Debian-like systems ship (real names, emails, URLs); where
@@ -25,14 +27,19 @@ Segments: lines for code (split after each '\\n', as pycodestyle and the paper's
 sentence ends after . ! or ? (and closing quotes or brackets) followed by whitespace, or at a blank line. The
 whitespace stays with its sentence, so the segments join back to the text, as the paper's spaCy sentences do. The
 rule needs no model; it also splits after abbreviations ("e.g. ").
-Validation split: a document is held out if the hash of its key (a file's path under its root, a record's index)
-is below --val_fraction; the first --min_val_docs documents are held out too, so a small corpus has some. Files are
-read in the order of another hash of their key, so any --max_docs/--max_bytes prefix is a random sample.
+Validation split: a document is held out if the hash of its key (a file's path under its root, a record's index,
+prefixed on the hub by its data file's path) is below --val_fraction; the first --min_val_docs documents are held
+out too, so a small corpus has some. Files are read in the order of another hash of their key, so any
+--max_docs/--max_bytes prefix is a random sample. --max_bytes counts the input's bytes on disk.
 Large corpora: all cores (a process pool over chunks of documents, at most two chunks per process in flight, so
-memory does not grow with the corpus), a progress line on stderr, output staged in {out_dir}.tmp-PID and moved into
-place only when complete; what an interrupted run leaves is removed by the next one.
+memory does not grow with the corpus), a progress bar on stderr (input bytes against the source's size with rate
+and ETA, documents, tokens, shard). Resumable: each of the hub's data files is a shard, written as a part in
+{out_dir}.parts as soon as it is done; an interrupted run keeps its finished shards and the same command continues
+after them, with output identical to an uninterrupted run's (staging.py). The output is assembled in
+{out_dir}.tmp-PID and moved into place only when complete; what an interrupted run leaves is removed by the next one.
 Measured (2 cores): pep8 --source=local: 1,790 files (31.5 MB) -> 1,758 documents, 10.0M tokens, 26.9 MB on disk,
-58 s, peak RSS 77 MB per process. pii --source=local: 1,783 files (48.9 MB gzipped, 128 MB of text) -> 1,771
+58 s, peak RSS 77 MB per process (since the shard staging: 117 MB in the main process, from the final
+concatenation). pii --source=local: 1,783 files (48.9 MB gzipped, 128 MB of text) -> 1,771
 documents, 44.8M tokens, 100 MB on disk, 131 s. Peak RSS follows the largest document, not the corpus size: 5 MB of
 code 71 MB, 31.5 MB 79 MB; a 4 MB generated .py file alone 150 MB; /usr/share/doc (a 6.7 MB changelog) 211 MB
 (main) and 274 MB (worker).
@@ -51,10 +58,12 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 import scorers
-from data import DataError, DatasetWriter, PreparedData, get_task, get_tokenizer, pid_alive
-from sources import chunked, key_hash, limited, source_items
+from data import DataError, PreparedData, get_task, get_tokenizer
+from sources import key_hash, shard_chunks, source_items
+from staging import Parts, check_out_dir, remove_leftovers, swap_in
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 SENTENCE_END = re.compile(r'[.!?]+["\')\]]*\s+|\n\s*\n')
@@ -154,74 +163,33 @@ def process_chunk(items):
 
 
 def run_chunks(chunks, processes, initargs):
-    """process_chunk over chunks, results in order. At most two chunks per process are in flight, so memory is
-    bounded by the chunk size, not the corpus (Pool.imap would read the whole source ahead)."""
+    """(tag, process_chunk(items)) over chunks of (tag, items), in order. At most two chunks per process are in
+    flight, so memory is bounded by the chunk size, not the corpus (Pool.imap would read the whole source ahead)."""
     if processes == 1:
         init_worker(*initargs)
-        yield from map(process_chunk, chunks)
+        yield from ((tag, process_chunk(items)) for tag, items in chunks)
         return
     with mp.Pool(processes, init_worker, initargs) as pool:
         pending = collections.deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(process_chunk, (chunk,)))
+        for tag, items in chunks:
+            pending.append((tag, pool.apply_async(process_chunk, (items,))))
             if len(pending) >= 2 * processes:
-                yield pending.popleft().get()
+                tag, result = pending.popleft()
+                yield tag, result.get()
         while pending:
-            yield pending.popleft().get()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Output directory: staged, swapped in when complete
-
-def remove_leftovers(out_dir):
-    """Remove the staging and set-aside directories of interrupted runs (whose process is gone)."""
-    parent, base = os.path.split(os.path.abspath(out_dir))
-    for name in os.listdir(parent) if os.path.isdir(parent) else []:
-        stem, _, pid = name.rpartition('-')
-        if stem in (f"{base}.tmp", f"{base}.old") and pid.isdigit() and not pid_alive(int(pid)):
-            print(f"removing {os.path.join(parent, name)}, left by an interrupted run", file=sys.stderr)
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-
-
-def check_out_dir(out_dir):
-    """out_dir is replaced as a whole: refuse one that holds anything but a previous prepare.py output."""
-    if os.path.isdir(out_dir):
-        foreign = [n for n in sorted(os.listdir(out_dir))
-                   if n != 'summary.json' and n.partition('.')[0] not in ('train', 'val')]
-        if foreign:
-            raise DataError(f"{out_dir}: holds {foreign[0]!r}, not prepare.py output; choose another --out_dir")
-    elif os.path.exists(out_dir):
-        raise DataError(f"{out_dir}: not a directory")
-
-
-def swap_in(staging, out_dir):
-    old = f"{out_dir}.old-{os.getpid()}"
-    if os.path.exists(out_dir):
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+            tag, result = pending.popleft()
+            yield tag, result.get()
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Progress and summary
 
-class Progress:
-    def __init__(self, total, enabled=True):
-        self.total, self.enabled, self.t0 = total, enabled, time.time()
-        self.last = self.t0
-        self.tty = sys.stderr.isatty()
-
-    def update(self, docs, nbytes, force=False):
-        """A line every second on a terminal (the last one forced), else every 30 s."""
-        now = time.time()
-        if not self.enabled or (now - self.last < (1 if self.tty else 30) and not (force and self.tty)):
-            return
-        self.last, dt = now, max(now - self.t0, 1e-9)
-        line = f"{docs:,} docs  {nbytes / 1e6:,.1f} MB  {docs / dt:,.0f} docs/s  {nbytes / dt / 1e6:.2f} MB/s"
-        if self.total:
-            eta = (self.total - nbytes) / max(nbytes / dt, 1e-9)
-            line += f"  {min(100, 100 * nbytes / self.total):.0f}%  ETA {int(eta) // 60}m{int(eta) % 60:02d}s"
-        print('\r' + line if self.tty else line, end='' if self.tty else '\n', file=sys.stderr, flush=True)
+def progress_bar(total, initial, enabled):
+    """Input bytes read against the source's size, with rate and ETA; documents, tokens and the shard after it.
+    Refreshed every second on a terminal; in a log every 30 s, so a run shorter than that writes no line."""
+    tty = sys.stderr.isatty()
+    return tqdm(total=total or None, initial=initial, unit='B', unit_scale=True, disable=not enabled,
+                file=sys.stderr, mininterval=1 if tty else 30, delay=0 if tty else 30, dynamic_ncols=True)
 
 
 def score_stats(task, splits):
@@ -277,77 +245,93 @@ def print_summary(s):
 
 # ----------------------------------------------------------------------------------------------------------------
 
+def new_totals():
+    """What a run counts over its shards. The parts' manifest keeps them, so a resumed run counts on from there."""
+    return dict(inputs=0, input_bytes=0, documents=dict(train=0, val=0), tokens=0, prescored=0, scored=0,
+                skipped={}, skipped_examples=[], score_failures=0, score_failure_examples=[])
+
+
+def add_chunk(docs, failed, errors, writers, totals, main_scorer, val_fraction, min_val_docs):
+    """Write a chunk's documents to its shard's writers (scoring those the main process scores) and count them."""
+    deferred = [s for d in docs if d.texts is not None for s in d.texts]
+    if deferred:  # a batched scorer runs here, once per chunk
+        main_scorer.n_failed, main_scorer.errors = 0, []
+        it = iter(main_scorer.score(deferred))
+        failed, errors = failed + main_scorer.n_failed, errors + main_scorer.errors
+    totals['score_failures'] += failed
+    totals['score_failure_examples'] += errors[:max(0, 5 - len(totals['score_failure_examples']))]
+    for d in docs:
+        totals['inputs'], totals['input_bytes'] = totals['inputs'] + 1, totals['input_bytes'] + d.nbytes
+        if d.skipped:
+            totals['skipped'][d.skipped] = totals['skipped'].get(d.skipped, 0) + 1
+            if len(totals['skipped_examples']) < 5:
+                totals['skipped_examples'].append(f"{d.key}: {d.skipped}")
+            continue
+        scores = d.scores if d.texts is None else [next(it) for _ in d.texts]
+        totals['prescored' if d.prescored else 'scored'] += 1
+        split = 'val' if totals['documents']['val'] < min_val_docs or key_hash(d.key) < val_fraction else 'train'
+        flat, ends = d.tokens.tolist(), np.cumsum(d.seg_lens).tolist()
+        writers[split].add_document([flat[a:b] for a, b in zip([0] + ends[:-1], ends)], scores, d.doc_score)
+        totals['documents'][split] += 1  # a document with text has tokens: add_document writes it
+        totals['tokens'] += len(flat) + 1  # with its <|endoftext|>
+
+
 def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=None, rescore=False,
             val_fraction=0.05, min_val_docs=3, max_docs=None, max_bytes=None, processes=None, progress=True):
-    """Build {out_dir}/train, {out_dir}/val and {out_dir}/summary.json; returns the summary."""
+    """Build {out_dir}/train, {out_dir}/val and {out_dir}/summary.json; returns the summary. Continues after the
+    shards that an interrupted run with the same source and settings finished (staging.py)."""
     t0 = time.time()
     task = get_task(task_name)
     out_dir = (out_dir or os.path.join('data', task.name)).rstrip('/')
     scorer_name, scorer_kwargs = scorer or task.scorer, scorer_kwargs or {}
     main_scorer = scorers.get_scorer(scorer_name, **scorer_kwargs)  # an unknown name fails here, before any work
     check_out_dir(out_dir)
-    desc, total, items = source_items(task, source)
-    items = limited(items, max_docs, max_bytes)
-    total = min(total, max_bytes) if total and max_bytes else total or max_bytes
+    desc, shards = source_items(task, source)
     processes = processes or os.cpu_count()
     remove_leftovers(out_dir)
-    staging = f"{out_dir}.tmp-{os.getpid()}"
-    writers = {}
+    parts = Parts(out_dir, dict(source=desc, shards=[[s.name, s.nbytes] for s in shards], task=task.name,
+                                scorer=scorer_name, scorer_kwargs=scorer_kwargs, rescore=rescore,
+                                val_fraction=val_fraction, min_val_docs=min_val_docs, max_docs=max_docs,
+                                max_bytes=max_bytes), new_totals())
+    totals, staging, writers, complete = parts.totals, f"{out_dir}.tmp-{os.getpid()}", {}, False
+    size = sum(s.nbytes for s in shards)
+    bar = progress_bar(min(size, max_bytes or size), totals['input_bytes'], progress)
     try:
-        for split in ('train', 'val'):
-            writers[split] = DatasetWriter(os.path.join(staging, split), task=task.name, split=split, source=desc,
-                                           scorer=scorer_name)
-        bar = Progress(total, progress)
-        n_items = n_bytes = n_failed = n_prescored = n_scored = 0
-        skipped, skipped_examples, failures = collections.Counter(), [], []
-        for docs, chunk_failed, errors in run_chunks(chunked(items), processes,
-                                                     (task.name, scorer_name, scorer_kwargs, rescore)):
-            deferred = [s for d in docs if d.texts is not None for s in d.texts]
-            if deferred:  # a batched scorer runs here, once per chunk
-                main_scorer.n_failed, main_scorer.errors = 0, []
-                it = iter(main_scorer.score(deferred))
-                chunk_failed, errors = chunk_failed + main_scorer.n_failed, errors + main_scorer.errors
-            n_failed += chunk_failed
-            failures += errors[:max(0, 5 - len(failures))]
-            for d in docs:
-                n_items, n_bytes = n_items + 1, n_bytes + d.nbytes
-                if d.skipped:
-                    skipped[d.skipped] += 1
-                    if len(skipped_examples) < 5:
-                        skipped_examples.append(f"{d.key}: {d.skipped}")
-                    continue
-                scores = d.scores if d.texts is None else [next(it) for _ in d.texts]
-                n_prescored, n_scored = n_prescored + d.prescored, n_scored + (not d.prescored)
-                w = writers['val']
-                if w.n_documents >= min_val_docs and key_hash(d.key) >= val_fraction:
-                    w = writers['train']
-                flat, ends = d.tokens.tolist(), np.cumsum(d.seg_lens).tolist()
-                w.add_document([flat[a:b] for a, b in zip([0] + ends[:-1], ends)], scores, d.doc_score)
-            bar.update(n_items, n_bytes)
-        bar.update(n_items, n_bytes, force=True)
-        if progress and bar.tty:
-            print(file=sys.stderr)  # end the progress line
-        n = {split: w.n_documents for split, w in writers.items()}
+        chunks = shard_chunks(shards, parts.done, totals['inputs'], totals['input_bytes'], max_docs, max_bytes)
+        for i, (docs, failed, errors) in run_chunks(chunks, processes, (task.name, scorer_name, scorer_kwargs,
+                                                                           rescore)):
+            writers = writers or parts.writers(i, task=task.name, source=desc, scorer=scorer_name)
+            if not docs:  # the shard is complete
+                parts.finish(i, writers, totals)
+                writers = {}
+                continue
+            add_chunk(docs, failed, errors, writers, totals, main_scorer, val_fraction, min_val_docs)
+            bar.set_postfix_str(f"{sum(totals['documents'].values()):,} docs, {totals['tokens']:,} tokens"
+                                + (f", shard {i + 1}/{len(shards)}" if len(shards) > 1 else ''), refresh=False)
+            bar.update(sum(d.nbytes for d in docs))
+        complete = True
+        bar.total = max(bar.total or 0, bar.n)  # --max_bytes stops after the item that reaches it
+        bar.close()
+        n, skipped = totals['documents'], totals['skipped']
         if not n['train'] + n['val']:
             reasons = ', '.join(f'{k} {r}' for r, k in skipped.items())
-            raise DataError(f"{desc}: no usable documents in {n_items:,} inputs ({reasons})")
+            raise DataError(f"{desc}: no usable documents in {totals['inputs']:,} inputs ({reasons})")
         if not n['train'] or not n['val']:
             raise DataError(f"{desc}: {n['train'] + n['val']} documents, none left for "
                             f"{'train' if not n['train'] else 'val'}; change --min_val_docs or --val_fraction")
-        scorer_desc = scorer_name if not n_prescored else 'dataset' if not n_scored else f'dataset+{scorer_name}'
-        for w in writers.values():
-            w.header['scorer'] = scorer_desc
-            w.close()
-        splits = {split: PreparedData(os.path.join(staging, split)) for split in writers}
+        scorer_desc = (scorer_name if not totals['prescored'] else 'dataset' if not totals['scored']
+                       else f'dataset+{scorer_name}')
+        parts.assemble(staging, task=task.name, source=desc, scorer=scorer_desc)
+        splits = {split: PreparedData(os.path.join(staging, split)) for split in n}
         ru_self, ru_children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
         summary = dict(
             task=task.name, source=desc, scorer=scorer_desc, out_dir=out_dir,
             documents={k: d.n_documents for k, d in splits.items()},
             segments={k: d.n_segments for k, d in splits.items()},
             tokens={k: d.n_tokens for k, d in splits.items()},
-            input_bytes=n_bytes, bytes_on_disk=dir_bytes(staging), seconds=time.time() - t0,
-            skipped=dict(skipped), skipped_examples=skipped_examples,
-            score_failures=n_failed, score_failure_examples=failures,
+            input_bytes=totals['input_bytes'], bytes_on_disk=dir_bytes(staging), seconds=time.time() - t0,
+            skipped=skipped, skipped_examples=totals['skipped_examples'],
+            score_failures=totals['score_failures'], score_failure_examples=totals['score_failure_examples'],
             **score_stats(task, list(splits.values())),
             peak_rss_mb=dict(main=ru_self.ru_maxrss / 1024, largest_worker=ru_children.ru_maxrss / 1024),
             settings=dict(rescore=rescore, scorer_kwargs=scorer_kwargs, val_fraction=val_fraction,
@@ -355,10 +339,13 @@ def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=No
         with open(os.path.join(staging, 'summary.json'), 'w') as f:
             json.dump(summary, f, indent=1)
         swap_in(staging, out_dir)
+        parts.close(complete)
     except BaseException:
+        bar.close()
         for w in writers.values():
             w.abort()
         shutil.rmtree(staging, ignore_errors=True)
+        parts.close(complete)
         raise
     return summary
 

@@ -1,9 +1,13 @@
 """
-Where prepare.py's documents come from, each as an item (kind, payload, key, nbytes): 'file' items (a path) from a
+Where prepare.py's documents come from, as shards of items (kind, payload, key, nbytes): 'file' items (a path) from a
 folder or this machine's local corpora, 'record' items (a dict, or None for a line that is not JSON) from JSON lines,
-parquet, or the paper's datasets on the Hugging Face hub. Files are listed in the order of a hash of their key, so
-any prefix of them is a random sample.
+parquet, or the paper's datasets on the Hugging Face hub. nbytes is the part of the source's bytes on disk the item
+accounts for, so the items of a shard add up to its size. Each data file of the hub is a shard (prepare.py resumes
+after the last one it finished); any other source is one shard. Files are listed in the order of a hash of their
+key, so any prefix of them is a random sample.
 """
+import collections
+import functools
 import gzip
 import hashlib
 import json
@@ -16,7 +20,7 @@ from data import DataError
 SHARD_EXTS = ('.jsonl', '.jsonl.gz', '.json', '.json.gz', '.parquet')
 TEXT_EXTS = ('.txt', '.md', '.gz')
 SKIP_DIRS = {'site-packages', 'dist-packages', '__pycache__'}  # site-packages only with --source=local+site
-
+Shard = collections.namedtuple('Shard', 'name nbytes items')  # items(): a new iterator over the shard's items
 
 
 def key_hash(key):
@@ -77,52 +81,74 @@ def corpus_files(task, roots):
 
 
 def shard_records(f, name):
-    """(record, nbytes) of one data file opened in binary mode: JSON lines (gzipped if name ends in .gz) or parquet
-    (needs pyarrow). The record is None for a line that is not valid JSON."""
+    """(record, nbytes) of one data file opened in binary mode: JSON lines (gzipped if name ends in .gz) or parquet.
+    The record is None for a line that is not valid JSON. nbytes: the file's bytes read since the previous record
+    (for gzip, compressed bytes; for parquet, the record's share of the file), so they add up to the file's size."""
     if name.endswith('.parquet'):
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise DataError(f"{name}: reading parquet needs pyarrow: pip install pyarrow") from None
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=256):
+            raise DataError(f"{name}: reading parquet needs pyarrow (requirements.txt): pip install pyarrow") from None
+        pf, size = pq.ParquetFile(f), os.fstat(f.fileno()).st_size
+        i, rows = 0, max(pf.metadata.num_rows, 1)
+        for batch in pf.iter_batches(batch_size=256):
             for r in batch.to_pylist():
-                yield r, sum(map(len, r.get('texts') or [r.get('text') or '']))
+                yield r, size * (i + 1) // rows - size * i // rows
+                i += 1
         return
+    lines = gzip.open(f) if name.endswith('.gz') else f
+    pos = done = 0
     try:
-        for line in (gzip.open(f) if name.endswith('.gz') else f):
+        for line in lines:
+            pos = f.tell() if lines is not f else pos + len(line)
             if line.strip():
                 try:
-                    yield json.loads(line), len(line)
+                    record = json.loads(line)
                 except ValueError:  # invalid JSON or not UTF-8
-                    yield None, len(line)
+                    record = None
+                yield record, pos - done
+                done = pos
     except (OSError, EOFError) as e:  # a corrupt gzip stream
         raise DataError(f"{name}: {e}") from None
 
 
-def hub_records(repo, fs=None):
-    """Records of a Hugging Face dataset repo, its data files in path order (no `datasets` package needed).
-    fs: any fsspec filesystem holding datasets/{repo}/... (default: the hub's)."""
+def file_records(path, key_prefix=''):
+    """'record' items of a data file, keyed by key_prefix + their index in it."""
+    with open(path, 'rb') as f:
+        for i, (r, n) in enumerate(shard_records(f, path)):
+            yield 'record', r, f"{key_prefix}{i}", n
+
+
+def hub_files(repo):
+    """(snapshot folder, data files in it) of a dataset repo, through the Hugging Face hub client's cache ($HF_HOME/hub,
+    or $HF_HUB_CACHE): snapshot_download fetches what is missing (resuming a partial file, skipping finished ones)
+    and, offline (HF_HUB_OFFLINE=1), uses the cached copy. The files with 'train' in their path where there are any
+    (the paper's datasets have only a train split)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import filter_repo_objects
     try:
-        if fs is None:
-            from huggingface_hub import HfFileSystem
-            fs = HfFileSystem()
-        files = sorted(p for p in fs.find(f"datasets/{repo}") if p.endswith(SHARD_EXTS))
-    except Exception as e:
-        raise DataError(f"hf.co/datasets/{repo}: cannot list it ({type(e).__name__}: {str(e)[:100]}); offline, "
-                        f"use --source=local or --source=PATH") from None
-    files = [p for p in files if 'train' in os.path.basename(p)] or files  # the paper's datasets: train only
-    if not files:
-        raise DataError(f"hf.co/datasets/{repo}: no data files ({', '.join(SHARD_EXTS)})")
-    for path in files:
-        with fs.open(path, 'rb') as f:
-            yield from shard_records(f, path)
+        for patterns in ([f'*train*{ext}' for ext in SHARD_EXTS], [f'*{ext}' for ext in SHARD_EXTS]):
+            folder = snapshot_download(repo, repo_type='dataset', allow_patterns=patterns)
+            cached = [os.path.relpath(os.path.join(d, n), folder) for d, _, names in os.walk(folder) for n in names]
+            files = sorted(filter_repo_objects(cached, allow_patterns=patterns))
+            if files:
+                return folder, files
+    except Exception as e:  # offline without a cached copy, no such repo, a dropped connection: say which
+        message = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        raise DataError(f"hf.co/datasets/{repo}: cannot get it ({type(e).__name__}: {message}); run again to "
+                        f"resume the download, or offline use --source=local or --source=PATH") from None
+    raise DataError(f"hf.co/datasets/{repo}: no data files ({', '.join(SHARD_EXTS)})")
 
 
 def source_items(task, source):
-    """(description, total input bytes or None, items) of a --source; errors in the path come here, up front."""
+    """(description, [Shard]) of a --source; errors in the path come here, up front (the hub's files are fetched
+    here)."""
     if not source:
-        return f"hf:{task.hf_dataset}", None, (('record', r, str(i), n)
-                                               for i, (r, n) in enumerate(hub_records(task.hf_dataset)))
+        folder, files = hub_files(task.hf_dataset)
+        commit = os.path.basename(folder)  # the snapshot folder is named after the commit: part of each shard's name
+        return f"hf:{task.hf_dataset}", [
+            Shard(f"{commit}/{name}", os.path.getsize(os.path.join(folder, name)),
+                  functools.partial(file_records, os.path.join(folder, name), f"{name}:")) for name in files]
     if source not in ('local', 'local+site') and not os.path.exists(source):
         raise DataError(f"{source}: no such file or directory")
     if os.path.isfile(source):
@@ -131,12 +157,8 @@ def source_items(task, source):
                             f"for text or code files")
         if os.path.getsize(source) == 0:
             raise DataError(f"{source}: empty file; the corpus is empty")
-
-        def records():
-            with open(source, 'rb') as f:
-                for i, (r, n) in enumerate(shard_records(f, source)):
-                    yield 'record', r, str(i), n
-        return os.path.abspath(source), None if source.endswith('.gz') else os.path.getsize(source), records()
+        desc = os.path.abspath(source)
+        return desc, [Shard(desc, os.path.getsize(source), functools.partial(file_records, source))]
     if source in ('local', 'local+site'):
         roots = local_roots(task, source)
         desc = f"{source} ({', '.join(r[0] for r in roots)})"
@@ -144,7 +166,21 @@ def source_items(task, source):
         wanted = (lambda n: n.endswith('.py')) if task.segment == 'lines' else (lambda n: n.endswith(TEXT_EXTS))
         roots, desc = [(source, '', wanted)], os.path.abspath(source)
     files = corpus_files(task, roots)
-    return desc, sum(f[2] for f in files), (('file', path, key, size) for path, key, size in files)
+    return desc, [Shard(desc, sum(f[2] for f in files),
+                        lambda: (('file', path, key, size) for path, key, size in files))]
+
+
+def shard_chunks(shards, first, n_items, n_bytes, max_docs, max_bytes):
+    """(shard index, chunk of items) from shard `first` on, each shard closed by (index, []); stops at max_docs items
+    or max_bytes, counting the n_items and n_bytes read before shard `first` (by the run this one resumes)."""
+    for i in range(first, len(shards)):
+        if (max_docs and n_items >= max_docs) or (max_bytes and n_bytes >= max_bytes):
+            return
+        for chunk in chunked(limited(shards[i].items(), max_docs and max_docs - n_items,
+                                     max_bytes and max_bytes - n_bytes)):
+            n_items, n_bytes = n_items + len(chunk), n_bytes + sum(item[3] for item in chunk)
+            yield i, chunk
+        yield i, []
 
 
 def limited(items, max_docs, max_bytes):

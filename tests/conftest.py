@@ -54,3 +54,31 @@ def start_training(data_dir, out_dir, log_lines, stderr=None, **overrides):
             break
         time.sleep(0.005)
     return proc
+
+
+HUB_COMMIT = '5a1e' * 10  # the commit a cached snapshot is of
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """The Hugging Face hub client's cache in tmp_path/hf/hub (HF_HOME=tmp_path/hf), offline. put(repo, path, bytes)
+    stores a dataset file as a download leaves it: the content in blobs/, snapshots/COMMIT/path linking to it, and
+    refs/main naming COMMIT, so that the hub client's own functions resolve it."""
+    import hashlib
+
+    import huggingface_hub.constants
+    cache = tmp_path / 'hf' / 'hub'
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+
+    def put(repo, path, content):
+        storage = cache / f"datasets--{repo.replace('/', '--')}"
+        blob = storage / 'blobs' / hashlib.sha256(content).hexdigest()
+        link = storage / 'snapshots' / HUB_COMMIT / path
+        for folder in (blob.parent, link.parent, storage / 'refs'):
+            folder.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(content)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+        (storage / 'refs' / 'main').write_text(HUB_COMMIT)
+        return str(link)
+    return put

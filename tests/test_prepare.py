@@ -143,17 +143,14 @@ def paper_records():
     return pep8, toxicity
 
 
-def test_hub_path_keeps_or_rescores_the_papers_scores(tmp_path, monkeypatch):
-    """The default source (the hub) read through a local fsspec filesystem laid out like the hub."""
-    import fsspec.implementations.local
-    import huggingface_hub
-    monkeypatch.setattr(huggingface_hub, 'HfFileSystem', fsspec.implementations.local.LocalFileSystem)
+def test_hub_path_keeps_or_rescores_the_papers_scores(tmp_path, monkeypatch, hub_cache):
+    """The default source (the hub) read from the hub client's cache, offline (see test_hub.py)."""
     monkeypatch.chdir(tmp_path)
     pep8, _ = paper_records()
-    repo = f"datasets/{prepare.get_task('pep8').hf_dataset}"
-    write(f'{repo}/data/train-00000-of-00001.jsonl.gz',
-          gzip.compress(''.join(json.dumps(r) + '\n' for r in pep8).encode()))
-    write(f'{repo}/README.md', '# card\n')
+    repo = prepare.get_task('pep8').hf_dataset
+    hub_cache(repo, 'data/train-00000-of-00001.jsonl.gz',
+              gzip.compress(''.join(json.dumps(r) + '\n' for r in pep8).encode()))
+    hub_cache(repo, 'README.md', b'# card\n')
     s = prepare.prepare('pep8', '', 'out', min_val_docs=1, processes=1, progress=False)
     docs, _ = documents('out')
     assert docs == {'x=1\ny = 2\n': [0.5, 0.5], 'z = 3\n': [0.0]}  # the dataset's scores, kept
