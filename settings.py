@@ -78,7 +78,7 @@ class TrainConfig:
     kl_reference: str = ''  # '', a ckpt.pt of ours, or 'openai:MODEL'
     kl_base_url: str = ''
     kl_samples: int = 256
-    wandb_project: str = ''  # log to wandb too (if installed)
+    wandb_project: str = ''  # log to wandb too: config, curve, metrics, sample tables (runs.RunLog)
 
 
 class ConfigError(Exception):

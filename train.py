@@ -237,10 +237,10 @@ def _train(cfg, ddp, rank, world, master, device_type, stop):
         raise ConfigError(f"block_size {cfg.block_size} > the model's {model.config.block_size}")
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=cfg.dtype == 'float16')
-    step, tokens_seen, saved_step = 0, 0, None
+    step, tokens_seen, saved_step, wandb_run_id = 0, 0, None, None
     if ckpt is not None:
         step, tokens_seen = restore_state(ckpt, optimizer, scaler, rank)
-        saved_step = step
+        saved_step, wandb_run_id = step, ckpt.get('wandb_run_id')
         del ckpt
     else:
         torch.manual_seed(cfg.seed + rank)  # dropout differs across ranks
@@ -248,14 +248,14 @@ def _train(cfg, ddp, rank, world, master, device_type, stop):
     model = wrap_model(cfg, raw_model, ddp, device_type)
     if master:  # every check has passed: out_dir may change
         prepare_out_dir(cfg, step)
-    log = RunLog(cfg, master)
+    log = RunLog(cfg, master, wandb_run_id)
     kept_steps = keep_steps(cfg)
 
     def checkpoint():
         state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                      model_args=asdict(raw_model.config), config=asdict(cfg), step=step, tokens_seen=tokens_seen,
                      data_position=dict(micro_batch=step * grad_accum * world, epoch=loader.epoch_of(
-                         step * grad_accum * world)), rng=gathered_rng())
+                         step * grad_accum * world)), rng=gathered_rng(), wandb_run_id=log.wandb_run_id)
         if master:
             save_checkpoint(ckpt_path, state)
             if step in kept_steps:
