@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 import wandb
 
@@ -69,3 +70,15 @@ def test_without_wandb_installed_a_warning_and_nothing_else(tiny_data, tmp_path,
     assert not os.path.exists(os.path.join(out, 'wandb'))
     ckpt = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=False)
     assert ckpt['step'] == 2 and ckpt['wandb_run_id'] is None
+
+
+def test_wandb_that_cannot_start_stops_the_run_before_its_first_step(tiny_data, tmp_path, monkeypatch):
+    def init(**kw):
+        raise wandb.errors.UsageError('api_key not configured (no-tty)')
+
+    monkeypatch.setattr(wandb, 'init', init)
+    out = str(tmp_path / 'run')
+    with pytest.raises(train.TrainingError, match=r'wandb_project=phf-test: wandb did not start \(api_key not '
+                                                  r'configured \(no-tty\)\); run `wandb login`, or set WANDB_MODE'):
+        train.train(train.load_config(tiny_args(tiny_data, out, wandb_project='phf-test')))
+    assert not os.path.exists(os.path.join(out, 'ckpt.pt'))
