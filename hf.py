@@ -46,6 +46,9 @@ def resolve(path):
     (downloaded if missing: resumable; HF_HUB_OFFLINE=1 uses the cache only). The paper's PEP8 models are refused
     here, before anything is downloaded."""
     if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, 'config.json')):
+            raise CheckpointError(f"{path}: no config.json, not a Hugging Face checkpoint (for one of our runs, give "
+                                  f"its ckpt.pt)")
         return path
     if RELEASED.get(path, ('',))[0] == 'pep8':
         raise CheckpointError(f"{path}: {CODEPARROT}")

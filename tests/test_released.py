@@ -5,7 +5,7 @@ import json
 import os
 from dataclasses import asdict
 
-import huggingface_hub
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import tiktoken
@@ -114,6 +114,8 @@ def test_codeparrot_models_are_refused(tmp_path, monkeypatch, capsys):
     (tmp_path / 'vocab' / 'vocab.json').write_text(json.dumps({'<|endoftext|>': 0, 'the': 1}))
     with pytest.raises(CheckpointError, match=r"its vocab.json is not GPT-2's \(<\|endoftext\|> is 0, not 50256\)"):
         hf.from_pretrained(str(tmp_path / 'vocab'))
+    with pytest.raises(CheckpointError, match=r"no config.json, not a Hugging Face checkpoint \(for one of our runs"):
+        hf.from_pretrained(str(tmp_path))
     monkeypatch.setattr(huggingface_hub, 'hf_hub_download', lambda *a, **k: pytest.fail('downloaded'))
     capsys.readouterr()  # transformers' own output while saving
     for argv in ([f'--ckpt={tmp_path}/pep8', '--task=pep8'], ['--ckpt=kejian/mighty-mle']):
@@ -204,3 +206,11 @@ def test_finetune_from_a_released_rwr_model(tmp_path, monkeypatch, capsys):
     wte = train.build_model(cfg, None).transformer.wte.weight.detach()
     mean = wte[:data.EOS + 1].mean(0)
     assert (wte[data.ALIGNED:data.MISALIGNED + 1] - mean).std().item() == pytest.approx(0.01, rel=0.3)  # not 0.02
+
+
+def test_a_hub_name_missing_from_the_offline_cache_is_one_line(tmp_path, monkeypatch):
+    in_hub_cache(monkeypatch, tmp_path, 'tomekkorbak/goofy_pasteur')
+    with pytest.raises(CheckpointError, match=r"^someone/missing: not a directory, and the Hugging Face hub did not "
+                                              r"give it \(.+\)$"):
+        hf.from_pretrained('someone/missing')
+    assert hf.resolve('tomekkorbak/goofy_pasteur').endswith(os.path.join('snapshots', 'a' * 40))
