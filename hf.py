@@ -73,14 +73,14 @@ def resolve(path):
 def read_config(path):
     """config.json of a GPT-2 checkpoint we can load, checked."""
     with open(os.path.join(path, 'config.json')) as f:
-        hf = json.load(f)
-    if hf.get('model_type', 'gpt2') != 'gpt2':
-        raise CheckpointError(f"{path}: model_type {hf.get('model_type')!r} is not a GPT-2 checkpoint")
-    if abs(hf.get('layer_norm_epsilon', 1e-5) - 1e-5) > 1e-12:
-        raise CheckpointError(f"{path}: layer_norm_epsilon {hf['layer_norm_epsilon']} unsupported (GPT-2's is 1e-5)")
-    if not hf.get('tie_word_embeddings', True):
+        config = json.load(f)
+    if config.get('model_type', 'gpt2') != 'gpt2':
+        raise CheckpointError(f"{path}: model_type {config.get('model_type')!r} is not a GPT-2 checkpoint")
+    if abs(config.get('layer_norm_epsilon', 1e-5) - 1e-5) > 1e-12:
+        raise CheckpointError(f"{path}: layer_norm_epsilon {config['layer_norm_epsilon']} unsupported (GPT-2's: 1e-5)")
+    if not config.get('tie_word_embeddings', True):
         raise CheckpointError(f"{path}: untied input and output embeddings; phf's GPT-2 ties them")
-    n, padded = hf['vocab_size'], GPTConfig(vocab_size=data.VOCAB_SIZE).padded_vocab_size
+    n, padded = config['vocab_size'], GPTConfig(vocab_size=data.VOCAB_SIZE).padded_vocab_size
     if n < GPT2_IDS:
         raise CheckpointError(f"{path}: {n} token ids, fewer than GPT-2's {GPT2_IDS}: not GPT-2's tokenizer" +
                               (f"; {CODEPARROT}" if 32768 <= n <= 32770 else ''))
@@ -94,7 +94,7 @@ def read_config(path):
             raise CheckpointError(f"{path}: its vocab.json is not GPT-2's (<|endoftext|> is "
                                   f"{tokens.get('<|endoftext|>')}, not {data.EOS})" +
                                   (f"; {CODEPARROT}" if len(tokens) == 32768 else ''))
-    return hf
+    return config
 
 
 def load_state_dict(path):
@@ -116,13 +116,14 @@ def from_pretrained(path, add_ids=True, value_head=False, block_size=None, dropo
     (evaluation: what it never learned, it can never be fed nor sample). Padding rows start at the mean.
     value_head: our value head, loaded from the original's where the checkpoint has one (else zero)."""
     path = resolve(path)
-    hf = read_config(path)
-    n_ids = hf['vocab_size']
-    config = GPTConfig(block_size=block_size or hf['n_positions'], n_layer=hf['n_layer'], n_head=hf['n_head'],
-                       n_embd=hf['n_embd'], vocab_size=data.VOCAB_SIZE if add_ids else min(n_ids, data.VOCAB_SIZE),
-                       dropout=dropout, bias=True, value_head=value_head)
-    if config.block_size > hf['n_positions']:
-        raise CheckpointError(f"{path}: block_size {config.block_size} > its {hf['n_positions']} positions")
+    hf_config = read_config(path)
+    n_ids, n_positions = hf_config['vocab_size'], hf_config['n_positions']
+    vocab_size = data.VOCAB_SIZE if add_ids else min(n_ids, data.VOCAB_SIZE)
+    config = GPTConfig(block_size=block_size or n_positions, n_layer=hf_config['n_layer'], n_head=hf_config['n_head'],
+                       n_embd=hf_config['n_embd'], vocab_size=vocab_size, dropout=dropout, bias=True,
+                       value_head=value_head)
+    if config.block_size > n_positions:
+        raise CheckpointError(f"{path}: block_size {config.block_size} > its {n_positions} positions")
     model = GPT(config)
     sd, sd_hf = model.state_dict(), load_state_dict(path)
     with torch.no_grad():
