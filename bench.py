@@ -165,8 +165,8 @@ def loss_cost(device, n_tokens, n_embd, chunk_size, steps, compile):
 
 def bench_sample(args):
     """The paper's evaluation (n samples of max_new_tokens, temperature 0.7, top-p 0.9): our sampler, then Hugging
-    Face's `generate` on the same weights (exported with evaluate.export_hf) at the same settings."""
-    from evaluate import export_hf
+    Face's `generate` on the same weights (exported with hf.export) at the same settings."""
+    from hf import export
     from transformers import GPT2LMHeadModel
     device, n, new = args.device, args.samples, args.new_tokens
     torch.manual_seed(0)
@@ -190,7 +190,7 @@ def bench_sample(args):
     emit(dict(bench='sample', impl='phf', samples=n, new_tokens=new, batch_size=args.sample_batch,
               seconds=round(ours, 3), tokens_per_s=round(n * new / ours)))
     with tempfile.TemporaryDirectory() as tmp:
-        export_hf(model, tmp)
+        export(model, tmp)
         hf = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation='sdpa').to(device).eval()
     best = None
     for batch in args.hf_sample_batches:

@@ -1,12 +1,14 @@
 """
 Evaluation (reference §5): the paper's generate-and-score metrics (samples from model.sample), KL from a reference
-LM, validation loss, the control-token gap, plots, and export to Hugging Face format.
+LM, validation loss, the control-token gap, plots, and export to Hugging Face format (hf.py).
 
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt                    # -> out_dir/eval_step{N}.json, eval.jsonl
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt --eval_samples=4096 --kl_reference=openai:davinci-002
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt --kl_reference=out/pep8_mle/ckpt.pt   # one of ours as reference
     python evaluate.py --export_hf=out/pep8_cond/hf --ckpt=out/pep8_cond/ckpt.pt
     python evaluate.py --plot out/pep8_mle out/pep8_cond --out=results/pep8
+    python evaluate.py --ckpt=tomekkorbak/hungry_saha --eval_samples=1024   # a released model (hub name or directory)
+    python evaluate.py --ckpt=out/gpt2_hf --task=pii --method=cond          # any HF GPT-2: say its task (and if cond)
 
 train.py calls evaluate() every eval_interval steps with the same eval_* and kl_* fields of its config.
 
@@ -28,13 +30,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import hf
 import scorers
 from kl import CONTROL_TOKENS, KL_MAX_TOKENS, EvalError, kl_divergence, write_json
 from model import keep_freed_memory, load_checkpoint, logits_only, sample
+from settings import METHODS
 
 PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
 MAX_PROMPT_TOKENS = 128  # longer prompts (e.g. signatures with long docstrings) are skipped; block_size/4 if smaller
@@ -67,7 +70,7 @@ def control_token_gap(model, val_dir, threshold, n_segments=CONTROL_GAP_SEGMENTS
         bounds = (seg_starts[first:last] - start).tolist() + [end - start]
         context = tokens[:1]  # the document's <|endoftext|>, which opens its first segment
         for k in range(len(bounds) - 1):
-            segment = tokens[bounds[k] + (k == 0):bounds[k + 1]]
+            segment = hf.model_ids(tokens[bounds[k] + (k == 0):bounds[k + 1]], model.config.vocab_size)
             kind = 'aligned' if split.seg_scores[first + k] <= threshold else 'misaligned'
             if 0 < len(segment) <= T // 2 and len(pairs[kind]) < n_segments:
                 c = context[-(T - len(segment)):]  # the model reads all but the last token: T at most
@@ -98,7 +101,12 @@ def val_loss(model, split, block_size, batch_size, n_batches, device, autocast_c
     n = min(n_batches * batch_size, loader.n_blocks)
     total = torch.zeros((), device=device)
     for b in range(0, n, batch_size):
-        x, y, _ = (torch.from_numpy(a).to(device) for a in loader.batch(range(b, min(b + batch_size, n))))
+        x, y, _ = loader.batch(range(b, min(b + batch_size, n)))
+        if model.config.vocab_size < data.VOCAB_SIZE:  # without our space runs: each run as single spaces
+            rows = [hf.model_ids(np.append(a, c[-1]).tolist(), model.config.vocab_size)[:block_size + 1]
+                    for a, c in zip(x, y)]
+            x, y = np.array(rows)[:, :-1], np.array(rows)[:, 1:]
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         with autocast_ctx:
             logits = logits_only(model(x))[..., :model.config.vocab_size]  # the distribution we sample from
         total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction='sum')
@@ -213,6 +221,7 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     guidance = cfg.eval_guidance if cond and scenario != 'misaligned' else 0.0
     if cfg.eval_guidance and not cond:
         raise EvalError("eval_guidance: guided sampling needs a conditional model (method 'cond')")
+    prompts = [hf.model_ids(p, model.config.vocab_size) for p in prompts]
     negative = [[data.EOS, data.MISALIGNED] + p for p in prompts] if guidance else None
     prompts = [prefix + p for p in prompts]
     default = task.max_new_tokens if scenario in ('unconditional', 'misaligned') else \
@@ -327,7 +336,7 @@ def eval_scenarios(cfg):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Plots and export
+# Plots
 
 def pareto_front(points):
     """The (x, y) points not beaten on both axes (lower is better on both), sorted by x."""
@@ -393,32 +402,6 @@ def _plot_pareto(ax, runs, key, x_key):
     ax.set(xlabel='KL(reference || model), nats' if x_key == 'kl' else 'validation loss', ylabel='misalignment score')
 
 
-def export_hf(model, out_dir):
-    """config.json + model.safetensors that transformers' GPT2LMHeadModel loads: the real vocab_size rows (no
-    embedding padding), Conv1D weights transposed back; the value head is not part of GPT-2 and is left out."""
-    from safetensors.torch import save_file
-    c = model.config
-    transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-    sd = {}
-    for k, v in model.state_dict().items():
-        if k == 'lm_head.weight' or k.startswith('value_head'):
-            continue  # lm_head is tied to wte
-        v = v[:c.vocab_size] if k == 'transformer.wte.weight' else v.t() if k.endswith(transposed) else v
-        sd[k] = v.detach().cpu().contiguous().clone()
-    for name, m in model.transformer.named_modules():  # bias=False: GPT-2 has biases, zeros are the same model
-        if isinstance(m, (nn.Linear, nn.LayerNorm)) and m.bias is None:
-            sd[f'transformer.{name}.bias'] = torch.zeros(m.weight.shape[0], dtype=m.weight.dtype)
-    os.makedirs(out_dir, exist_ok=True)
-    save_file(sd, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
-    config = dict(architectures=['GPT2LMHeadModel'], model_type='gpt2', vocab_size=c.vocab_size,
-                  n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
-                  activation_function='gelu_new', layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0,
-                  attn_pdrop=0.0, bos_token_id=data.EOS, eos_token_id=data.EOS, tie_word_embeddings=True,
-                  torch_dtype=str(next(model.parameters()).dtype).removeprefix('torch.'))
-    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-        json.dump(config, f, indent=1)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 
 EVAL_DEFAULTS = dict(eval_iters=20, eval_batch_size=16, eval_samples=256, eval_max_new_tokens=0, eval_scenarios='',
@@ -439,9 +422,13 @@ def main(argv=None):
         device = opts.pop('device', 'cuda' if torch.cuda.is_available() else 'cpu')
         if device == 'cpu':
             keep_freed_memory()
-        model, ckpt = load_checkpoint(opts.pop('ckpt'), device)
+        path = opts.pop('ckpt')
+        if path.endswith('.pt') or os.path.isfile(path):
+            model, ckpt = load_checkpoint(path, device)
+        else:
+            model, ckpt = hf_checkpoint(path, opts.pop('task', ''), opts.pop('method', ''), device)
         if 'export_hf' in opts:
-            export_hf(model, opts['export_hf'])
+            hf.export(model, opts['export_hf'])
             print(f"wrote {opts['export_hf']}/config.json and model.safetensors")
             return
         cfg = dict(EVAL_DEFAULTS, **ckpt['config'])
@@ -457,12 +444,34 @@ def main(argv=None):
         sys.exit(f"error: {', '.join(result['errors'])} failed (the rest is in {cfg['out_dir']}/eval.jsonl)")
 
 
+def hf_checkpoint(path, task, method, device):
+    """(model, what evaluate needs of a checkpoint) for a Hugging Face GPT-2, a directory or a hub name. The paper's
+    released models bring their task and method (hf.RELEASED); any other needs --task, and is evaluated as
+    unconditional unless --method=cond. It keeps its own vocabulary (hf.from_pretrained with add_ids=False)."""
+    known_task, known_method = hf.RELEASED.get(path, ('', ''))
+    task, method = task or known_task, method or known_method or 'mle'
+    if not task:
+        raise EvalError(f"{path}: not one of the paper's released models; say which task it is for with "
+                        f"--task={'|'.join(data.TASKS)} (and --method=cond if it is conditional)")
+    if method not in METHODS:
+        raise EvalError(f"--method={method}: choose one of {', '.join(METHODS)}")
+    threshold = data.get_task(task).cond_threshold
+    model = hf.from_pretrained(path, add_ids=False).to(device).eval()
+    if method == 'cond' and model.config.vocab_size <= data.MISALIGNED:
+        raise EvalError(f"{path}: {model.config.vocab_size} token ids, no control tokens: it cannot be conditional")
+    name = re.sub(r'[^\w.-]+', '_', os.path.basename(os.path.normpath(path)) if os.path.isdir(path) else path)
+    config = dict(task=task, method=method, block_size=model.config.block_size, out_dir=os.path.join('out', name),
+                  cond_threshold=threshold)
+    return model, dict(config=config, step=0, tokens_seen=0)
+
+
 def parse_overrides(opts):
     """{key: value} from --key=value texts, typed as EVAL_DEFAULTS; EvalError names a bad key or value."""
     values = {}
     for key, text in opts.items():
         if key not in EVAL_DEFAULTS:
-            raise EvalError(f"--{key}: unknown; the keys are {', '.join(EVAL_DEFAULTS)}, device, ckpt, export_hf")
+            raise EvalError(f"--{key}: unknown; the keys are {', '.join(EVAL_DEFAULTS)}, device, ckpt, export_hf "
+                            f"(and task, method for a Hugging Face model)")
         kind = type(EVAL_DEFAULTS[key])
         try:
             values[key] = kind(text)

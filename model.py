@@ -2,13 +2,12 @@
 GPT-2 with an optional scalar value head, in the style of nanoGPT's model.py.
 
 Parameter names follow Hugging Face's GPT-2 (wte, wpe, h.N.attn.c_attn, ...) so real GPT-2 checkpoints load with a
-plain copy (four Conv1D weights transposed), see GPT.from_pretrained.
+plain copy (four Conv1D weights transposed), see hf.py.
 
 Calling the model returns logits (B, T, padded_vocab) and, when the value head exists, values (B, T).
 With a KVCache it runs incremental decoding: `sample` at the end of this file is the batched sampler.
 """
 import ctypes
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -168,63 +167,6 @@ class GPT(nn.Module):
         """6N for the matmuls forward+backward, plus 12·L·d·T for attention (PaLM appendix B)."""
         c = self.config
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
-
-    @classmethod
-    def from_pretrained(cls, path, vocab_size=50283, value_head=False, block_size=None, seed=0):
-        """Load a Hugging Face GPT-2 checkpoint: a directory with config.json and model.safetensors or
-        pytorch_model.bin (any GPT-2 size), or a hub name such as 'gpt2' or 'gpt2-medium' (needs internet).
-        Embedding rows beyond the checkpoint's vocabulary (our control tokens and space runs) start at the mean of the
-        existing rows plus 0.01·N(0,1) noise (Hewitt's trick, reference §1.3); padding rows start at the mean."""
-        if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download  # installed with transformers; fetches from the hub
-            path = snapshot_download(path, allow_patterns=['config.json', '*.safetensors', 'pytorch_model.bin'])
-        with open(os.path.join(path, 'config.json')) as f:
-            hf = json.load(f)
-        if hf.get('model_type', 'gpt2') != 'gpt2':
-            raise ValueError(f"{path}: model_type {hf.get('model_type')!r} is not a GPT-2 checkpoint")
-        sd_hf = _load_state_dict(path)
-        hf_vocab = hf['vocab_size']
-        config = GPTConfig(block_size=block_size or hf['n_positions'], vocab_size=max(vocab_size, hf_vocab),
-                           n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'], dropout=0.0, bias=True,
-                           value_head=value_head)
-        if abs(hf.get('layer_norm_epsilon', 1e-5) - 1e-5) > 1e-12:
-            raise ValueError(f"{path}: layer_norm_epsilon {hf['layer_norm_epsilon']} unsupported (GPT-2 uses 1e-5)")
-        model = cls(config)
-        sd = model.state_dict()
-        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-        with torch.no_grad():
-            for k, v in sd_hf.items():
-                k = k.removeprefix('transformer.')
-                if k.endswith(('.attn.bias', '.attn.masked_bias')) or k == 'lm_head.weight':
-                    continue  # causal-mask buffers; lm_head is tied to wte
-                key = k if k.startswith('lm_head') else 'transformer.' + k
-                if key not in sd:
-                    raise KeyError(f"{path}: unexpected tensor {k}")
-                if key.endswith(transposed):
-                    v = v.t()  # HF stores these as Conv1D (in, out); we use Linear (out, in)
-                if key == 'transformer.wte.weight':
-                    sd[key][:hf_vocab].copy_(v)
-                    mean = v.float().mean(0)
-                    g = torch.Generator().manual_seed(seed)
-                    n_new = config.vocab_size - hf_vocab
-                    sd[key][hf_vocab:config.vocab_size].copy_(mean + 0.01 * torch.randn(n_new, v.size(1), generator=g))
-                    sd[key][config.vocab_size:].copy_(mean)
-                elif key == 'transformer.wpe.weight':
-                    sd[key].copy_(v[:config.block_size])
-                else:
-                    sd[key].copy_(v)
-        return model
-
-
-def _load_state_dict(path):
-    st = os.path.join(path, 'model.safetensors')
-    if os.path.exists(st):
-        from safetensors.torch import load_file
-        return load_file(st)
-    pt = os.path.join(path, 'pytorch_model.bin')
-    if os.path.exists(pt):
-        return torch.load(pt, map_location='cpu', weights_only=True)
-    raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin found")
 
 
 class CheckpointError(ValueError):

@@ -35,8 +35,9 @@ import torch
 
 import data
 import scorers
-from evaluate import load_prompts
-from kl import CONTROL_TOKENS
+import hf
+from evaluate import hf_checkpoint, load_prompts
+from kl import CONTROL_TOKENS, EvalError
 from model import load_checkpoint, sample
 
 INITIAL_SCORE = 1e-3  # the original's dummy score for the initial prompts
@@ -272,14 +273,12 @@ class CompletionCache:
 # ----------------------------------------------------------------------------------------------------------------
 # The target: one of our checkpoints, its continuations of each candidate through our batched sampler
 
-def load_target(path, device):
-    """(model, task name, prefix tokens, blocked tokens) of a ckpt.pt: conditional models continue after
+def load_target(path, device, task='', method=''):
+    """(model, task name, prefix tokens, blocked tokens) of a ckpt.pt, or of a Hugging Face GPT-2 as evaluate.py
+    reads one (the paper's released models; any other with task and method): conditional models continue after
     <|endoftext|><|aligned|> with the task's control tokens blocked, as evaluate.py samples them."""
-    # A Hugging Face GPT-2 directory as a target waits for model.py's loader of those (another branch); then it is
-    # an unconditional model: prefix [EOS], CONTROL_TOKENS blocked.
-    if os.path.isdir(path):
-        raise RedTeamError(f"--ckpt={path}: a directory; Hugging Face targets are not supported yet, pass a ckpt.pt")
-    model, ckpt = load_checkpoint(path, device)
+    is_ours = path.endswith('.pt') or os.path.isfile(path)
+    model, ckpt = load_checkpoint(path, device) if is_ours else hf_checkpoint(path, task, method, device)
     task = data.get_task(ckpt['config']['task'])
     cond = ckpt['config'].get('method') == 'cond'
     return model, task.name, [data.EOS] + ([data.ALIGNED] if cond else []), task.blocked_tokens if cond else \
@@ -292,7 +291,7 @@ def continuations(model, prefix, blocked, candidates, args, seeds):
     end-of-text before min_length - len(candidate). A candidate that leaves no room is left out."""
     enc, out = data.get_tokenizer(), {}
     for text, seed in zip(candidates, seeds):
-        tokens = enc.encode_ordinary(text)
+        tokens = hf.model_ids(enc.encode_ordinary(text), model.config.vocab_size)  # space runs: a released model's
         max_new = min(args.max_length, model.config.block_size - len(prefix)) - len(tokens)
         if max_new < 1:
             continue
@@ -354,7 +353,7 @@ def red_team(args):
     cache = CompletionCache(args.red_cache, args.red, args.red_base_url)
     runs, scorer = {}, None
     for name, path in targets.items():
-        target = load_target(path, device)
+        target = load_target(path, device, args.task, args.method)
         task = target[1]
         prompts = load_prompts(args.prompts or os.path.join(PROMPTS_DIR, f'redteam_{task}.jsonl'))[:args.n_initial]
         if len(prompts) < args.few_shot:
@@ -444,7 +443,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog='redteam.py', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawTextHelpFormatter)
     a = p.add_argument
-    a('--ckpt', action='append', default=[], help='target ckpt.pt; repeat it or separate with commas')
+    a('--ckpt', action='append', default=[], help='target ckpt.pt or HF GPT-2; repeat it or separate with commas')
+    a('--task', default='', help="a Hugging Face target's task and method, unless it is one of the paper's")
+    a('--method', default='')
     a('--red', help='openai:MODEL (completions), openai-chat:MODEL (chat), a ckpt.pt or a Hugging Face directory')
     a('--red_base_url', default='', help='an OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM)')
     a('--red_n', type=positive(int), default=20, help='red-LM completions per round')
@@ -489,7 +490,7 @@ def main(argv=None):
         with torch.autocast('cuda', dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else nullcontext():
             runs = read_runs(args.plot) if args.plot else red_team(args)
         print(plot(runs, args.out or os.path.join(args.out_dir, 'redteam.png')))
-    except (RedTeamError, data.DataError, scorers.ScorerError, ValueError, OSError) as e:
+    except (RedTeamError, EvalError, data.DataError, scorers.ScorerError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -157,30 +157,60 @@ def evaluated(out_dir, step):
 
 
 class RunLog:
-    """log.jsonl in out_dir (rank 0), and wandb if wandb_project is set."""
+    """log.jsonl in out_dir (rank 0), and wandb if wandb_project is set: the config, every record's numbers against
+    tokens seen (the original's x-axis), and each evaluation's samples as a table per scenario, S/current_samples
+    (prompt, continuation, score), as the original logged them. The wandb run's files go under out_dir/wandb
+    (WANDB_MODE=offline: sync them later with `wandb sync`); a resumed run continues its wandb run, whose id its
+    checkpoint holds. Without wandb installed, a warning and log.jsonl alone."""
 
-    def __init__(self, cfg, master):
+    def __init__(self, cfg, master, wandb_run_id=None):
+        self.out_dir = cfg.out_dir
         self.file = open(os.path.join(cfg.out_dir, 'log.jsonl'), 'a') if master else None
-        self.wandb = None
+        self.wandb = self.run = None
         if master and cfg.wandb_project:
             try:
                 import wandb
-                wandb.init(project=cfg.wandb_project, name=os.path.basename(cfg.out_dir), config=asdict(cfg),
-                           resume='allow')
-                self.wandb = wandb
             except ImportError:
-                print("wandb_project is set but wandb is not installed; logging to log.jsonl only")
+                print("warning: wandb_project is set but wandb is not installed (pip install wandb); logging to "
+                      "log.jsonl and eval.jsonl only", file=sys.stderr, flush=True)
+                return
+            try:
+                self.run = wandb.init(project=cfg.wandb_project, name=os.path.basename(os.path.normpath(cfg.out_dir)),
+                                      config=asdict(cfg), dir=cfg.out_dir, id=wandb_run_id, resume='allow')
+            except Exception as e:  # not logged in, no network: wandb's own errors, all kinds
+                raise TrainingError(f"wandb_project={cfg.wandb_project}: wandb did not start ({e}); run `wandb login`, "
+                                    f"or set WANDB_MODE=offline, or drop wandb_project") from None
+            self.wandb = wandb
+            self.run.define_metric('tokens')
+            self.run.define_metric('*', step_metric='tokens')
+
+    @property
+    def wandb_run_id(self):
+        return self.run.id if self.run else None
 
     def __call__(self, record):
         if self.file:
             self.file.write(json.dumps(record) + '\n')
             self.file.flush()
-            if self.wandb:
-                self.wandb.log(record, step=record['step'])
+        if self.run:
+            numbers = {k: v for k, v in record.items() if type(v) in (int, float)}  # not None, text or errors
+            if record.get('kind') == 'eval':
+                numbers.update(self.sample_tables(record['step']))
+            self.run.log(numbers)
+
+    def sample_tables(self, step):
+        """{S/current_samples: a wandb.Table} from the samples evaluate wrote to eval_step{step}.json."""
+        with open(os.path.join(self.out_dir, f'eval_step{step}.json')) as f:
+            samples = json.load(f)['samples']
+        return {f'{scenario}/current_samples': self.wandb.Table(
+            columns=['prompt', 'continuation', 'score'], data=[[s['prompt'], s['text'], s['score']] for s in rows])
+            for scenario, rows in samples.items()}
 
     def close(self):
         if self.file:
             self.file.close()
+        if self.run:
+            self.run.finish()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class TrainConfig:
     kl_base_url: str = ''
     kl_samples: int = 256
     eval_guidance: float = 0.0  # conditional models: sample with guidance γ away from <|misaligned|> (model.sample)
-    wandb_project: str = ''  # log to wandb too (if installed)
+    wandb_project: str = ''  # log to wandb too: config, curve, metrics, sample tables (runs.RunLog)
 
 
 class ConfigError(Exception):

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
+import hf
 import objectives
 from model import GPT, CheckpointError, GPTConfig, keep_freed_memory, read_checkpoint
 from runs import (RunLog, Stopped, StopSignals, TrainingError, agreed, check_out_dir, checkpoint_to_resume, diverged,
@@ -92,7 +93,8 @@ def peak_flops(device):
 
 def build_model(cfg, ckpt):
     """The model to train: from the checkpoint being resumed, from one of ours (finetuning), from a Hugging Face
-    GPT-2, or from scratch. AWR and RWR get a value head."""
+    GPT-2 (a directory or a hub name, the paper's released models included: hf.py), or from scratch. AWR and RWR get
+    a value head. A conditional run from a model trained without control tokens starts their rows afresh."""
     value_head = cfg.method in ('awr', 'rwr')
     if ckpt is not None:
         model = GPT(GPTConfig(**ckpt['model_args']))
@@ -109,16 +111,19 @@ def build_model(cfg, ckpt):
         state = {k: v for k, v in src['model'].items() if not k.startswith('value_head')}
         missing, _ = model.load_state_dict(state, strict=False)
         assert all(k.startswith('value_head') for k in missing), missing  # a new value head starts at zero
-        if cfg.method == 'cond' and src['config']['method'] != 'cond':
-            # the control tokens are new to this model: start their rows at the mean row plus noise (§1.3)
-            with torch.no_grad():
-                wte = model.transformer.wte.weight
-                g = torch.Generator().manual_seed(cfg.seed)
-                mean = wte[:data.EOS + 1].mean(0)
-                wte[data.ALIGNED:data.MISALIGNED + 1] = mean + 0.01 * torch.randn(2, wte.size(1), generator=g)
-        return model
-    return GPT.from_pretrained(cfg.init_from, vocab_size=data.VOCAB_SIZE, value_head=value_head,
-                               block_size=cfg.block_size)
+        source_method = src['config']['method']
+    else:  # GPT-2's own rows are copied; ours it lacks start at their mean plus noise (§1.3)
+        model = hf.from_pretrained(cfg.init_from, value_head=value_head, block_size=cfg.block_size,
+                                   dropout=cfg.dropout, seed=cfg.seed)
+        source_method = hf.RELEASED.get(cfg.init_from, ('', 'cond'))[1]  # else: unknown, its rows are kept
+    if cfg.method == 'cond' and source_method != 'cond':
+        # the control tokens are new to this model: start their rows at the mean row plus noise (§1.3)
+        with torch.no_grad():
+            wte = model.transformer.wte.weight
+            g = torch.Generator().manual_seed(cfg.seed)
+            mean = wte[:data.EOS + 1].mean(0)
+            wte[data.ALIGNED:data.MISALIGNED + 1] = mean + 0.01 * torch.randn(2, wte.size(1), generator=g)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -234,10 +239,10 @@ def _train(cfg, ddp, rank, world, master, device_type, stop):
         raise ConfigError(f"block_size {cfg.block_size} > the model's {model.config.block_size}")
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=cfg.dtype == 'float16')
-    step, tokens_seen, saved_step = 0, 0, None
+    step, tokens_seen, saved_step, wandb_run_id = 0, 0, None, None
     if ckpt is not None:
         step, tokens_seen = restore_state(ckpt, optimizer, scaler, rank)
-        saved_step = step
+        saved_step, wandb_run_id = step, ckpt.get('wandb_run_id')
         del ckpt
     else:
         torch.manual_seed(cfg.seed + rank)  # dropout differs across ranks
@@ -245,14 +250,14 @@ def _train(cfg, ddp, rank, world, master, device_type, stop):
     model = wrap_model(cfg, raw_model, ddp, device_type)
     if master:  # every check has passed: out_dir may change
         prepare_out_dir(cfg, step)
-    log = RunLog(cfg, master)
+    log = RunLog(cfg, master, wandb_run_id)
     kept_steps = keep_steps(cfg)
 
     def checkpoint():
         state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                      model_args=asdict(raw_model.config), config=asdict(cfg), step=step, tokens_seen=tokens_seen,
                      data_position=dict(micro_batch=step * grad_accum * world, epoch=loader.epoch_of(
-                         step * grad_accum * world)), rng=gathered_rng())
+                         step * grad_accum * world)), rng=gathered_rng(), wandb_run_id=log.wandb_run_id)
         if master:
             save_checkpoint(ckpt_path, state)
             if step in kept_steps:

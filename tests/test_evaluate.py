@@ -17,6 +17,7 @@ import data
 import evaluate as ev
 import kl as kl_mod
 from data import ALIGNED, EOS, MISALIGNED
+from hf import export
 from model import GPT, GPTConfig, pick, sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -359,7 +360,7 @@ def test_openai_errors_are_retried_and_a_partial_cache_is_kept(server, tmp_path)
 def test_export_hf_matches_our_logits(tmp_path):
     from transformers import GPT2LMHeadModel
     model = tiny_model()
-    ev.export_hf(model, str(tmp_path / 'hf'))
+    export(model, str(tmp_path / 'hf'))
     hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / 'hf')).eval()
     idx = torch.randint(0, data.VOCAB_SIZE, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

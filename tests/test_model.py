@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import data
+from hf import from_pretrained
 from model import GPT, GPTConfig, KVCache
 
 transformers = pytest.importorskip('transformers')
@@ -24,7 +25,7 @@ def tiny_hf_checkpoint(path, safetensors=True):
 @pytest.mark.parametrize('safetensors', [True, False])
 def test_from_pretrained_matches_hugging_face(tmp_path, safetensors):
     hf = tiny_hf_checkpoint(str(tmp_path), safetensors)
-    model = GPT.from_pretrained(str(tmp_path)).eval()
+    model = from_pretrained(str(tmp_path)).eval()
     idx = torch.randint(0, data.EOS + 1, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = model(idx)[..., :data.EOS + 1]
@@ -35,7 +36,7 @@ def test_from_pretrained_matches_hugging_face(tmp_path, safetensors):
 
 def test_control_token_rows_start_near_the_mean(tmp_path):
     tiny_hf_checkpoint(str(tmp_path))
-    wte = GPT.from_pretrained(str(tmp_path)).transformer.wte.weight.detach()
+    wte = from_pretrained(str(tmp_path)).transformer.wte.weight.detach()
     mean = wte[:data.EOS + 1].mean(0)
     new = wte[data.ALIGNED:data.VOCAB_SIZE]
     assert (new - mean).std().item() == pytest.approx(0.01, rel=0.3)  # mean + 0.01·N(0, 1)

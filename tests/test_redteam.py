@@ -13,8 +13,10 @@ import pytest
 import torch
 
 import data
+import hf
 import redteam as rt
 from data import ALIGNED, EOS, MISALIGNED
+from kl import EvalError
 from model import GPT, GPTConfig
 from test_evaluate import save_ckpt
 
@@ -143,16 +145,34 @@ def test_a_local_red_checkpoint_end_to_end(tmp_path, monkeypatch):
 
 
 def test_a_hugging_face_directory_as_red_lm(tmp_path):
-    from evaluate import export_hf
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=128)).eval()
-    export_hf(model, str(tmp_path / 'hf'))
+    hf.export(model, str(tmp_path / 'hf'))
     red = rt.load_red(str(tmp_path / 'hf'))
     settings = dict(temperature=1.0, top_p=1.0, max_tokens=5, stop='')
     texts = red.complete('Write five sentences:\n1.', 3, settings, seed=7)
     assert len(texts) == 3 and texts == red.complete('Write five sentences:\n1.', 3, settings, seed=7)
     assert all(len(data.get_tokenizer().encode_ordinary(t)) <= 6 for t in texts)
     assert all('\n' not in t for t in red.complete('x', 3, dict(settings, max_tokens=20, stop='\n'), seed=1))
+
+
+def test_a_released_hugging_face_model_as_target(tmp_path, monkeypatch):
+    """A GPT-2 with the released models' 50,259 ids: conditional when told, never fed our space-run ids."""
+    from test_released import RELEASED_IDS, write_checkpoint
+    write_checkpoint(tmp_path / 'released')
+    with pytest.raises(EvalError, match='--task='):
+        rt.load_target(str(tmp_path / 'released'), 'cpu')
+    target = rt.load_target(str(tmp_path / 'released'), 'cpu', 'pii', 'cond')
+    model, task, prefix, blocked = target
+    assert (model.config.vocab_size, task, prefix, blocked) == (RELEASED_IDS, 'pii', [EOS, ALIGNED],
+                                                                (ALIGNED, MISALIGNED))
+    seen = []
+    monkeypatch.setattr(rt, 'sample', lambda m, prompts, n, **kw: seen.extend(prompts) or [[5, 6]] * len(prompts))
+    args = rt.parse_args(['--ckpt=x', '--red=y', '--continuations=2'])
+    out = rt.continuations(model, prefix, blocked, ['Call   me at'], args, [0])
+    assert list(out) == ['Call   me at'] and max(max(p) for p in seen) < RELEASED_IDS
+    # the run of three spaces is ' ' ' ' ' me' to GPT-2, as the released model read it
+    assert seen[0] == [EOS, ALIGNED] + data.get_tokenizer().encode_ordinary('Call') + [220, 220, 502, 379]
 
 
 class RedServer(http.server.BaseHTTPRequestHandler):
