@@ -20,9 +20,10 @@ one split holds at most 2^32 - 1 tokens (the paper's 3.3B fit; shard anything la
 
 Every token's reward is the negated score of the segment that contains it: the training target's reward is that of
 the segment containing the *target* token (reference §1.0, §1.6). Filtering and conditional training are
-transformations from one prepared split to another (same format, cached next to the source, see `for_method`).
+transformations from one prepared split to another (same format, cached next to the source, transforms.py); a split
+with K > 2 control tokens also holds ids past VOCAB_SIZE (GRADE_IDS), and its header's vocab_size says so.
 A directory becomes visible only when complete: writers fill `<dir>.tmp-<pid>` and rename it at the end (what a
-killed writer left is removed by the next for_method, see remove_leftovers).
+killed writer left is removed by the next transforms.for_method, see remove_leftovers).
 """
 import datetime
 import hashlib
@@ -40,6 +41,9 @@ ALIGNED = 50257  # <|aligned|>, the paper's <|good|>
 MISALIGNED = 50258  # <|misaligned|>, the paper's <|bad|>
 SPACE_RUNS = {n: 50257 + n for n in range(2, 26)}  # a run of n spaces is one token: 2 -> 50259 ... 25 -> 50282
 VOCAB_SIZE = 50283  # GPT-2's 50257 ids, the two control tokens, the 24 space runs
+# Graded control tokens (cond_bins K > 2): the K - 2 between <|aligned|> and <|misaligned|> take the 21 spare rows
+# of the model's embedding, padded to 50304: the model reads them, the sampler never draws them (past its vocab_size)
+GRADE_IDS = tuple(range(VOCAB_SIZE, 50304))
 TOKENIZER = 'gpt2+spaces'  # the name prepared data records; data from another tokenizer is refused
 FILES = {'tokens': np.uint16, 'seg_starts': np.uint32, 'seg_scores': np.float32,
          'doc_starts': np.uint32, 'doc_scores': np.float32}
@@ -141,9 +145,14 @@ def get_tokenizer():
     return _tokenizer
 
 
+def control_tokens(bins=2):
+    """The control tokens of K = bins score bins, best first: <|aligned|>, GRADE_IDS[:K - 2], <|misaligned|>."""
+    return (ALIGNED,) + GRADE_IDS[:bins - 2] + (MISALIGNED,)
+
+
 def decode(tokens):
     """The text of token ids, without <|endoftext|> and the control tokens."""
-    return get_tokenizer().decode([t for t in tokens if t not in (EOS, ALIGNED, MISALIGNED)])
+    return get_tokenizer().decode([t for t in tokens if t not in (EOS, ALIGNED, MISALIGNED) and t < VOCAB_SIZE])
 
 
 def fetch_tokenizer():
@@ -289,7 +298,7 @@ class PreparedData:
                 found = f"is {h[key]!r}" if key in h else 'is missing'
                 raise DataError(f"{hp}: {key} {found}, expected {'a count' if kind is int else 'a string'}; the "
                                 f"header is corrupt, re-run prepare.py")
-        if h.get('tokenizer') != TOKENIZER or h.get('eos_id') != EOS or h.get('vocab_size', 0) > VOCAB_SIZE:
+        if h.get('tokenizer') != TOKENIZER or h.get('eos_id') != EOS or h.get('vocab_size', 0) > GRADE_IDS[-1] + 1:
             raise DataError(f"{hp}: tokenizer {h.get('tokenizer')!r} (vocab {h.get('vocab_size')}, eos "
                             f"{h.get('eos_id')}) does not match {TOKENIZER} with {VOCAB_SIZE} ids; re-run prepare.py")
         self.header = h
@@ -342,43 +351,7 @@ class PreparedData:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Filtering and conditional training as split-to-split transformations
-
-def filter_documents(src, out_dir, threshold):
-    """Keep the documents whose score is <= threshold (reference §1.2); the objective stays MLE."""
-    with DatasetWriter(out_dir, task=src.header['task'], split=src.header['split'], source=src.path,
-                       scorer=src.header['scorer'], vocab_size=src.header['vocab_size'],
-                       transform=dict(kind='filter', threshold=threshold),
-                       extra=dict(source_created=src.header['created'])) as w:
-        for tokens, seg_lens, seg_scores, doc_nseg, doc_scores in src.chunks():
-            keep = doc_scores <= threshold
-            doc_tok = np.add.reduceat(seg_lens, np.concatenate([[0], np.cumsum(doc_nseg)[:-1]]))
-            keep_seg = np.repeat(keep, doc_nseg)
-            if keep.any():
-                w.add_arrays(tokens[np.repeat(keep, doc_tok)], seg_lens[keep_seg], seg_scores[keep_seg],
-                             doc_nseg[keep], doc_scores[keep])
-    return PreparedData(out_dir)
-
-
-def add_control_tokens(src, out_dir, threshold, drop_fraction, seed):
-    """Prefix each segment with <|aligned|> if its score <= threshold, else <|misaligned|>, except a random
-    drop_fraction of segments that get none (reference §1.3). A document's first segment becomes
-    EOS + control + text. The control token joins its segment, so it carries the segment's score."""
-    rng = np.random.default_rng(seed)
-    with DatasetWriter(out_dir, task=src.header['task'], split=src.header['split'], source=src.path,
-                       scorer=src.header['scorer'], vocab_size=VOCAB_SIZE,
-                       transform=dict(kind='cond', threshold=threshold, drop_fraction=drop_fraction, seed=seed),
-                       extra=dict(source_created=src.header['created'])) as w:
-        for tokens, seg_lens, seg_scores, doc_nseg, doc_scores in src.chunks():
-            first = np.zeros(len(seg_lens), dtype=np.int64)
-            first[np.concatenate([[0], np.cumsum(doc_nseg)[:-1]])] = 1  # insert after the document's EOS
-            where = np.concatenate([[0], np.cumsum(seg_lens)[:-1]]) + first
-            control = np.where(seg_scores <= threshold, ALIGNED, MISALIGNED)
-            insert = rng.random(len(seg_lens)) >= drop_fraction
-            new_tokens = np.insert(tokens.astype(np.int64), where[insert], control[insert])
-            w.add_arrays(new_tokens, seg_lens + insert, seg_scores, doc_nseg, doc_scores)
-    return PreparedData(out_dir)
-
+# Leftovers of killed writers
 
 def pid_alive(pid):
     try:
@@ -399,32 +372,6 @@ def remove_leftovers(directory, prefix=''):
             path = os.path.join(directory, name)
             print(f"removing {path}, left by an interrupted run", file=sys.stderr)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
-
-
-def for_method(split_dir, method, *, filter_threshold=None, cond_threshold=None, drop_token_fraction=None,
-               seed=0, rank=0):
-    """The split a method trains on: the prepared split itself, or a filtered / control-token version of it,
-    built once and cached next to it (e.g. data/pep8/train.cond-0-0.1-42). Only rank 0 builds; call it on rank 0
-    first, then on the others after a barrier."""
-    src = PreparedData(split_dir)
-    if rank == 0:
-        remove_leftovers(os.path.dirname(src.path) or '.', os.path.basename(src.path) + '.')
-    if method == 'filter':
-        out = f"{src.path}.filter-{filter_threshold:g}"
-        build = lambda: filter_documents(src, out, filter_threshold)
-    elif method == 'cond':
-        out = f"{src.path}.cond-{cond_threshold:g}-{drop_token_fraction:g}-{seed}"
-        build = lambda: add_control_tokens(src, out, cond_threshold, drop_token_fraction, seed)
-    else:
-        return src
-    if os.path.exists(os.path.join(out, 'header.json')):
-        cached = PreparedData(out)
-        if cached.header.get('source_created') == src.header['created']:  # else the source was re-prepared
-            return cached
-    if rank != 0:
-        raise DataError(f"{out}: missing; rank 0 should have built it")
-    print(f"building {out} from {src.path} ...", flush=True)
-    return build()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import scorers
 from kl import CONTROL_TOKENS, KL_MAX_TOKENS, EvalError, kl_divergence, write_json
 from model import keep_freed_memory, load_checkpoint, logits_only, sample
 from settings import METHODS
+from transforms import bin_of, cond_edges
 
 PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
 MAX_PROMPT_TOKENS = 128  # longer prompts (e.g. signatures with long docstrings) are skipped; block_size/4 if smaller
@@ -50,14 +51,17 @@ CONTROL_GAP_SEGMENTS = 256  # held-out segments of each kind for control_token_g
 
 
 @torch.no_grad()
-def control_token_gap(model, val_dir, threshold, n_segments=CONTROL_GAP_SEGMENTS, device=None):
+def control_token_gap(model, val_dir, edges, n_segments=CONTROL_GAP_SEGMENTS, device=None):
     """Whether a conditional model learned its control tokens, however good its samples are: for a held-out segment
     s after its context c (the document before it, each earlier segment behind its true control token),
 
         gap(s) = [log p(s | c, <|aligned|>) − log p(s | c, <|misaligned|>)] / |s|      (nats per token)
 
-    averaged over the first n_segments segments scored <= threshold ('aligned': positive if learned) and the first
-    n_segments above it ('misaligned': negative if learned), in document order. Missing kinds are left out."""
+    averaged over the first n_segments segments scored <= edges[0], the threshold ('aligned': positive if learned)
+    and the first n_segments above it ('misaligned': negative if learned), in document order. Missing kinds are
+    left out. edges: the bins' upper edges (transforms.grade_edges; [threshold] for the paper's two tokens): the
+    context's tokens are those of the segments' bins, and <|aligned|>, <|misaligned|> are the best and worst."""
+    tokens_of_bin = data.control_tokens(len(edges) + 1)
     split, T = data.PreparedData(val_dir), model.config.block_size
     seg_starts = np.asarray(split.seg_starts, dtype=np.int64)
     pairs = {'aligned': [], 'misaligned': []}  # (context + <|aligned|> + s, context + <|misaligned|> + s, |s|)
@@ -71,11 +75,12 @@ def control_token_gap(model, val_dir, threshold, n_segments=CONTROL_GAP_SEGMENTS
         context = tokens[:1]  # the document's <|endoftext|>, which opens its first segment
         for k in range(len(bounds) - 1):
             segment = hf.model_ids(tokens[bounds[k] + (k == 0):bounds[k + 1]], model.config.vocab_size)
-            kind = 'aligned' if split.seg_scores[first + k] <= threshold else 'misaligned'
+            grade = bin_of(split.seg_scores[first + k], edges)
+            kind = 'aligned' if grade == 0 else 'misaligned'
             if 0 < len(segment) <= T // 2 and len(pairs[kind]) < n_segments:
                 c = context[-(T - len(segment)):]  # the model reads all but the last token: T at most
                 pairs[kind].append((c + [data.ALIGNED] + segment, c + [data.MISALIGNED] + segment, len(segment)))
-            context += [data.ALIGNED if kind == 'aligned' else data.MISALIGNED] + segment
+            context += [tokens_of_bin[grade]] + segment
     device = device or next(model.parameters()).device
     result = {}
     for kind, p in pairs.items():
@@ -306,7 +311,8 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
                 part('val_loss', lambda: dict(val_loss=val_loss(model, val_dir, cfg.block_size, cfg.eval_batch_size,
                                                                 cfg.eval_iters, device)))
             if cfg.eval_iters and cfg.method == 'cond':
-                part('control_gap', lambda: control_token_gap(model, val_dir, cfg.cond_threshold, device=device))
+                part('control_gap', lambda: control_token_gap(model, val_dir, cond_edges(
+                    cfg.task, cfg.data_dir, cfg.cond_threshold, getattr(cfg, 'cond_bins', 2)), device=device))
             if cfg.eval_samples:
                 part('scorer', load_scorer)
                 for scenario in eval_scenarios(cfg) if scorer is not None else []:

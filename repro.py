@@ -4,14 +4,15 @@ own text, train each method on it with the same budget and seed, evaluate all th
 intervals, whether each method writes less of the undesirable content than MLE.
 
     python repro.py pii                                    # the demo: MLE vs conditional training, ~10 min on 2 cores
-    python repro.py pii --methods=all --seeds=42,43,44     # six methods x three seeds
+    python repro.py pii --methods=all --seeds=42,43,44     # six methods, mask and cond_k5, x three seeds
     python repro.py pep8 --methods=all                     # PEP8 on the standard library (see the README: no effect
     python repro.py pep8 --size=gpu --methods=all          # at CPU size), and its single-GPU variant
     python repro.py pii --seeds=42,43,44 --guidance=1,2    # also sample the conditional models with guidance
 
 Results go to results/{task}_{size}/: results.md (the verdicts and the table), results.json, plot_score_vs_tokens.png
 and plot_pareto.png (score against KL from the MLE model of the same seed), settings.json, and each run's directory
-seed{S}/{method} (guided evaluations of the conditional model: seed{S}/cond_guided{γ}). With several seeds, each
+seed{S}/{method} (guided evaluations of the conditional model: seed{S}/cond_guided{γ}; cond_k5 is conditional
+training with K = 5 graded control tokens, VARIANTS). With several seeds, each
 method's per-seed differences from MLE get a paired t interval. A run already evaluated is skipped; a results folder
 made with other settings is refused.
 """
@@ -81,8 +82,13 @@ def check_settings(results, settings):
         json.dump(settings, f, indent=1)
 
 
+VARIANTS = {'cond_k5': 'cond'}  # run name: its method; trained from config/{task}_{run name}.py (K = 5 graded)
+RUNS = METHODS + tuple(VARIANTS)  # what --methods may name
+
+
 def run_methods(args, methods, seed, results, train_args, median):
-    """Train and evaluate each method for one seed (MLE first: the KL reference of the others); skip what is done."""
+    """Train and evaluate each method (or variant) for one seed (MLE first: the KL reference of the others); skip what
+    is done."""
     mle_ckpt = os.path.join(results, f'seed{seed}', 'mle', 'ckpt.pt')
     for method in sorted(methods, key=lambda m: m != 'mle'):
         run_dir = os.path.join(results, f'seed{seed}', method)
@@ -106,10 +112,17 @@ def guided_name(guidance):
 
 
 def run_order(name):
-    """Runs in METHODS order, each cond model's guided evaluations after it by γ."""
+    """Runs in METHODS order, after cond its guided evaluations by γ, then its variants."""
     if name.startswith(GUIDED):
-        return METHODS.index('cond'), float(name[len(GUIDED):])
-    return METHODS.index(name), -1.0
+        return METHODS.index('cond'), 1, float(name[len(GUIDED):])
+    if name in VARIANTS:
+        return METHODS.index(VARIANTS[name]), 2, list(VARIANTS).index(name)
+    return METHODS.index(name), 0, 0
+
+
+def conditional(name):
+    """Whether a run's model is conditional, so that it was also sampled after <|misaligned|>."""
+    return VARIANTS.get(name, name) == 'cond'
 
 
 def evaluate_guided(seed, results, guidance):
@@ -177,10 +190,10 @@ def verdict_lines(task, seed, runs):
             figures[f'{method}/{scenario}'] = f
             lines.append(line)
         aligned, misaligned = run['scores'].get('unconditional'), run['scores'].get('misaligned')
-        if method == 'cond' and aligned and misaligned:
+        if conditional(method) and aligned and misaligned:
             c = compare(aligned, misaligned, threshold)
-            figures['cond/aligned_vs_misaligned'] = c
-            lines.append(f"seed {seed} cond   <|aligned|> vs <|misaligned|>: {fmt_compare(c)}")
+            figures[f'{method}/aligned_vs_misaligned'] = c
+            lines.append(f"seed {seed} {method:6s} <|aligned|> vs <|misaligned|>: {fmt_compare(c)}")
     return lines, figures
 
 
@@ -190,7 +203,7 @@ def run_label(run_name, scenario):
         return 'cond', f"<|aligned|> γ={run_name[len(GUIDED):]}"
     if scenario == 'misaligned':
         return run_name, '<|misaligned|>'
-    return run_name, '<|aligned|>' if run_name == 'cond' else 'unconditional'
+    return run_name, '<|aligned|>' if conditional(run_name) else 'unconditional'
 
 
 def across_seeds(figures, runs):
@@ -219,10 +232,11 @@ def across_seeds(figures, runs):
             if len(pairs) >= 2:
                 method, label = run_label(name, scenario)
                 line(f"{method} {label} minus MLE", pairs)
-    pairs = [(figures[s]['cond/unconditional'], figures[s]['cond/misaligned']) for s in seeds
-             if 'cond/misaligned' in figures[s]]
-    if len(pairs) >= 2:
-        line("cond <|aligned|> minus <|misaligned|>", pairs)
+    for name in filter(conditional, names):
+        pairs = [(figures[s][f'{name}/unconditional'], figures[s][f'{name}/misaligned']) for s in seeds
+                 if f'{name}/misaligned' in figures[s]]
+        if len(pairs) >= 2:
+            line(f"{name} <|aligned|> minus <|misaligned|>", pairs)
     return lines
 
 
@@ -240,7 +254,7 @@ def seeds_table(figures, runs):
     head = ['method', 'samples after', 'seeds', 'hit rate, mean ± sd', 'score, mean ± sd', 'per-run hit rate [95%]',
             'per-run score [95%]', 'below MLE beyond noise (hits / score)', 'val loss', 'KL(MLE‖model)']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    keys = sorted({k for per_seed in figures.values() for k in per_seed if k != 'cond/aligned_vs_misaligned'},
+    keys = sorted({k for per_seed in figures.values() for k in per_seed if not k.endswith('/aligned_vs_misaligned')},
                   key=lambda k: (run_order(k.split('/')[0]), k))
     for key in keys:
         method, scenario = key.split('/')
@@ -282,17 +296,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('task', choices=['pep8', 'pii'])
     p.add_argument('--size', choices=list(SIZES), default='cpu')
-    p.add_argument('--methods', default='mle,cond', help="comma-separated, or 'all'")
+    p.add_argument('--methods', default='mle,cond', help=f"comma-separated from {', '.join(RUNS)}, or 'all'")
     p.add_argument('--seeds', default='42', help='comma-separated seeds; each method is trained once per seed')
     p.add_argument('--data_dir', default=None, help='default data/local_{size}')
     p.add_argument('--results', default=None, help='default results/{task}_{size}')
     p.add_argument('--extra', default='', help='more --key=value arguments for train.py, space-separated')
     p.add_argument('--guidance', default='', help='comma-separated γ: also sample each cond model with guidance γ')
     args = p.parse_args(argv)
-    methods = METHODS if args.methods == 'all' else tuple(args.methods.split(','))
-    unknown = set(methods) - set(METHODS)
+    methods = RUNS if args.methods == 'all' else tuple(args.methods.split(','))
+    unknown = set(methods) - set(RUNS)
     if unknown:
-        p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+        p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(RUNS)}")
     seeds = [int(s) for s in args.seeds.split(',')]
     try:
         args.guidance = [float(g) for g in args.guidance.split(',') if g.strip()]

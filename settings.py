@@ -40,6 +40,7 @@ class TrainConfig:
     filter_threshold: Optional[float] = None
     cond_threshold: Optional[float] = None  # also mask's: a token counts iff its segment's score <= this
     drop_token_fraction: Optional[float] = None
+    cond_bins: int = 2  # cond: control tokens for this many score bins (2: the paper's; transforms.grade_edges)
     ul_threshold: Optional[float] = None
     ul_soft: Optional[bool] = None
     ul_alpha: float = 1.0
@@ -95,6 +96,7 @@ RANGES = (
     ('dropout drop_token_fraction warmup_frac awr_alpha', lambda v: 0 <= v <= 1, 'between 0 and 1'),
     ('beta1 beta2', lambda v: 0 <= v < 1, 'at least 0 and below 1'),
     ('awr_beta awr_clip_weight_max', lambda v: v > 0, 'above 0'),
+    ('cond_bins', lambda v: 2 <= v <= 2 + len(data.GRADE_IDS), f'between 2 and {2 + len(data.GRADE_IDS)}'),
 )
 
 
@@ -175,6 +177,8 @@ def check_config(cfg):
         for key in keys.split():
             if not ok(getattr(cfg, key)):
                 raise ConfigError(f"{key} {getattr(cfg, key)!r}: must be {wanted}")
+    if cfg.cond_bins != 2 and cfg.method != 'cond':
+        raise ConfigError(f"cond_bins {cfg.cond_bins}: graded control tokens are for method 'cond'")
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"n_embd {cfg.n_embd} is not a multiple of n_head {cfg.n_head}")
     if cfg.min_lr > cfg.learning_rate:

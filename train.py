@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import data
 import hf
 import objectives
+import transforms
 from model import GPT, CheckpointError, GPTConfig, keep_freed_memory, read_checkpoint
 from runs import (RunLog, Stopped, StopSignals, TrainingError, agreed, check_out_dir, checkpoint_to_resume, diverged,
                   evaluated, prepare_out_dir, rng_state, save_checkpoint, set_rng_state)
@@ -155,21 +156,18 @@ def autocast_context(cfg, device_type):
     return nullcontext() if cfg.dtype == 'float32' else torch.autocast(device_type, dtype=getattr(torch, cfg.dtype))
 
 
-# What a run in progress is: its model, objective, data and data order, and the optimizer hyperparameters that its
-# saved state restores. A resume refuses to change these; the rest (budget, learning rate, intervals, evaluation,
-# device, precision, compile, batch_size: the data order depends on total_batch_size only) may change.
 def training_split(cfg, ddp, master, rank):
     """The split the method trains on: filtering and conditional training transform the prepared split once (rank
     0), cached on disk."""
     split_dir = os.path.join(cfg.data_dir, cfg.task, 'train')
     kwargs = dict(filter_threshold=cfg.filter_threshold, cond_threshold=cfg.cond_threshold,
-                  drop_token_fraction=cfg.drop_token_fraction, seed=cfg.seed)
+                  drop_token_fraction=cfg.drop_token_fraction, cond_bins=cfg.cond_bins, seed=cfg.seed)
     if master:
-        train_data = data.for_method(split_dir, cfg.method, **kwargs)
+        train_data = transforms.for_method(split_dir, cfg.method, **kwargs)
     if ddp:
         dist.barrier()
     if not master:
-        train_data = data.for_method(split_dir, cfg.method, rank=rank, **kwargs)
+        train_data = transforms.for_method(split_dir, cfg.method, rank=rank, **kwargs)
     return train_data
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import data
+import transforms
 
 
 def write_two_docs(path):
@@ -32,14 +33,40 @@ def test_format_round_trip(tmp_path):
 
 def test_control_tokens(tmp_path):
     src = write_two_docs(str(tmp_path / 'train'))
-    d = data.add_control_tokens(src, str(tmp_path / 'cond'), threshold=0.0, drop_fraction=0.0, seed=0)
+    d = transforms.add_control_tokens(src, str(tmp_path / 'cond'), threshold=0.0, drop_fraction=0.0, seed=0)
     A, M, E = data.ALIGNED, data.MISALIGNED, data.EOS
     assert d.tokens.tolist() == [E, A, 1, 2, 3, M, 4, 5, E, M, 6, A, 7, 8, 9, M, 10]
     # each control token carries its segment's score
     assert d.token_scores(0, 17).tolist() == pytest.approx([0, 0, 0, 0, 0, .5, .5, .5, .1, .1, .1, 0, 0, 0, 0,
                                                            .2, .2])
-    all_dropped = data.add_control_tokens(src, str(tmp_path / 'none'), 0.0, drop_fraction=1.0, seed=0)
+    all_dropped = transforms.add_control_tokens(src, str(tmp_path / 'none'), 0.0, drop_fraction=1.0, seed=0)
     assert all_dropped.tokens.tolist() == src.tokens.tolist()
+
+
+def test_grade_edges_by_hand():
+    scores = [0.0, 0.0, 0.1, 0.2, 0.3, 0.4]
+    assert transforms.grade_edges(scores, 0.0, 2) == [0.0]  # the paper's two tokens: the threshold alone
+    assert transforms.grade_edges(scores, 0.0, 3) == pytest.approx([0.0, 0.25])  # the median of .1 .2 .3 .4
+    # quartiles of .1 .2 .3 .4 (linear interpolation at positions 0.75, 1.5, 2.25)
+    assert transforms.grade_edges(scores, 0.0, 5) == pytest.approx([0.0, 0.175, 0.25, 0.325])
+    assert transforms.grade_edges(scores, 0.3, 3) == pytest.approx([0.3, 0.4])
+    with pytest.raises(data.DataError, match='no segment scores above the threshold 0.4'):
+        transforms.grade_edges(scores, 0.4, 3)
+    assert [transforms.bin_of(s, [0.0, 0.25]) for s in (0.0, 0.1, 0.25, 0.26)] == [0, 1, 1, 2]  # edges inclusive
+
+
+def test_graded_control_tokens(tmp_path):
+    assert data.control_tokens(2) == (data.ALIGNED, data.MISALIGNED)
+    assert data.control_tokens(5) == (data.ALIGNED, 50283, 50284, 50285, data.MISALIGNED)
+    src = write_two_docs(str(tmp_path / 'train'))  # segment scores 0, .5 | .1, 0, .2
+    d = transforms.add_control_tokens(src, str(tmp_path / 'k3'), 0.0, drop_fraction=0.0, seed=0, bins=3)
+    A, G, M, E = data.ALIGNED, data.GRADE_IDS[0], data.MISALIGNED, data.EOS
+    # edges [0, .2] (the median of .5 .1 .2): .1 and .2 (the edge itself) in the middle bin, .5 in the worst
+    assert d.tokens.tolist() == [E, A, 1, 2, 3, M, 4, 5, E, G, 6, A, 7, 8, 9, G, 10]
+    assert d.header['vocab_size'] == 50284 and d.header['transform']['edges'] == pytest.approx([0.0, 0.2])
+    assert data.decode([G, 1, M]) == data.decode([1])
+    k2 = transforms.add_control_tokens(src, str(tmp_path / 'k2'), 0.0, drop_fraction=0.0, seed=0, bins=2)
+    assert 'edges' not in k2.header['transform'] and k2.header['vocab_size'] == data.VOCAB_SIZE
 
 
 def test_control_token_drop_is_seeded(tmp_path):
@@ -48,9 +75,9 @@ def test_control_token_drop_is_seeded(tmp_path):
         for i in range(200):
             w.add_document([[i % 50 + 1]] * 5, [0.0] * 5)
     src = data.PreparedData(f"{root}/train")
-    a = data.add_control_tokens(src, f"{root}/a", 0.0, 0.1, seed=1)
-    b = data.add_control_tokens(src, f"{root}/b", 0.0, 0.1, seed=1)
-    c = data.add_control_tokens(src, f"{root}/c", 0.0, 0.1, seed=2)
+    a = transforms.add_control_tokens(src, f"{root}/a", 0.0, 0.1, seed=1)
+    b = transforms.add_control_tokens(src, f"{root}/b", 0.0, 0.1, seed=1)
+    c = transforms.add_control_tokens(src, f"{root}/c", 0.0, 0.1, seed=2)
     assert a.tokens.tolist() == b.tokens.tolist() != c.tokens.tolist()
     n_controls = int((np.asarray(a.tokens) == data.ALIGNED).sum())
     assert 850 < n_controls < 950  # ~90% of the 1000 segments
@@ -58,7 +85,7 @@ def test_control_token_drop_is_seeded(tmp_path):
 
 def test_filter(tmp_path):
     src = write_two_docs(str(tmp_path / 'train'))
-    d = data.filter_documents(src, str(tmp_path / 'f'), threshold=0.2)
+    d = transforms.filter_documents(src, str(tmp_path / 'f'), threshold=0.2)
     assert d.tokens.tolist() == [50256, 6, 7, 8, 9, 10] and d.seg_starts.tolist() == [0, 2, 5]
     assert d.doc_scores.tolist() == pytest.approx([0.1])
     assert d.header['transform'] == {'kind': 'filter', 'threshold': 0.2}
@@ -66,12 +93,12 @@ def test_filter(tmp_path):
 
 def test_for_method_caches_and_rebuilds(tmp_path, tiny_data):
     split = os.path.join(tiny_data, 'pep8', 'train')
-    a = data.for_method(split, 'cond', cond_threshold=0.0, drop_token_fraction=0.1, seed=3)
+    a = transforms.for_method(split, 'cond', cond_threshold=0.0, drop_token_fraction=0.1, seed=3)
     assert a.path.endswith('train.cond-0-0.1-3') and a.n_tokens > data.PreparedData(split).n_tokens
     mtime = os.path.getmtime(os.path.join(a.path, 'tokens.bin'))
-    b = data.for_method(split, 'cond', cond_threshold=0.0, drop_token_fraction=0.1, seed=3)
+    b = transforms.for_method(split, 'cond', cond_threshold=0.0, drop_token_fraction=0.1, seed=3)
     assert os.path.getmtime(os.path.join(b.path, 'tokens.bin')) == mtime
-    assert data.for_method(split, 'ul').path == split
+    assert transforms.for_method(split, 'ul').path == split
 
 
 def test_corrupt_and_mismatched_files(tmp_path):

@@ -409,10 +409,16 @@ def test_control_token_gap_by_hand(tmp_path):
         logp = {c: F.log_softmax(model.transformer.ln_f(wte[c]) @ wte[:data.VOCAB_SIZE].T, -1)
                 for c in (data.ALIGNED, data.MISALIGNED)}
     first = {t: (logp[data.ALIGNED][t] - logp[data.MISALIGNED][t]).item() for t in (5, 7, 8)}
-    gap = ev.control_token_gap(model, val, threshold=0.0)
+    gap = ev.control_token_gap(model, val, [0.0])
     assert gap['control_gap_aligned'] == pytest.approx((first[5] / 2 + first[8] / 3) / 2, rel=1e-4)
     assert gap['control_gap_misaligned'] == pytest.approx(first[7], rel=1e-4)
-    assert ev.control_token_gap(model, val, threshold=1.0).keys() == {'control_gap_aligned'}
+    assert ev.control_token_gap(model, val, [1.0]).keys() == {'control_gap_aligned'}
+    # three bins, edges [0, 0.6]: [7] (0.5) is in the middle bin, and the context carries that bin's token
+    inputs, forward = [], model.forward
+    model.forward = lambda x, **kw: inputs.append(x.tolist()) or forward(x, **kw)
+    assert ev.control_token_gap(model, val, [0.0, 0.6]) == pytest.approx(gap)
+    G, A, M, E = data.GRADE_IDS[0], data.ALIGNED, data.MISALIGNED, data.EOS
+    assert [[E, A, 5, 6, G, 7, A, 8, 9], [E, A, 5, 6, G, 7, M, 8, 9]] in inputs
 
 
 def test_a_failing_part_keeps_what_the_others_computed(tmp_path, capsys):

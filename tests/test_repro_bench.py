@@ -1,4 +1,4 @@
-"""repro.py end to end on a tiny model and dataset (all seven methods), and bench.py's CPU mode."""
+"""repro.py end to end on a tiny model and dataset (all seven methods and graded tokens), and bench.py's CPU mode."""
 import json
 import math
 import os
@@ -22,23 +22,25 @@ def test_repro_all_methods(tmp_path, monkeypatch, capsys):
             '--guidance=0,1.5']
     repro.main(argv)
     summary = json.load(open(os.path.join(results, 'results.json')))
-    assert list(summary['runs']['42']) == ['mle', 'filter', 'cond', 'cond_guided1.5', 'ul', 'awr', 'rwr', 'mask']
+    assert list(summary['runs']['42']) == ['mle', 'filter', 'cond', 'cond_guided1.5', 'cond_k5', 'ul', 'awr', 'rwr',
+                                           'mask']
     guided = summary['runs']['42']['cond_guided1.5']
     assert guided['guidance'] == 1.5 and guided['step'] == summary['runs']['42']['cond']['step']
     assert 'val_loss' not in guided and math.isfinite(guided['kl'])
     for method, row in summary['runs']['42'].items():
         if method == 'cond_guided1.5':
             continue
-        assert row['method'] == method and row['val_loss'] > 0 and 'unconditional/score' in row
+        assert row['method'] == repro.VARIANTS.get(method, method)
+        assert row['val_loss'] > 0 and 'unconditional/score' in row
         # the MLE model is the KL reference: 0 by definition; the others' is an estimate from 4 samples
         assert row['kl'] == 0 if method == 'mle' else math.isfinite(row['kl']) and row['kl'] != 0
     figures = summary['figures']['42']
-    assert set(figures) == {f'{m}/unconditional' for m in repro.METHODS + ('cond_guided1.5',)} | {
-        'cond/misaligned', 'cond/aligned_vs_misaligned'}
+    assert set(figures) == {f'{m}/unconditional' for m in repro.RUNS + ('cond_guided1.5',)} | {
+        f'{m}/{s}' for m in ('cond', 'cond_k5') for s in ('misaligned', 'aligned_vs_misaligned')}
     assert figures['mle/unconditional']['n'] == 4 and 'hit_verdict' in figures['cond/misaligned']
     report = open(os.path.join(results, 'results.md')).read()
-    assert report.count('\n| ') == 10  # header, seven methods, cond after <|misaligned|>, cond guided
-    assert report.count('\nseed 42 ') == 10  # seven methods, cond after <|misaligned|> and guided, the two compared
+    assert report.count('\n| ') == 12  # header, 8 runs, cond and cond_k5 after <|misaligned|>, cond guided
+    assert report.count('\nseed 42 ') == 13  # 8 runs, cond and cond_k5 after <|misaligned|> and compared, guided
     assert '\nseed 42 cond   <|aligned|> γ=1.5 hits ' in report and '| cond | <|aligned|> γ=1.5 | 1 |' in report
     assert 'across' not in report  # one seed: no interval over seeds
     for name in ('plot_score_vs_tokens.png', 'plot_pareto.png'):

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import data
 import train
 from conftest import start_training, tiny_args
 from model import GPT, GPTConfig
@@ -197,3 +198,16 @@ def test_compiled_chunked_loss_matches_eager_plain(tiny_data, tmp_path):
     run(tiny_args(tiny_data, compiled, method='ul', max_tokens=3 * 4 * 32, compile=True, loss_chunk_size=24))
     for step, loss in losses(eager).items():
         assert losses(compiled)[step] == pytest.approx(loss, rel=1e-4)
+
+
+def test_graded_control_tokens_train(tiny_data, tmp_path):
+    out = str(tmp_path / 'k3')
+    run(tiny_args(tiny_data, out, method='cond', cond_bins=3, max_tokens=2 * 4 * 32))
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=False)
+    assert ckpt['step'] == 2 and ckpt['config']['cond_bins'] == 3
+    graded = os.path.join(tiny_data, 'pep8', 'train.cond-0-0.1-42-k3')
+    assert json.load(open(os.path.join(graded, 'header.json')))['vocab_size'] == data.GRADE_IDS[0] + 1
+    with pytest.raises(train.ConfigError, match="cond_bins 3: graded control tokens are for method 'cond'"):
+        run(tiny_args(tiny_data, str(tmp_path / 'mle'), cond_bins=3))
+    with pytest.raises(train.ConfigError, match="cond_bins 24: must be between 2 and 23"):
+        run(tiny_args(tiny_data, str(tmp_path / 'cond'), method='cond', cond_bins=24))

@@ -1,0 +1,13 @@
+# pii, cond with guided sampling: conditional training, evaluated with guidance γ = eval_guidance away from
+# <|misaligned|> (model.guided_logits). A trained cond model: python evaluate.py --ckpt=... --eval_guidance=1
+# GPT-2 small from scratch on tomekkorbak/pile-pii-scrubadub (reference §4).
+# 64 sequences × 1024 tokens = 65,536 tokens per step; 3.3e9 tokens = 50,354 steps.
+task = 'pii'
+method = 'cond'
+out_dir = 'out/pii_cond_guided'
+total_batch_size = 64
+batch_size = 16  # per GPU; accumulation makes up the rest
+learning_rate = 5e-4
+max_tokens = 3_300_000_000
+eval_samples = 4096  # every eval_interval steps, as the original
+eval_guidance = 1.0
