@@ -209,7 +209,10 @@ def train(cfg):
     device_type = 'cuda' if cfg.device.startswith('cuda') else 'cpu'
     stop = StopSignals(ddp, cfg.device)
     try:
-        return _train(cfg, ddp, rank, world, master, device_type, stop)
+        result = _train(cfg, ddp, rank, world, master, device_type, stop)
+        if ddp:  # leave together: a rank that tears the group down while rank 0 still saves can abort it (gloo)
+            dist.barrier()
+        return result
     finally:
         stop.uninstall()
         if ddp:
