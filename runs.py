@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import socket
 import sys
 import threading
 from dataclasses import asdict
@@ -109,6 +110,47 @@ def check_out_dir(cfg, ckpt_path):
 # out_dir: a resumed run's history is that of an uninterrupted run
 
 RUN_FILES = ('ckpt.pt', 'ckpt_step*.pt', 'log.jsonl', 'eval.jsonl', 'eval_step*.json')
+LOCK = 'run.lock'  # {"host", "pid"} of the process whose run writes out_dir
+
+
+def _lock_holder(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None  # gone, or cut short by a kill
+
+
+def claim_out_dir(out_dir):
+    """(Rank 0) Make out_dir this process's for the run's life (out_dir/run.lock): refused while a live process of
+    this host holds it (a second train.py resuming a run in progress would rewrite its logs under it), or a process
+    of another host (say if that run is gone: delete the lock). A killed run's lock is taken over."""
+    os.makedirs(out_dir, exist_ok=True)
+    path, me = os.path.join(out_dir, LOCK), dict(host=socket.gethostname(), pid=os.getpid())
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder == me:
+                return
+            if holder and holder.get('host') != me['host']:
+                raise ConfigError(f"{out_dir} is in use by process {holder.get('pid')} on {holder.get('host')} "
+                                  f"({path}); if that run is gone, delete {path}") from None
+            if holder and data.pid_alive(int(holder.get('pid', 0))):
+                raise ConfigError(f"{out_dir} is in use by process {holder['pid']}, a run in progress ({path}); "
+                                  f"wait for it to end, or stop it first") from None
+            os.remove(path)  # its process is gone
+            continue
+        with os.fdopen(fd, 'w') as f:
+            json.dump(me, f)
+        return
+
+
+def release_out_dir(out_dir):
+    path = os.path.join(out_dir, LOCK)
+    if _lock_holder(path) == dict(host=socket.gethostname(), pid=os.getpid()):
+        os.remove(path)
 
 
 def prepare_out_dir(cfg, step):

@@ -31,8 +31,9 @@ import hf
 import objectives
 import transforms
 from model import GPT, CheckpointError, GPTConfig, keep_freed_memory, read_checkpoint
-from runs import (RunLog, Stopped, StopSignals, TrainingError, agreed, check_out_dir, checkpoint_to_resume, diverged,
-                  evaluated, prepare_out_dir, rng_state, save_checkpoint, set_rng_state)
+from runs import (RunLog, Stopped, StopSignals, TrainingError, agreed, check_out_dir, checkpoint_to_resume,
+                  claim_out_dir, diverged, evaluated, prepare_out_dir, release_out_dir, rng_state, save_checkpoint,
+                  set_rng_state)
 from settings import ConfigError, check_data_dir, check_eval_settings, keep_steps, load_config
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -215,6 +216,8 @@ def train(cfg):
         return result
     finally:
         stop.uninstall()
+        if master:
+            release_out_dir(cfg.out_dir)
         if ddp:
             dist.destroy_process_group()
 
@@ -250,6 +253,7 @@ def _train(cfg, ddp, rank, world, master, device_type, stop):
     raw_model = model
     model = wrap_model(cfg, raw_model, ddp, device_type)
     if master:  # every check has passed: out_dir may change
+        claim_out_dir(cfg.out_dir)
         prepare_out_dir(cfg, step)
     log = RunLog(cfg, master, wandb_run_id)
     kept_steps = keep_steps(cfg)

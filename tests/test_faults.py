@@ -66,6 +66,33 @@ def test_fresh_run_refuses_an_out_dir_with_a_run(tiny_data, tmp_path, capsys):
     assert sorted(os.listdir(out)) == ['ckpt.pt', 'log.jsonl']  # the old run's ckpt_step2.pt and evaluations too
 
 
+def test_a_run_in_progress_keeps_its_out_dir_to_itself(tiny_data, tmp_path, capsys):
+    import socket
+    out = str(tmp_path / 'run')
+    run(tiny_args(tiny_data, out, max_tokens=2 * 4 * 32))
+    assert 'run.lock' not in os.listdir(out)  # released at the end
+    live = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        lock = os.path.join(out, 'run.lock')
+        with open(lock, 'w') as f:
+            json.dump(dict(host=socket.gethostname(), pid=live.pid), f)
+        log_before = open(os.path.join(out, 'log.jsonl')).read()
+        code, err = main_fails(tiny_args(tiny_data, out, max_tokens=4 * 4 * 32, resume=True), capsys)
+        assert code == 1 and f"error: {out} is in use by process {live.pid}, a run in progress" in err
+        assert open(os.path.join(out, 'log.jsonl')).read() == log_before and ckpt_step(out) == 2
+        with open(lock, 'w') as f:
+            json.dump(dict(host='elsewhere', pid=live.pid), f)
+        code, err = main_fails(tiny_args(tiny_data, out, max_tokens=4 * 4 * 32, resume=True), capsys)
+        assert f"in use by process {live.pid} on elsewhere" in err and f"delete {lock}" in err
+    finally:
+        live.kill()
+        live.wait()
+    with open(lock, 'w') as f:  # a killed run's lock: taken over
+        json.dump(dict(host=socket.gethostname(), pid=live.pid), f)
+    run(tiny_args(tiny_data, out, max_tokens=4 * 4 * 32, resume=True))
+    assert ckpt_step(out) == 4 and 'run.lock' not in os.listdir(out)
+
+
 def test_resume_refuses_settings_a_run_cannot_change_and_prints_the_others(tiny_data, tmp_path, capsys):
     out = str(tmp_path / 'run')
     run(tiny_args(tiny_data, out, max_tokens=4 * 4 * 32))
