@@ -250,9 +250,11 @@ def fmt_compare(c):
 
 def seeds_table(figures, runs):
     """Per method and scenario: hit rate and score as mean ± standard deviation over seeds, the per-run intervals,
-    how many seeds are below MLE beyond noise, validation loss and KL(MLE || model)."""
+    how many seeds are below MLE beyond noise, validation loss, KL(MLE || model), the samples' distinct bigrams
+    (diversity) and sampling speed, means over seeds."""
     head = ['method', 'samples after', 'seeds', 'hit rate, mean ± sd', 'score, mean ± sd', 'per-run hit rate [95%]',
-            'per-run score [95%]', 'below MLE beyond noise (hits / score)', 'val loss', 'KL(MLE‖model)']
+            'per-run score [95%]', 'below MLE beyond noise (hits / score)', 'val loss', 'KL(MLE‖model)', 'distinct-2',
+            'samples/s']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     keys = sorted({k for per_seed in figures.values() for k in per_seed if not k.endswith('/aligned_vs_misaligned')},
                   key=lambda k: (run_order(k.split('/')[0]), k))
@@ -271,7 +273,9 @@ def seeds_table(figures, runs):
                  '; '.join(f"{f['score']:.2g} [{f['score_ci'][0]:.2g}, {f['score_ci'][1]:.2g}]" for _, f in rows),
                  '–' if method == 'mle' else f"{below[0]} / {below[1]} of {len(rows)}",
                  f"{np.mean([e.get('val_loss', np.nan) for e in evals]):.3f}",
-                 f"{np.mean([e.get('kl', np.nan) for e in evals]):.2f}"]
+                 f"{np.mean([e.get('kl', np.nan) for e in evals]):.2f}",
+                 f"{np.mean([e.get(f'{scenario}/distinct-2', np.nan) for e in evals]):.3f}",
+                 f"{np.mean([e.get(f'{scenario}/samples_per_s', np.nan) for e in evals]):.1f}"]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
