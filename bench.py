@@ -214,6 +214,37 @@ def bench_sample(args):
     emit(dict(bench='sample', impl='ratio', speedup_vs_best_hf=round(best / ours, 2)))
 
 
+def bench_guided(args):
+    """What guided sampling costs: the paper's evaluation after <|aligned|>, unguided, then with guidance 1 (each
+    row's <|misaligned|> twin in the same batch), same model, same settings."""
+    device, n, new = args.device, args.samples, args.new_tokens
+    torch.manual_seed(0)
+    if args.ckpt:
+        model = load_checkpoint(args.ckpt, device)[0]
+    else:
+        model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                              n_embd=args.n_embd)).to(device).eval()
+    if device.startswith('cuda'):
+        model = model.to(torch.bfloat16)
+    kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, device=device, batch_size=args.sample_batch,
+                  blocked_tokens=(data.ALIGNED, data.MISALIGNED))
+    seconds = {}
+    for guidance in (0.0, 1.0):
+        if device.startswith('cuda'):  # compile and CUDA start-up
+            sample(model, [[data.EOS, data.ALIGNED]] * args.sample_batch, new, **kwargs, guidance=guidance,
+                   negative_prompts=[[data.EOS, data.MISALIGNED]] * args.sample_batch)
+        sync(device)
+        t0 = time.perf_counter()
+        sample(model, [[data.EOS, data.ALIGNED]] * n, new, **kwargs, guidance=guidance,
+               negative_prompts=[[data.EOS, data.MISALIGNED]] * n)
+        sync(device)
+        seconds[guidance] = time.perf_counter() - t0
+        emit(dict(bench='sample', impl=f'phf_guidance_{guidance:g}', samples=n, new_tokens=new,
+                  batch_size=args.sample_batch, seconds=round(seconds[guidance], 3),
+                  tokens_per_s=round(n * new / seconds[guidance])))
+    emit(dict(bench='sample', impl='ratio', guided_time_vs_unguided=round(seconds[1.0] / seconds[0.0], 2)))
+
+
 def bench_loader(args):
     """Tokens/s of BlockLoader on a prepared split of random documents (memmapped, with per-token rewards)."""
     rng = np.random.default_rng(0)
@@ -264,7 +295,7 @@ def main(argv=None):
     p.add_argument('--loss_chunk_sizes', default='0,4096', help='TrainConfig.loss_chunk_size values (0: plain)')
     p.add_argument('--eager_loss', action='store_true', help='compile the model without the loss')
     p.add_argument('--loss_n_embd', type=int, help="the loss rows' hidden width (default: the model's)")
-    p.add_argument('--only', default='train,hf,loss,sample,loader,scorers')
+    p.add_argument('--only', default='train,hf,loss,sample,guided,loader,scorers')
     p.add_argument('--ckpt', default='', help='sample from this checkpoint of ours instead of a random model')
     p.add_argument('--default_allocator', action='store_true',
                    help="CPU: leave glibc's malloc as it is (no model.keep_freed_memory), to measure what it gives")
@@ -303,6 +334,8 @@ def main(argv=None):
             bench_loss(args, batch_size)
     if 'sample' in only:
         bench_sample(args)
+    if 'guided' in only:
+        bench_guided(args)
     if 'loader' in only:
         bench_loader(args)
     if 'scorers' in only:

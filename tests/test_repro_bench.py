@@ -77,6 +77,8 @@ def test_bench_small(capsys, monkeypatch):
     for objective in ('mle', 'cond', 'ul', 'awr'):
         assert ('train', 'phf', objective) in kinds
     assert ('train', 'hf_gpt2', 'mle') in kinds and ('sample', 'hf_generate', None) in kinds
+    assert {('sample', 'phf_guidance_0', None), ('sample', 'phf_guidance_1', None)} <= kinds
+    assert [r['guided_time_vs_unguided'] > 0 for r in rows if 'guided_time_vs_unguided' in r] == [True]
     assert all(r['tokens_per_s'] > 0 for r in rows if 'tokens_per_s' in r)
     assert {r['name'] for r in rows if r['bench'] == 'scorer'} == {'pep8', 'pii'}
 
@@ -85,9 +87,9 @@ def test_every_size_is_a_valid_training_config(monkeypatch):
     import train
     monkeypatch.chdir(ROOT_DIR)
     for (task, size), plan in repro.TASK_SIZE.items():
-        for method in repro.METHODS:
-            cfg = train.load_config([f'config/{task}_{method}.py'] + repro.SIZES[size] + plan['train'])
-            assert cfg.method == method and cfg.total_batch_size % cfg.batch_size == 0
+        for name in repro.RUNS:
+            cfg = train.load_config([f'config/{task}_{name}.py'] + repro.SIZES[size] + plan['train'])
+            assert cfg.method == repro.VARIANTS.get(name, name) and cfg.total_batch_size % cfg.batch_size == 0
 
 
 def test_across_seeds_by_hand():
