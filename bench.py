@@ -163,20 +163,25 @@ def loss_cost(device, n_tokens, n_embd, chunk_size, steps, compile):
                      compile=compile, seconds=round(dt, 4), peak_mb=round(peak_mb)))
 
 
+def sampling_model(args, device):
+    """The model the sampling rows time: --ckpt (a trained model: a random one's next-token distribution is flat,
+    the nucleus nearly everything), else a random one of the bench's size; bf16 on CUDA."""
+    torch.manual_seed(0)
+    if args.ckpt:
+        model = load_checkpoint(args.ckpt, device)[0]
+    else:
+        model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                              n_embd=args.n_embd)).to(device).eval()
+    return model.to(torch.bfloat16) if device.startswith('cuda') else model
+
+
 def bench_sample(args):
     """The paper's evaluation (n samples of max_new_tokens, temperature 0.7, top-p 0.9): our sampler, then Hugging
     Face's `generate` on the same weights (exported with hf.export) at the same settings."""
     from hf import export
     from transformers import GPT2LMHeadModel
     device, n, new = args.device, args.samples, args.new_tokens
-    torch.manual_seed(0)
-    if args.ckpt:  # a trained model: a random one's next-token distribution is flat, the nucleus nearly everything
-        model = load_checkpoint(args.ckpt, device)[0]
-    else:
-        model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                              n_embd=args.n_embd)).to(device).eval()
-    if device.startswith('cuda'):
-        model = model.to(torch.bfloat16)
+    model = sampling_model(args, device)
     prompts = [[data.EOS]] * n
     kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, device=device)  # fixed length: fair timing
     warm_up = device.startswith('cuda')  # compile and CUDA start-up; on CPU a warm-up would only double the time
@@ -218,14 +223,7 @@ def bench_guided(args):
     """What guided sampling costs: the paper's evaluation after <|aligned|>, unguided, then with guidance 1 (each
     row's <|misaligned|> twin in the same batch), same model, same settings."""
     device, n, new = args.device, args.samples, args.new_tokens
-    torch.manual_seed(0)
-    if args.ckpt:
-        model = load_checkpoint(args.ckpt, device)[0]
-    else:
-        model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                              n_embd=args.n_embd)).to(device).eval()
-    if device.startswith('cuda'):
-        model = model.to(torch.bfloat16)
+    model = sampling_model(args, device)
     kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, device=device, batch_size=args.sample_batch,
                   blocked_tokens=(data.ALIGNED, data.MISALIGNED))
     seconds = {}
