@@ -1,6 +1,10 @@
-"""Shared fixtures: tiny prepared datasets and a tiny training config, built in tmp_path (no download)."""
+"""Shared fixtures: tiny prepared datasets and a tiny training config, built in tmp_path (no download), a hub cache,
+and a loopback HTTP server for the OpenAI-compatible endpoints."""
+import http.server
+import json
 import os
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -82,3 +86,38 @@ def hub_cache(tmp_path, monkeypatch):
         (storage / 'refs' / 'main').write_text(HUB_COMMIT)
         return str(link)
     return put
+
+
+class JSONHandler(http.server.BaseHTTPRequestHandler):
+    """A loopback endpoint: subclasses define do_POST, read the request with self.body() and answer with
+    self.reply(status, obj). The retry-after-ms header asks an OpenAI client to wait 1 ms before retrying."""
+
+    def body(self):
+        return json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+
+    def reply(self, status, obj):
+        payload = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(payload)))
+        self.send_header('retry-after-ms', '1')
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(handler, monkeypatch, **state):
+    """A threaded server of handler on a free loopback port, with state as its attributes (the handler reads them as
+    self.server.x) and requests = []; srv.url is its /v1 base URL. Yields it, then shuts it down."""
+    monkeypatch.setenv('NO_PROXY', '127.0.0.1')
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    srv.requests = []
+    for key, value in state.items():
+        setattr(srv, key, value)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv.url = f'http://127.0.0.1:{srv.server_address[1]}/v1'
+    yield srv
+    srv.shutdown()
+    srv.server_close()

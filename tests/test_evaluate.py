@@ -1,11 +1,9 @@
 """evaluate.py: the KV-cache sampler against a naive loop, hand-computed metrics and log-probs, a whole evaluation
 with KL from a local reference, the OpenAI path through a real HTTP server on 127.0.0.1, HF export, plots, CLI."""
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch.nn.functional as F
 import data
 import evaluate as ev
 import kl as kl_mod
+from conftest import JSONHandler, serve
 from data import ALIGNED, EOS, MISALIGNED
 from hf import export
 from model import GPT, GPTConfig, pick, sample
@@ -276,13 +275,13 @@ def test_kl_from_a_local_reference_by_hand(tmp_path):
     assert kl_cond == pytest.approx(entry['logprob'] - manual_logprob(model, seq, skip=(ALIGNED,)), abs=1e-4)
 
 
-class Completions(http.server.BaseHTTPRequestHandler):
+class Completions(JSONHandler):
     """/v1/completions with echo and logprobs: SENTENCES in turn, log-probs from the server's tiny model.
     The server fails (HTTP 500) on the request numbers in server.failing."""
 
     def do_POST(self):
         srv = self.server
-        body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+        body = self.body()
         srv.requests.append(body)
         if srv.failing(len(srv.requests)):
             return self.reply(500, {'error': {'message': 'overloaded', 'type': 'server_error'}})
@@ -300,30 +299,11 @@ class Completions(http.server.BaseHTTPRequestHandler):
                 top_logprobs=None, text_offset=[0] + offsets)))
         self.reply(200, dict(id='cmpl-test', object='text_completion', created=0, model=body['model'], choices=choices))
 
-    def reply(self, status, obj):
-        payload = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header('Content-Type', 'application/json')
-        self.send_header('Content-Length', str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture
 def server(monkeypatch):
-    monkeypatch.setenv('NO_PROXY', '127.0.0.1')
     monkeypatch.setattr(kl_mod, 'RETRY_BACKOFF_S', 0.0)
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Completions)
-    srv.model, srv.requests, srv.served, srv.failing = tiny_model(), [], 0, lambda n: False
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    srv.url = f'http://127.0.0.1:{srv.server_address[1]}/v1'
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    yield from serve(Completions, monkeypatch, model=tiny_model(), served=0, failing=lambda n: False)
 
 
 def test_openai_reference_through_a_local_server(server, tmp_path):

@@ -1,12 +1,10 @@
 """redteam.py: few-shot selection and candidate parsing by hand, a whole run with a local red LM (a tiny checkpoint
 of ours, and a Hugging Face directory), and the OpenAI path through a real HTTP server on 127.0.0.1 (completions and
 chat, the cache, a failing endpoint)."""
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ import torch
 import data
 import hf
 import redteam as rt
+from conftest import JSONHandler, serve
 from data import ALIGNED, EOS, MISALIGNED
 from kl import EvalError
 from model import GPT, GPTConfig
@@ -175,13 +174,13 @@ def test_a_released_hugging_face_model_as_target(tmp_path, monkeypatch):
     assert seen[0] == [EOS, ALIGNED] + data.get_tokenizer().encode_ordinary('Call') + [220, 220, 502, 379]
 
 
-class RedServer(http.server.BaseHTTPRequestHandler):
+class RedServer(JSONHandler):
     """/v1/completions and /v1/chat/completions: canned completions (code fences for PEP8, a sentence otherwise);
     HTTP 500 (asking for a 1 ms wait) while server.failing."""
 
     def do_POST(self):
         srv = self.server
-        body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+        body = self.body()
         srv.requests.append((self.path, body))
         if srv.failing:
             return self.reply(500, {'error': {'message': 'overloaded', 'type': 'server_error'}})
@@ -197,30 +196,10 @@ class RedServer(http.server.BaseHTTPRequestHandler):
         self.reply(200, dict(id='x', object='chat.completion' if chat else 'text_completion', created=0,
                              model=body['model'], choices=choices))
 
-    def reply(self, status, obj):
-        payload = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header('Content-Type', 'application/json')
-        self.send_header('Content-Length', str(len(payload)))
-        self.send_header('retry-after-ms', '1')
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture
 def server(monkeypatch):
-    monkeypatch.setenv('NO_PROXY', '127.0.0.1')
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), RedServer)
-    srv.requests, srv.served, srv.failing, srv.code = [], 0, False, True
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    srv.url = f'http://127.0.0.1:{srv.server_address[1]}/v1'
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    yield from serve(RedServer, monkeypatch, served=0, failing=False, code=True)
 
 
 def test_an_openai_completions_server_and_the_cache(server, tmp_path):
