@@ -1,6 +1,7 @@
 """The paper's datasets as prepare.py gets them from the hub, offline: parquet and JSON-lines shards in the paper's
 schemas, stored in a Hugging Face cache laid out as a download leaves it (conftest.hub_cache), read through the hub
 client's own snapshot_download; an interrupted run resumed after its finished shards, byte for byte."""
+import contextlib
 import gzip
 import io
 import json
@@ -133,8 +134,10 @@ def test_resume_reads_only_the_unfinished_shards(tmp_path, toxicity_hub, monkeyp
     assert output(out) == output(other)
 
 
-def test_parts_of_a_live_run_are_refused_and_of_a_killed_one_resumed(tmp_path, toxicity_hub, monkeypatch, capsys):
-    out = str(tmp_path / 'out')
+@contextlib.contextmanager
+def interrupted_at_second_shard(monkeypatch):
+    """prepare.prepare inside it is interrupted (KeyboardInterrupt, as Ctrl-C) at the second shard's first document;
+    afterwards prepare reads shards as before. (monkeypatch.undo() would undo the hub cache too.)"""
     process_item = prepare.process_item
 
     def interrupted(kind, payload, key, nbytes):
@@ -143,8 +146,14 @@ def test_parts_of_a_live_run_are_refused_and_of_a_killed_one_resumed(tmp_path, t
         return process_item(kind, payload, key, nbytes)
     monkeypatch.setattr(prepare, 'process_item', interrupted)
     with pytest.raises(KeyboardInterrupt):
-        prepare.prepare('toxicity', '', out, min_val_docs=1, processes=1, progress=False)
+        yield
     monkeypatch.setattr(prepare, 'process_item', process_item)
+
+
+def test_parts_of_a_live_run_are_refused_and_of_a_killed_one_resumed(tmp_path, toxicity_hub, monkeypatch, capsys):
+    out = str(tmp_path / 'out')
+    with interrupted_at_second_shard(monkeypatch):
+        prepare.prepare('toxicity', '', out, min_val_docs=1, processes=1, progress=False)
     manifest_path = os.path.join(out + '.parts', 'manifest.json')
     with open(manifest_path) as f:
         manifest = json.load(f)
@@ -165,17 +174,9 @@ def test_max_docs_cuts_across_shards_and_resumes(tmp_path, toxicity_hub, monkeyp
     whole = str(tmp_path / 'whole')
     s = prepare.prepare('toxicity', '', whole, min_val_docs=1, max_docs=20, processes=1, progress=False)
     assert s['documents']['train'] + s['documents']['val'] + 2 == 20  # 12 of shard 1, 8 of shard 2; 2 skipped
-    process_item = prepare.process_item
-
-    def interrupted(kind, payload, key, nbytes):
-        if key == 'data/train-00001-of-00003.parquet:0':
-            raise KeyboardInterrupt
-        return process_item(kind, payload, key, nbytes)
-    monkeypatch.setattr(prepare, 'process_item', interrupted)
     out = str(tmp_path / 'out')
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_second_shard(monkeypatch):
         prepare.prepare('toxicity', '', out, min_val_docs=1, max_docs=20, processes=1, progress=False)
-    monkeypatch.setattr(prepare, 'process_item', process_item)
     prepare.prepare('toxicity', '', out, min_val_docs=1, max_docs=20, processes=1, progress=False)
     assert output(out) == output(whole)
 
