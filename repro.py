@@ -248,6 +248,13 @@ def fmt_compare(c):
 # ----------------------------------------------------------------------------------------------------------------
 # The table over seeds
 
+def mean_cell(evals, key, spec):
+    """The mean of a figure over the runs' evaluations; '–' where none has it (a guided run is the conditional model
+    sampled again, so it has no validation loss of its own)."""
+    values = [e[key] for e in evals if key in e]
+    return format(np.mean(values), spec) if values else '–'
+
+
 def seeds_table(figures, runs):
     """Per method and scenario: hit rate and score as mean ± standard deviation over seeds, the per-run intervals,
     how many seeds are below MLE beyond noise, validation loss, KL(MLE || model), the samples' distinct bigrams
@@ -272,10 +279,8 @@ def seeds_table(figures, runs):
                            f"{100 * f['hit_rate_ci'][1]:.1f}]" for _, f in rows),
                  '; '.join(f"{f['score']:.2g} [{f['score_ci'][0]:.2g}, {f['score_ci'][1]:.2g}]" for _, f in rows),
                  '–' if method == 'mle' else f"{below[0]} / {below[1]} of {len(rows)}",
-                 f"{np.mean([e.get('val_loss', np.nan) for e in evals]):.3f}",
-                 f"{np.mean([e.get('kl', np.nan) for e in evals]):.2f}",
-                 f"{np.mean([e.get(f'{scenario}/distinct-2', np.nan) for e in evals]):.3f}",
-                 f"{np.mean([e.get(f'{scenario}/samples_per_s', np.nan) for e in evals]):.1f}"]
+                 mean_cell(evals, 'val_loss', '.3f'), mean_cell(evals, 'kl', '.2f'),
+                 mean_cell(evals, f'{scenario}/distinct-2', '.3f'), mean_cell(evals, f'{scenario}/samples_per_s', '.1f')]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 

@@ -43,6 +43,9 @@ def test_repro_all_methods(tmp_path, monkeypatch, capsys):
     assert report.count('\nseed 42 ') == 13  # 8 runs, cond and cond_k5 after <|misaligned|> and compared, guided
     assert '\nseed 42 cond   <|aligned|> γ=1.5 hits ' in report and '| cond | <|aligned|> γ=1.5 | 1 |' in report
     assert 'across' not in report  # one seed: no interval over seeds
+    guided_row = next(r for r in report.splitlines() if r.startswith('| cond | <|aligned|> γ=1.5 |')).split(' | ')
+    assert guided_row[8] == '–' and float(guided_row[9]) == pytest.approx(guided['kl'], abs=0.01)  # no val loss
+    assert not [r for r in report.splitlines() if r.startswith('| ') and 'nan' in r]  # (0/0 ratios print xnan)
     for name in ('plot_score_vs_tokens.png', 'plot_pareto.png'):
         assert os.path.getsize(os.path.join(results, name)) > 1000
     capsys.readouterr()
