@@ -280,7 +280,8 @@ def seeds_table(figures, runs):
                  '; '.join(f"{f['score']:.2g} [{f['score_ci'][0]:.2g}, {f['score_ci'][1]:.2g}]" for _, f in rows),
                  '–' if method == 'mle' else f"{below[0]} / {below[1]} of {len(rows)}",
                  mean_cell(evals, 'val_loss', '.3f'), mean_cell(evals, 'kl', '.2f'),
-                 mean_cell(evals, f'{scenario}/distinct-2', '.3f'), mean_cell(evals, f'{scenario}/samples_per_s', '.1f')]
+                 mean_cell(evals, f'{scenario}/distinct-2', '.3f'),
+                 mean_cell(evals, f'{scenario}/samples_per_s', '.1f')]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
