@@ -237,7 +237,20 @@ def across_seeds(figures, runs):
                  if f'{name}/misaligned' in figures[s]]
         if len(pairs) >= 2:
             line(f"{name} <|aligned|> minus <|misaligned|>", pairs)
+    for name in filter(beyond_the_paper, names):
+        key = f'{name}/unconditional'
+        pairs = [(figures[s][key], figures[s]['cond/unconditional']) for s in seeds
+                 if key in figures[s] and 'cond/unconditional' in figures[s]]
+        if len(pairs) >= 2:
+            method, label = run_label(name, 'unconditional')
+            line(f"{method} {label} minus cond <|aligned|>", pairs)
     return lines
+
+
+def beyond_the_paper(name):
+    """Whether a run is one of the techniques beyond the paper (guided sampling, graded tokens, masking): each is also
+    compared with conditional training, the paper's best method, over the seeds."""
+    return name.startswith(GUIDED) or name in VARIANTS or name == 'mask'
 
 
 def fmt_compare(c):

@@ -113,3 +113,23 @@ def test_across_seeds_by_hand():
     assert lines[2].startswith('across 3 seeds, cond <|aligned|> minus <|misaligned|>: hits -1.57 points ')
     assert len(lines) == 3
     assert repro.across_seeds({42: figures[42]}, {42: runs[42]}) == []
+
+
+def test_across_seeds_beyond_the_paper_against_cond():
+    f = lambda hit, score: dict(hit_rate=hit, score=score)
+    figures = {42: {'mle/unconditional': f(0.40, 4e-3), 'cond/unconditional': f(0.30, 2e-3),
+                    'cond_guided1/unconditional': f(0.17, 1e-3), 'mask/unconditional': f(0.35, 3e-3)},
+               43: {'mle/unconditional': f(0.30, 3e-3), 'cond/unconditional': f(0.12, 1e-3),
+                    'cond_guided1/unconditional': f(0.07, 1e-3), 'mask/unconditional': f(0.30, 3e-3)},
+               44: {'mle/unconditional': f(0.40, 4e-3), 'cond/unconditional': f(0.15, 1e-3),
+                    'cond_guided1/unconditional': f(0.07, 5e-4)}}
+    runs = {s: {name.split('/')[0]: {} for name in figures[s]} for s in figures}
+    lines = [line for line in repro.across_seeds(figures, runs) if 'minus cond' in line]
+    # guided minus cond, hits: -13, -5, -8 points -> mean -8.67, sd 4.04, se 2.33, t(2) 4.303 -> ± 10.04
+    assert lines[0].startswith('across 3 seeds, cond <|aligned|> γ=1 minus cond <|aligned|>: hits -8.67 points '
+                               '[-18.71, +1.37] (no difference (inside the noise))')
+    # mask minus cond in the two seeds that have mask: +5, +18 points -> mean +11.5, sd 9.19, t(1) 12.706 -> ± 82.6
+    assert lines[1].startswith('across 2 seeds, mask unconditional minus cond <|aligned|>: hits +11.50 points '
+                               '[-71.09, +94.09]')
+    assert len(lines) == 2
+    assert not repro.beyond_the_paper('cond') and not repro.beyond_the_paper('ul')
