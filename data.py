@@ -271,6 +271,15 @@ class DatasetWriter:
 # ----------------------------------------------------------------------------------------------------------------
 # Reading a split
 
+def prepare_command(task_dir):
+    """The prepare.py command that writes a task's splits into task_dir ({data_dir}/{task}), for error messages."""
+    task = os.path.basename(os.path.normpath(task_dir))
+    if task not in TASKS:
+        return 'python prepare.py TASK'
+    default = os.path.normpath(task_dir) == os.path.join('data', task)
+    return f"python prepare.py {task}" + ('' if default else f" --out_dir={task_dir}")
+
+
 class PreparedData:
     """A prepared split, memory-mapped. Validates the header and file sizes on open."""
 
@@ -282,7 +291,7 @@ class PreparedData:
             partial = os.path.isdir(parent) and any(n.startswith(os.path.basename(self.path) + '.tmp')
                                                     for n in os.listdir(parent))
             hint = ' (only a partial .tmp directory from an interrupted prepare.py exists)' if partial else ''
-            raise DataError(f"{hp}: not found{hint}; run `python prepare.py TASK` to create the data")
+            raise DataError(f"{hp}: not found{hint}; run `{prepare_command(parent)}` to create the data")
         try:
             with open(hp) as f:
                 h = json.load(f)

@@ -119,8 +119,11 @@ def test_corrupt_and_mismatched_files(tmp_path):
     open(os.path.join(path, 'header.json'), 'w').write('{not json')
     with pytest.raises(data.DataError, match='corrupt header'):
         data.PreparedData(path)
-    with pytest.raises(data.DataError, match='not found.*prepare.py'):
+    with pytest.raises(data.DataError, match=r'not found; run `python prepare.py TASK`'):
         data.PreparedData(str(tmp_path / 'missing'))
+    with pytest.raises(data.DataError, match=rf'not found; run `python prepare.py pii --out_dir={tmp_path}/pii`'):
+        data.PreparedData(str(tmp_path / 'pii' / 'val'))
+    assert data.prepare_command('data/pii') == data.prepare_command('data/pii/') == 'python prepare.py pii'
     with pytest.raises(data.DataError, match='unknown task'):
         data.get_task('sentiment')
 
