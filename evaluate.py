@@ -16,7 +16,8 @@ Metrics, per scenario S: S/score (the paper's misalignment score: the mean), S/s
 the task's threshold), S/distinct-1 and -2, S/length (characters), S/truncated (share that hit the token budget),
 S/samples_per_s. PEP8 also: S/score_complete_lines (and its max@25, num_hits): the same without the cut last line of
 truncated samples, which pycodestyle otherwise counts; S/degenerate: the share left out of it as too short. Then
-val_loss (plain cross-entropy on the val split) and kl (KL(reference || model), nats per sample).
+val_loss (plain cross-entropy on the val split; val_loss_aligned: on its aligned segments' tokens) and kl
+(KL(reference || model), nats per sample).
 """
 import json
 import os
@@ -98,24 +99,30 @@ def control_token_gap(model, val_dir, edges, n_segments=CONTROL_GAP_SEGMENTS, de
 
 
 @torch.no_grad()
-def val_loss(model, split, block_size, batch_size, n_batches, device, autocast_ctx=nullcontext()):
+def val_loss(model, split, block_size, batch_size, n_batches, device, threshold=None):
     """Plain next-token cross-entropy, whatever the training objective (so methods compare), over the first
-    n_batches·batch_size blocks of a prepared split in order: the same tokens at every evaluation."""
+    n_batches·batch_size blocks of a prepared split in order: the same tokens at every evaluation. {'val_loss': ...},
+    with a threshold also 'val_loss_aligned': over the targets of segments scored <= threshold only (the text mask is
+    trained to write); not for a model without our space runs, whose re-split tokens no longer match the scores."""
     split = split if isinstance(split, data.PreparedData) else data.PreparedData(split)
     loader = data.BlockLoader(split, block_size, batch_size)
     n = min(n_batches * batch_size, loader.n_blocks)
-    total = torch.zeros((), device=device)
+    resplit = model.config.vocab_size < data.VOCAB_SIZE
+    threshold = None if resplit else threshold
+    sums = torch.zeros(3, device=device)  # the loss over all targets, over the aligned ones, and how many those are
     for b in range(0, n, batch_size):
-        x, y, _ = loader.batch(range(b, min(b + batch_size, n)))
-        if model.config.vocab_size < data.VOCAB_SIZE:  # without our space runs: each run as single spaces
+        x, y, rewards = loader.batch(range(b, min(b + batch_size, n)))
+        if resplit:  # without our space runs: each run as single spaces
             rows = [hf.model_ids(np.append(a, c[-1]).tolist(), model.config.vocab_size)[:block_size + 1]
                     for a, c in zip(x, y)]
             x, y = np.array(rows)[:, :-1], np.array(rows)[:, 1:]
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        with autocast_ctx:
-            logits = logits_only(model(x))[..., :model.config.vocab_size]  # the distribution we sample from
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction='sum')
-    return total.item() / (n * block_size)
+        logits = logits_only(model(x))[..., :model.config.vocab_size]  # the distribution we sample from
+        losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction='none')
+        aligned = torch.from_numpy(-rewards.flatten() <= (np.inf if threshold is None else threshold)).to(device)
+        sums += torch.stack([losses.sum(), losses[aligned].sum(), aligned.sum()])
+    aligned_loss = dict(val_loss_aligned=(sums[1] / sums[2]).item()) if threshold is not None and sums[2] else {}
+    return dict(val_loss=sums[0].item() / (n * block_size), **aligned_loss)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -308,8 +315,8 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
     try:
         with autocast_ctx:
             if cfg.eval_iters:
-                part('val_loss', lambda: dict(val_loss=val_loss(model, val_dir, cfg.block_size, cfg.eval_batch_size,
-                                                                cfg.eval_iters, device)))
+                part('val_loss', lambda: val_loss(model, val_dir, cfg.block_size, cfg.eval_batch_size, cfg.eval_iters,
+                                                  device, threshold=cfg.cond_threshold))
             if cfg.eval_iters and cfg.method == 'cond':
                 part('control_gap', lambda: control_token_gap(model, val_dir, cond_edges(
                     cfg.task, cfg.data_dir, cfg.cond_threshold, getattr(cfg, 'cond_bins', 2)), device=device))

@@ -270,11 +270,11 @@ def mean_cell(evals, key, spec):
 
 def seeds_table(figures, runs):
     """Per method and scenario: hit rate and score as mean ± standard deviation over seeds, the per-run intervals,
-    how many seeds are below MLE beyond noise, validation loss, KL(MLE || model), the samples' distinct bigrams
-    (diversity) and sampling speed, means over seeds."""
+    how many seeds are below MLE beyond noise, validation loss (all tokens, and those of aligned segments only),
+    KL(MLE || model), the samples' distinct bigrams (diversity) and sampling speed, means over seeds."""
     head = ['method', 'samples after', 'seeds', 'hit rate, mean ± sd', 'score, mean ± sd', 'per-run hit rate [95%]',
-            'per-run score [95%]', 'below MLE beyond noise (hits / score)', 'val loss', 'KL(MLE‖model)', 'distinct-2',
-            'samples/s']
+            'per-run score [95%]', 'below MLE beyond noise (hits / score)', 'val loss', 'val loss, aligned tokens',
+            'KL(MLE‖model)', 'distinct-2', 'samples/s']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     keys = sorted({k for per_seed in figures.values() for k in per_seed if not k.endswith('/aligned_vs_misaligned')},
                   key=lambda k: (run_order(k.split('/')[0]), k))
@@ -292,7 +292,8 @@ def seeds_table(figures, runs):
                            f"{100 * f['hit_rate_ci'][1]:.1f}]" for _, f in rows),
                  '; '.join(f"{f['score']:.2g} [{f['score_ci'][0]:.2g}, {f['score_ci'][1]:.2g}]" for _, f in rows),
                  '–' if method == 'mle' else f"{below[0]} / {below[1]} of {len(rows)}",
-                 mean_cell(evals, 'val_loss', '.3f'), mean_cell(evals, 'kl', '.2f'),
+                 mean_cell(evals, 'val_loss', '.3f'), mean_cell(evals, 'val_loss_aligned', '.3f'),
+                 mean_cell(evals, 'kl', '.2f'),
                  mean_cell(evals, f'{scenario}/distinct-2', '.3f'),
                  mean_cell(evals, f'{scenario}/samples_per_s', '.1f')]
         lines.append('| ' + ' | '.join(cells) + ' |')

@@ -154,7 +154,25 @@ def test_val_loss_is_plain_cross_entropy_on_the_first_blocks(tiny_data):
     loss = ev.val_loss(model, split, 16, 2, 2, 'cpu')
     x, y, _ = data.BlockLoader(split, 16, 2).batch(range(4))
     logits = model(torch.from_numpy(x))[..., :model.config.vocab_size]
-    assert loss == pytest.approx(F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(y).flatten()).item(), 1e-5)
+    want = F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(y).flatten()).item()
+    assert loss == {'val_loss': pytest.approx(want, 1e-5)}
+
+
+@torch.no_grad()
+def test_val_loss_aligned_counts_the_targets_scored_at_most_the_threshold(tiny_data):
+    model = tiny_model()
+    split = data.PreparedData(os.path.join(tiny_data, 'pep8', 'val'))
+    x, y, rewards = data.BlockLoader(split, 16, 2).batch(range(4))
+    logits = model(torch.from_numpy(x))[..., :model.config.vocab_size]
+    losses = F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(y).flatten(), reduction='none')
+    scores = torch.from_numpy(-rewards.flatten())
+    threshold = scores.unique()[3].item()  # the 4th lowest of the 8 scores these 64 targets carry (0.0367): 10 have it
+    assert int((scores <= threshold).sum()) == 32 and int((scores < threshold).sum()) == 22
+    got = ev.val_loss(model, split, 16, 2, 2, 'cpu', threshold=threshold)
+    assert got['val_loss'] == pytest.approx(losses.mean().item(), 1e-5)
+    assert got['val_loss_aligned'] == pytest.approx(losses[scores <= threshold].mean().item(), 1e-5)
+    assert got['val_loss_aligned'] != pytest.approx(losses[scores < threshold].mean().item(), 1e-5)  # <=, not <
+    assert ev.val_loss(model, split, 16, 2, 2, 'cpu', threshold=-1.0) == {'val_loss': got['val_loss']}  # none aligned
 
 
 def test_metrics_on_hand_made_inputs():

@@ -31,7 +31,7 @@ def test_repro_all_methods(tmp_path, monkeypatch, capsys):
         if method == 'cond_guided1.5':
             continue
         assert row['method'] == repro.VARIANTS.get(method, method)
-        assert row['val_loss'] > 0 and 'unconditional/score' in row
+        assert row['val_loss'] > 0 and row['val_loss_aligned'] > 0 and 'unconditional/score' in row
         # the MLE model is the KL reference: 0 by definition; the others' is an estimate from 4 samples
         assert row['kl'] == 0 if method == 'mle' else math.isfinite(row['kl']) and row['kl'] != 0
     figures = summary['figures']['42']
@@ -44,7 +44,8 @@ def test_repro_all_methods(tmp_path, monkeypatch, capsys):
     assert '\nseed 42 cond   <|aligned|> γ=1.5 hits ' in report and '| cond | <|aligned|> γ=1.5 | 1 |' in report
     assert 'across' not in report  # one seed: no interval over seeds
     guided_row = next(r for r in report.splitlines() if r.startswith('| cond | <|aligned|> γ=1.5 |')).split(' | ')
-    assert guided_row[8] == '–' and float(guided_row[9]) == pytest.approx(guided['kl'], abs=0.01)  # no val loss
+    assert guided_row[8] == guided_row[9] == '–'  # no validation losses: the weights are cond's
+    assert float(guided_row[10]) == pytest.approx(guided['kl'], abs=0.01)
     assert not [r for r in report.splitlines() if r.startswith('| ') and 'nan' in r]  # (0/0 ratios print xnan)
     for name in ('plot_score_vs_tokens.png', 'plot_pareto.png'):
         assert os.path.getsize(os.path.join(results, name)) > 1000
