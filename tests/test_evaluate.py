@@ -211,6 +211,7 @@ def eval_cfg(tmp_path, **kw):
                eval_max_new_tokens=6, eval_scenarios='', eval_prompts='', kl_reference='', kl_base_url='', kl_samples=6,
                eval_guidance=0.0)
     cfg.update(kw)
+    cfg.setdefault('cond_threshold', data.TASKS[cfg['task']].cond_threshold)  # as train.py's config resolves it
     return SimpleNamespace(**cfg)
 
 
