@@ -215,7 +215,11 @@ def across_seeds(figures, runs):
         return []
     lines = []
 
-    def line(what, pairs):
+    def line(what, key, base):
+        """The paired interval of key's figures minus base's, over the seeds that have both (at least two)."""
+        pairs = [(figures[s][key], figures[s][base]) for s in seeds if key in figures[s] and base in figures[s]]
+        if len(pairs) < 2:
+            return
         hit = [a['hit_rate'] - b['hit_rate'] for a, b in pairs]
         score = [a['score'] - b['score'] for a, b in pairs]
         hit_ci, score_ci = stats.paired_t_interval(hit), stats.paired_t_interval(score)
@@ -225,25 +229,14 @@ def across_seeds(figures, runs):
 
     names = sorted({name for rs in runs.values() for name in rs}, key=run_order)
     for name in names:
-        for scenario in ('unconditional', 'misaligned'):
-            key = f'{name}/{scenario}'
-            pairs = [(figures[s][key], figures[s]['mle/unconditional']) for s in seeds
-                     if key in figures[s] and 'mle/unconditional' in figures[s] and name != 'mle']
-            if len(pairs) >= 2:
-                method, label = run_label(name, scenario)
-                line(f"{method} {label} minus MLE", pairs)
+        for scenario in ('unconditional', 'misaligned') if name != 'mle' else ():
+            method, label = run_label(name, scenario)
+            line(f"{method} {label} minus MLE", f'{name}/{scenario}', 'mle/unconditional')
     for name in filter(conditional, names):
-        pairs = [(figures[s][f'{name}/unconditional'], figures[s][f'{name}/misaligned']) for s in seeds
-                 if f'{name}/misaligned' in figures[s]]
-        if len(pairs) >= 2:
-            line(f"{name} <|aligned|> minus <|misaligned|>", pairs)
+        line(f"{name} <|aligned|> minus <|misaligned|>", f'{name}/unconditional', f'{name}/misaligned')
     for name in filter(beyond_the_paper, names):
-        key = f'{name}/unconditional'
-        pairs = [(figures[s][key], figures[s]['cond/unconditional']) for s in seeds
-                 if key in figures[s] and 'cond/unconditional' in figures[s]]
-        if len(pairs) >= 2:
-            method, label = run_label(name, 'unconditional')
-            line(f"{method} {label} minus cond <|aligned|>", pairs)
+        method, label = run_label(name, 'unconditional')
+        line(f"{method} {label} minus cond <|aligned|>", f'{name}/unconditional', 'cond/unconditional')
     return lines
 
 
