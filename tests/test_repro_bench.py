@@ -94,6 +94,9 @@ def test_every_size_is_a_valid_training_config(monkeypatch):
         for name in repro.RUNS:
             cfg = train.load_config([f'config/{task}_{name}.py'] + repro.SIZES[size] + plan['train'])
             assert cfg.method == repro.VARIANTS.get(name, name) and cfg.total_batch_size % cfg.batch_size == 0
+    demo = train.load_config(['config/pii_cond.py'] + repro.SIZES['cpu'] + repro.TASK_SIZE['pii', 'cpu']['train'])
+    # the README's demo figures: 1,000 steps of 8 x 128 tokens, 1,024 samples per scenario
+    assert (demo.max_tokens, demo.total_batch_size, demo.block_size, demo.eval_samples) == (1_024_000, 8, 128, 1024)
 
 
 def test_across_seeds_by_hand():
