@@ -3,7 +3,7 @@ The paper's comparison at small scale, on data that needs no download: prepare a
 own text, train each method on it with the same budget and seed, evaluate all the same way, and say, with 95%
 intervals, whether each method writes less of the undesirable content than MLE.
 
-    python repro.py pii                                    # the demo: MLE vs conditional training, ~22 min on 2 cores
+    python repro.py pii                                    # the demo: MLE vs conditional training, ~21 min on 2 cores
     python repro.py pii --seeds=42,43,44,45,46 --guidance=1,2   # five seeds; also sample cond with guidance
     python repro.py pii --methods=all --extra=--max_tokens=256000   # six methods, mask and cond_k5 at a quarter of
                                                            # the demo's budget (~5 min a run)
