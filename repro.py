@@ -259,10 +259,13 @@ def fmt_compare(c):
 # The table over seeds
 
 def mean_cell(evals, key, spec):
-    """The mean of a figure over the runs' evaluations; '–' where none has it (a guided run is the conditional model
-    sampled again, so it has no validation loss of its own)."""
+    """The mean of a figure over the runs' evaluations, saying over how many where not all have it (runs evaluated
+    before the figure existed); '–' where none has it (a guided run is the conditional model sampled again, so it
+    has no validation loss of its own)."""
     values = [e[key] for e in evals if key in e]
-    return format(np.mean(values), spec) if values else '–'
+    if not values:
+        return '–'
+    return format(np.mean(values), spec) + ('' if len(values) == len(evals) else f" ({len(values)} of {len(evals)})")
 
 
 def seeds_table(figures, runs):

@@ -137,3 +137,10 @@ def test_across_seeds_beyond_the_paper_against_cond():
                                '[-71.09, +94.09]')
     assert len(lines) == 2
     assert not repro.beyond_the_paper('cond') and not repro.beyond_the_paper('ul')
+
+
+def test_mean_cell_says_over_how_many_runs():
+    # seeds evaluated before val_loss_aligned existed lack it: their mean must not pass for the mean of all
+    assert repro.mean_cell([{'v': 4.0}, {'v': 5.0}], 'v', '.3f') == '4.500'
+    assert repro.mean_cell([{'v': 4.0}, {'v': 5.0}, {}], 'v', '.3f') == '4.500 (2 of 3)'
+    assert repro.mean_cell([{}, {}], 'v', '.3f') == '–'
