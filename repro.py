@@ -12,10 +12,10 @@ intervals, whether each method writes less of the undesirable content than MLE.
 
 Results go to results/{task}_{size}/: results.md (the verdicts and the table), results.json, plot_score_vs_tokens.png
 and plot_pareto.png (score against KL from the MLE model of the same seed), settings.json, and each run's directory
-seed{S}/{method} (guided evaluations of the conditional model: seed{S}/cond_guided{γ}; cond_k5 is conditional
-training with K = 5 graded control tokens, VARIANTS). With several seeds, each
-method's per-seed differences from MLE get a paired t interval. A run already evaluated is skipped; a results folder
-made with other settings is refused.
+seed{S}/{method} (guided evaluations of the conditional model: seed{S}/cond_guided{γ}; VARIANTS: cond_k5 is conditional
+training with K = 5 graded control tokens, mle_reinit MLE again from other initial weights). With several seeds, each
+method's per-seed differences from MLE (and from mle_reinit, where it ran) get a paired t interval. A run already
+evaluated is skipped; a results folder made with other settings is refused.
 """
 import argparse
 import json
@@ -86,8 +86,17 @@ def check_settings(results, settings):
         json.dump(settings, f, indent=1)
 
 
-VARIANTS = {'cond_k5': 'cond'}  # run name: its method; trained from config/{task}_{run name}.py (K = 5 graded)
+VARIANTS = {  # run name: (its method, its config config/{task}_{name}.py, more train.py arguments)
+    'cond_k5': ('cond', 'cond_k5', []),  # K = 5 graded control tokens
+    # MLE again from other initial weights on the same data order: how far a second run of one recipe moves the
+    # figures (an A/A baseline), and a second baseline for the other methods
+    'mle_reinit': ('mle', 'mle', ['--init_seed_offset=1000']),
+}
 RUNS = METHODS + tuple(VARIANTS)  # what --methods may name
+
+
+def method_of(name):
+    return VARIANTS[name][0] if name in VARIANTS else name
 
 
 def run_methods(args, methods, seed, results, train_args, median):
@@ -99,7 +108,8 @@ def run_methods(args, methods, seed, results, train_args, median):
         if os.path.exists(os.path.join(run_dir, 'eval.jsonl')):
             print(f"{run_dir}: already evaluated, skipping (delete it to re-run)", flush=True)
             continue
-        argv = [f'config/{args.task}_{method}.py'] + train_args + [
+        config, variant_args = VARIANTS[method][1:] if method in VARIANTS else (method, [])
+        argv = [f'config/{args.task}_{config}.py'] + train_args + variant_args + [
             f'--out_dir={run_dir}', f'--seed={seed}', f'--filter_threshold={median}']
         if os.path.exists(os.path.join(run_dir, 'ckpt.pt')):  # an interrupted run: continue it, then evaluate it
             argv.append('--resume=True')
@@ -120,13 +130,13 @@ def run_order(name):
     if name.startswith(GUIDED):
         return METHODS.index('cond'), 1, float(name[len(GUIDED):])
     if name in VARIANTS:
-        return METHODS.index(VARIANTS[name]), 2, list(VARIANTS).index(name)
+        return METHODS.index(method_of(name)), 2, list(VARIANTS).index(name)
     return METHODS.index(name), 0, 0
 
 
 def conditional(name):
     """Whether a run's model is conditional, so that it was also sampled after <|misaligned|>."""
-    return VARIANTS.get(name, name) == 'cond'
+    return method_of(name) == 'cond'
 
 
 def evaluate_guided(seed, results, guidance):
@@ -241,13 +251,16 @@ def across_seeds(figures, runs):
     for name in filter(beyond_the_paper, names):
         method, label = run_label(name, 'unconditional')
         line(f"{method} {label} minus cond <|aligned|>", f'{name}/unconditional', 'cond/unconditional')
+    for name in [n for n in names if n in METHODS and n != 'mle']:  # against the second MLE run too
+        method, label = run_label(name, 'unconditional')
+        line(f"{method} {label} minus mle_reinit", f'{name}/unconditional', 'mle_reinit/unconditional')
     return lines
 
 
 def beyond_the_paper(name):
     """Whether a run is one of the techniques beyond the paper (guided sampling, graded tokens, masking): each is also
     compared with conditional training, the paper's best method, over the seeds."""
-    return name.startswith(GUIDED) or name in VARIANTS or name == 'mask'
+    return name.startswith(GUIDED) or name in ('cond_k5', 'mask')
 
 
 def fmt_compare(c):

@@ -72,9 +72,9 @@ def set_rng_state(state):
 # device, precision, compile, batch_size: the data order depends on total_batch_size only) may change.
 FIXED_ON_RESUME = ('task', 'method', 'data_dir', 'init_from', 'skip_tokens', 'n_layer', 'n_head', 'n_embd',
                    'block_size', 'dropout', 'bias', 'filter_threshold', 'cond_threshold', 'drop_token_fraction',
-                   'cond_bins',
-                   'ul_threshold', 'ul_soft', 'ul_alpha', 'awr_alpha', 'awr_beta', 'awr_clip_weight_max',
-                   'total_batch_size', 'weight_decay', 'beta1', 'beta2', 'seed')
+                   'cond_bins', 'ul_threshold', 'ul_soft', 'ul_alpha', 'awr_alpha', 'awr_beta',
+                   'awr_clip_weight_max', 'total_batch_size', 'weight_decay', 'beta1', 'beta2', 'seed',
+                   'init_seed_offset')
 
 
 def checkpoint_to_resume(cfg, ckpt_path, max_steps, master):

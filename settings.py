@@ -64,7 +64,8 @@ class TrainConfig:
     dtype: str = 'auto'  # 'auto' (bf16 if supported, else fp16 on GPU; fp32 on CPU), 'float32', 'bfloat16', 'float16'
     compile: Optional[bool] = None  # None: on for CUDA; compiles the model and the loss as one graph
     loss_chunk_size: int = 0  # 0: plain logits; N: log-probs N tokens at a time, never the whole (B, T, vocab) logits
-    seed: int = 42
+    seed: int = 42  # the data order, dropout, and (with init_seed_offset 0) the initial weights
+    init_seed_offset: int = 0  # initial weights from seed + this: a second run of a recipe on the same data order
     # logging, evaluation, checkpoints
     log_interval: int = 10
     ckpt_interval: int = 1000
@@ -91,8 +92,8 @@ class ConfigError(Exception):
 RANGES = (
     ('n_layer n_head n_embd block_size batch_size total_batch_size max_tokens log_interval ckpt_interval '
      'eval_batch_size kl_samples', lambda v: v >= 1, 'at least 1'),
-    ('skip_tokens loss_chunk_size eval_interval eval_iters eval_samples eval_max_new_tokens seed learning_rate '
-     'min_lr weight_decay grad_clip ul_alpha', lambda v: v >= 0, '0 or more'),
+    ('skip_tokens loss_chunk_size eval_interval eval_iters eval_samples eval_max_new_tokens seed init_seed_offset '
+     'learning_rate min_lr weight_decay grad_clip ul_alpha', lambda v: v >= 0, '0 or more'),
     ('dropout drop_token_fraction warmup_frac awr_alpha', lambda v: 0 <= v <= 1, 'between 0 and 1'),
     ('beta1 beta2', lambda v: 0 <= v < 1, 'at least 0 and below 1'),
     ('awr_beta awr_clip_weight_max', lambda v: v > 0, 'above 0'),

@@ -22,15 +22,15 @@ def test_repro_all_methods(tmp_path, monkeypatch, capsys):
             '--guidance=0,1.5']
     repro.main(argv)
     summary = json.load(open(os.path.join(results, 'results.json')))
-    assert list(summary['runs']['42']) == ['mle', 'filter', 'cond', 'cond_guided1.5', 'cond_k5', 'ul', 'awr', 'rwr',
-                                           'mask']
+    assert list(summary['runs']['42']) == ['mle', 'mle_reinit', 'filter', 'cond', 'cond_guided1.5', 'cond_k5', 'ul',
+                                           'awr', 'rwr', 'mask']
     guided = summary['runs']['42']['cond_guided1.5']
     assert guided['guidance'] == 1.5 and guided['step'] == summary['runs']['42']['cond']['step']
     assert 'val_loss' not in guided and math.isfinite(guided['kl'])
     for method, row in summary['runs']['42'].items():
         if method == 'cond_guided1.5':
             continue
-        assert row['method'] == repro.VARIANTS.get(method, method)
+        assert row['method'] == repro.method_of(method)
         assert row['val_loss'] > 0 and row['val_loss_aligned'] > 0 and 'unconditional/score' in row
         # the MLE model is the KL reference: 0 by definition; the others' is an estimate from 4 samples
         assert row['kl'] == 0 if method == 'mle' else math.isfinite(row['kl']) and row['kl'] != 0
@@ -39,8 +39,8 @@ def test_repro_all_methods(tmp_path, monkeypatch, capsys):
         f'{m}/{s}' for m in ('cond', 'cond_k5') for s in ('misaligned', 'aligned_vs_misaligned')}
     assert figures['mle/unconditional']['n'] == 4 and 'hit_verdict' in figures['cond/misaligned']
     report = open(os.path.join(results, 'results.md')).read()
-    assert report.count('\n| ') == 12  # header, 8 runs, cond and cond_k5 after <|misaligned|>, cond guided
-    assert report.count('\nseed 42 ') == 13  # 8 runs, cond and cond_k5 after <|misaligned|> and compared, guided
+    assert report.count('\n| ') == 13  # header, 9 runs, cond and cond_k5 after <|misaligned|>, cond guided
+    assert report.count('\nseed 42 ') == 14  # 9 runs, cond and cond_k5 after <|misaligned|> and compared, guided
     assert '\nseed 42 cond   <|aligned|> γ=1.5 hits ' in report and '| cond | <|aligned|> γ=1.5 | 1 |' in report
     assert 'across' not in report  # one seed: no interval over seeds
     guided_row = next(r for r in report.splitlines() if r.startswith('| cond | <|aligned|> γ=1.5 |')).split(' | ')
@@ -92,8 +92,9 @@ def test_every_size_is_a_valid_training_config(monkeypatch):
     monkeypatch.chdir(ROOT_DIR)
     for (task, size), plan in repro.TASK_SIZE.items():
         for name in repro.RUNS:
-            cfg = train.load_config([f'config/{task}_{name}.py'] + repro.SIZES[size] + plan['train'])
-            assert cfg.method == repro.VARIANTS.get(name, name) and cfg.total_batch_size % cfg.batch_size == 0
+            config, variant_args = repro.VARIANTS.get(name, (name, name, []))[1:]
+            cfg = train.load_config([f'config/{task}_{config}.py'] + repro.SIZES[size] + plan['train'] + variant_args)
+            assert cfg.method == repro.method_of(name) and cfg.total_batch_size % cfg.batch_size == 0
     demo = train.load_config(['config/pii_cond.py'] + repro.SIZES['cpu'] + repro.TASK_SIZE['pii', 'cpu']['train'])
     # the README's demo figures: 1,000 steps of 8 x 128 tokens, 1,024 samples per scenario
     assert (demo.max_tokens, demo.total_batch_size, demo.block_size, demo.eval_samples) == (1_024_000, 8, 128, 1024)
@@ -137,6 +138,24 @@ def test_across_seeds_beyond_the_paper_against_cond():
                                '[-71.09, +94.09]')
     assert len(lines) == 2
     assert not repro.beyond_the_paper('cond') and not repro.beyond_the_paper('ul')
+    assert not repro.beyond_the_paper('mle_reinit')
+
+
+def test_across_seeds_against_the_second_mle_run():
+    f = lambda hit, score: dict(hit_rate=hit, score=score)
+    figures = {42: {'mle/unconditional': f(0.40, 4e-3), 'mle_reinit/unconditional': f(0.30, 3e-3),
+                    'cond/unconditional': f(0.20, 2e-3)},
+               43: {'mle/unconditional': f(0.20, 2e-3), 'mle_reinit/unconditional': f(0.34, 3e-3),
+                    'cond/unconditional': f(0.10, 1e-3)}}
+    runs = {s: {name.split('/')[0]: {} for name in figures[s]} for s in figures}
+    lines = repro.across_seeds(figures, runs)
+    # the A/A line: -10, +14 points -> mean +2, sd 16.97, se 12, t(1) 12.706 -> ± 152.47
+    assert lines[0].startswith('across 2 seeds, mle_reinit unconditional minus MLE: hits +2.00 points '
+                               '[-150.47, +154.47] (no difference (inside the noise))')
+    # cond minus the second MLE run: -10, -24 points -> mean -17, sd 9.90, se 7, t(1) 12.706 -> ± 88.94
+    assert lines[-1].startswith('across 2 seeds, cond <|aligned|> minus mle_reinit: hits -17.00 points '
+                                '[-105.94, +71.94]')
+    assert sum('minus mle_reinit' in line for line in lines) == 1
 
 
 def test_mean_cell_says_over_how_many_runs():

@@ -211,3 +211,26 @@ def test_graded_control_tokens_train(tiny_data, tmp_path):
         run(tiny_args(tiny_data, str(tmp_path / 'mle'), cond_bins=3))
     with pytest.raises(train.ConfigError, match="cond_bins 24: must be between 2 and 23"):
         run(tiny_args(tiny_data, str(tmp_path / 'cond'), method='cond', cond_bins=24))
+
+
+def test_init_seed_offset_changes_the_initial_weights_not_the_data_order(tiny_data, tmp_path):
+    """At learning rate 0 the weights stay as initialised, so a step's loss tells which batch it was on which
+    weights: seed 42 with offset 1000 starts from seed 1042's weights but reads seed 42's batches."""
+    def weights_and_losses(name, **kw):
+        out = str(tmp_path / name)
+        run(tiny_args(tiny_data, out, method='cond', learning_rate=0, max_tokens=3 * 4 * 32, **kw))
+        return torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)['model'], losses(out)
+    plain, plain_losses = weights_and_losses('plain', seed=42)
+    reinit, reinit_losses = weights_and_losses('reinit', seed=42, init_seed_offset=1000)
+    other, other_losses = weights_and_losses('other', seed=1042)
+    assert all(torch.equal(reinit[k], other[k]) for k in reinit)  # the control tokens' rows included
+    assert not torch.equal(reinit['transformer.wte.weight'], plain['transformer.wte.weight'])
+    assert reinit_losses != other_losses  # same weights, other batches
+    # seed 42's batches: with the weights swapped in, the loss of each step is the reinit run's
+    swapped = str(tmp_path / 'swapped')
+    run(tiny_args(tiny_data, swapped, method='cond', learning_rate=0, max_tokens=3 * 4 * 32, seed=42,
+                  init_from=os.path.join(str(tmp_path / 'other'), 'ckpt.pt')))
+    assert losses(swapped) == reinit_losses
+    with pytest.raises(train.ConfigError, match=r"init_seed_offset=1000 \(now 0\)"):
+        run(tiny_args(tiny_data, str(tmp_path / 'reinit'), method='cond', learning_rate=0, max_tokens=6 * 4 * 32,
+                      seed=42, resume=True))
