@@ -5,8 +5,8 @@ intervals, whether each method writes less of the undesirable content than MLE.
 
     python repro.py pii                                    # the demo: MLE vs conditional training, ~21 min on 2 cores
     python repro.py pii --seeds=42,43,44,45,46 --guidance=1,2   # five seeds; also sample cond with guidance
-    python repro.py pii --methods=all --extra=--max_tokens=256000   # six methods, mask and cond_k5 at a quarter of
-                                                           # the demo's budget (~5 min a run)
+    python repro.py pii --methods=all --extra=--max_tokens=256000   # six methods, mask, cond_k5 and mle_reinit at
+                                                           # a quarter of the demo's budget (~5 min a run)
     python repro.py pep8 --methods=all                     # PEP8 on the standard library (see the README: no effect
     python repro.py pep8 --size=gpu --methods=all          # at CPU size), and its single-GPU variant
 
