@@ -99,6 +99,11 @@ def method_of(name):
     return VARIANTS[name][0] if name in VARIANTS else name
 
 
+def config_and_args(name):
+    """(the name in config/{task}_{name}.py, more train.py arguments) for a method or variant."""
+    return VARIANTS[name][1:] if name in VARIANTS else (name, [])
+
+
 def run_methods(args, methods, seed, results, train_args, median):
     """Train and evaluate each method (or variant) for one seed (MLE first: the KL reference of the others); skip what
     is done."""
@@ -108,7 +113,7 @@ def run_methods(args, methods, seed, results, train_args, median):
         if os.path.exists(os.path.join(run_dir, 'eval.jsonl')):
             print(f"{run_dir}: already evaluated, skipping (delete it to re-run)", flush=True)
             continue
-        config, variant_args = VARIANTS[method][1:] if method in VARIANTS else (method, [])
+        config, variant_args = config_and_args(method)
         argv = [f'config/{args.task}_{config}.py'] + train_args + variant_args + [
             f'--out_dir={run_dir}', f'--seed={seed}', f'--filter_threshold={median}']
         if os.path.exists(os.path.join(run_dir, 'ckpt.pt')):  # an interrupted run: continue it, then evaluate it

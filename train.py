@@ -98,6 +98,8 @@ def build_model(cfg, ckpt):
     GPT-2 (a directory or a hub name, the paper's released models included: hf.py), or from scratch. AWR and RWR get
     a value head. A conditional run from a model trained without control tokens starts their rows afresh."""
     value_head = cfg.method in ('awr', 'rwr')
+    init_seed = cfg.seed + cfg.init_seed_offset
+    torch.manual_seed(init_seed)  # the same initial weights on every rank
     if ckpt is not None:
         model = GPT(GPTConfig(**ckpt['model_args']))
         model.load_state_dict(ckpt['model'])
@@ -116,13 +118,13 @@ def build_model(cfg, ckpt):
         source_method = src['config']['method']
     else:  # GPT-2's own rows are copied; ours it lacks start at their mean plus noise (§1.3)
         model = hf.from_pretrained(cfg.init_from, value_head=value_head, block_size=cfg.block_size,
-                                   dropout=cfg.dropout, seed=cfg.seed + cfg.init_seed_offset)
+                                   dropout=cfg.dropout, seed=init_seed)
         source_method = hf.RELEASED.get(cfg.init_from, ('', 'cond'))[1]  # else: unknown, its rows are kept
     if cfg.method == 'cond' and source_method != 'cond':
         # the control tokens are new to this model: start their rows at the mean row plus noise (§1.3)
         with torch.no_grad():
             wte = model.transformer.wte.weight
-            g = torch.Generator().manual_seed(cfg.seed + cfg.init_seed_offset)
+            g = torch.Generator().manual_seed(init_seed)
             mean = wte[:data.EOS + 1].mean(0)
             wte[data.ALIGNED:data.MISALIGNED + 1] = mean + 0.01 * torch.randn(2, wte.size(1), generator=g)
     return model
@@ -237,7 +239,6 @@ def _train(cfg, ddp, rank, world, master, device_type, stop):
                               offset=cfg.skip_tokens // cfg.block_size)
 
     # model, optimizer, and the state of a resumed run
-    torch.manual_seed(cfg.seed + cfg.init_seed_offset)  # the same initial weights on every rank
     model = build_model(cfg, ckpt).to(cfg.device)
     if model.config.block_size < cfg.block_size:
         raise ConfigError(f"block_size {cfg.block_size} > the model's {model.config.block_size}")

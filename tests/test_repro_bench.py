@@ -92,7 +92,7 @@ def test_every_size_is_a_valid_training_config(monkeypatch):
     monkeypatch.chdir(ROOT_DIR)
     for (task, size), plan in repro.TASK_SIZE.items():
         for name in repro.RUNS:
-            config, variant_args = repro.VARIANTS.get(name, (name, name, []))[1:]
+            config, variant_args = repro.config_and_args(name)
             cfg = train.load_config([f'config/{task}_{config}.py'] + repro.SIZES[size] + plan['train'] + variant_args)
             assert cfg.method == repro.method_of(name) and cfg.total_batch_size % cfg.batch_size == 0
     demo = train.load_config(['config/pii_cond.py'] + repro.SIZES['cpu'] + repro.TASK_SIZE['pii', 'cpu']['train'])
