@@ -296,7 +296,7 @@ def seeds_table(figures, runs):
             'KL(MLE‖model)', 'distinct-2', 'samples/s']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     keys = sorted({k for per_seed in figures.values() for k in per_seed if not k.endswith('/aligned_vs_misaligned')},
-                  key=lambda k: (run_order(k.split('/')[0]), k))
+                  key=lambda k: (run_order(k.split('/')[0]), k.split('/')[1] != 'unconditional'))  # <|aligned|> first
     for key in keys:
         method, scenario = key.split('/')
         rows = [(seed, per_seed[key]) for seed, per_seed in figures.items() if key in per_seed]

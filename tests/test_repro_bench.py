@@ -42,6 +42,11 @@ def test_repro_all_methods(tmp_path, monkeypatch, capsys):
     assert report.count('\n| ') == 13  # header, 9 runs, cond and cond_k5 after <|misaligned|>, cond guided
     assert report.count('\nseed 42 ') == 14  # 9 runs, cond and cond_k5 after <|misaligned|> and compared, guided
     assert '\nseed 42 cond   <|aligned|> γ=1.5 hits ' in report and '| cond | <|aligned|> γ=1.5 | 1 |' in report
+    rows = [tuple(r.split(' | ')[:2]) for r in report.splitlines() if r.startswith('| ') and '---' not in r]
+    assert rows == [('| method', 'samples after'), ('| mle', 'nothing'), ('| mle_reinit', 'nothing'),
+                    ('| filter', 'nothing'), ('| cond', '<|aligned|>'), ('| cond', '<|misaligned|>'),
+                    ('| cond', '<|aligned|> γ=1.5'), ('| cond_k5', '<|aligned|>'), ('| cond_k5', '<|misaligned|>'),
+                    ('| ul', 'nothing'), ('| awr', 'nothing'), ('| rwr', 'nothing'), ('| mask', 'nothing')]
     assert 'across' not in report  # one seed: no interval over seeds
     guided_row = next(r for r in report.splitlines() if r.startswith('| cond | <|aligned|> γ=1.5 |')).split(' | ')
     assert guided_row[8] == guided_row[9] == '–'  # no validation losses: the weights are cond's
