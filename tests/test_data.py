@@ -128,6 +128,23 @@ def test_corrupt_and_mismatched_files(tmp_path):
         data.get_task('sentiment')
 
 
+def test_corrupt_offsets_are_named(tmp_path):
+    path = str(tmp_path / 'train')
+    for name, offsets, entry in (('seg_starts', [1, 4, 6, 8, 11], 'entry 0 is 1'),
+                                 ('seg_starts', [0, 4, 3, 8, 11], 'entry 2 is 3'),
+                                 ('seg_starts', [0, 4, 6, 8, 12], 'entry 4 is 12; .* below 12'),
+                                 ('doc_starts', [0, 5], 'entry 1 is 5; .* below 5')):
+        write_two_docs(path)  # 12 tokens, 5 segments; seg_starts [0, 4, 6, 8, 11], doc_starts [0, 2]
+        np.array(offsets, dtype=np.uint32).tofile(os.path.join(path, name + '.bin'))
+        with pytest.raises(data.DataError, match=f"{path}/{name}.bin: {entry}.*the file is corrupt, re-run"):
+            data.PreparedData(path)
+    d = write_two_docs(path)
+    d.check_offsets(chunk=2)  # the last segment may start at the last token
+    d.seg_starts = np.array([0, 4, 3, 8, 11], dtype=np.uint32)  # the decrease straddles two chunks
+    with pytest.raises(data.DataError, match='entry 2 is 3'):
+        d.check_offsets(chunk=2)
+
+
 def test_header_that_is_json_but_wrong(tmp_path):
     path = str(tmp_path / 'train')
     write_two_docs(path)
