@@ -89,6 +89,11 @@ def test_filter(tmp_path):
     assert d.tokens.tolist() == [50256, 6, 7, 8, 9, 10] and d.seg_starts.tolist() == [0, 2, 5]
     assert d.doc_scores.tolist() == pytest.approx([0.1])
     assert d.header['transform'] == {'kind': 'filter', 'threshold': 0.2}
+    assert transforms.filter_documents(src, str(tmp_path / 'g'), threshold=0.1).n_documents == 1  # equality keeps
+    with pytest.raises(data.DataError, match=r"filtering at 0.09 keeps none of its 2 documents \(the lowest scores "
+                                             r"0.1\); raise --filter_threshold"):
+        transforms.filter_documents(src, str(tmp_path / 'h'), threshold=0.09)
+    assert not os.path.exists(tmp_path / 'h')
 
 
 def test_for_method_caches_and_rebuilds(tmp_path, tiny_data):
