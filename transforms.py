@@ -19,8 +19,8 @@ def filter_documents(src, out_dir, threshold):
     """Keep the documents whose score is <= threshold (reference §1.2); the objective stays MLE."""
     scores = np.asarray(src.doc_scores)
     if not (scores <= threshold).any():
-        raise DataError(f"{src.path}: filtering at {threshold:g} keeps none of its {len(scores):,} documents (the "
-                        f"lowest scores {scores.min():.3g}); raise --filter_threshold")
+        raise DataError(f"{src.path}: filtering at {threshold:g} keeps none of its {len(scores):,} documents (its "
+                        f"lowest document score is {scores.min():.3g}); raise --filter_threshold")
     with DatasetWriter(out_dir, task=src.header['task'], split=src.header['split'], source=src.path,
                        scorer=src.header['scorer'], vocab_size=src.header['vocab_size'],
                        transform=dict(kind='filter', threshold=threshold),

@@ -90,8 +90,8 @@ def test_filter(tmp_path):
     assert d.doc_scores.tolist() == pytest.approx([0.1])
     assert d.header['transform'] == {'kind': 'filter', 'threshold': 0.2}
     assert transforms.filter_documents(src, str(tmp_path / 'g'), threshold=0.1).n_documents == 1  # equality keeps
-    with pytest.raises(data.DataError, match=r"filtering at 0.09 keeps none of its 2 documents \(the lowest scores "
-                                             r"0.1\); raise --filter_threshold"):
+    with pytest.raises(data.DataError, match=r"filtering at 0.09 keeps none of its 2 documents \(its lowest "
+                                             r"document score is 0.1\); raise --filter_threshold"):
         transforms.filter_documents(src, str(tmp_path / 'h'), threshold=0.09)
     assert not os.path.exists(tmp_path / 'h')
 
