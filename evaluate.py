@@ -425,6 +425,9 @@ EVAL_DEFAULTS = dict(eval_iters=20, eval_batch_size=16, eval_samples=256, eval_m
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
+    if {'-h', '--help'} & set(argv):
+        print(__doc__.strip())
+        return
     try:
         if '--plot' in argv:
             for path in plot([a for a in argv if not a.startswith('--')], opts.get('out', 'results/plot')):

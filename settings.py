@@ -4,8 +4,10 @@ each checked (type, range, device, evaluation settings, data folder) before any 
 Config files are short Python files of assignments to the keys of TrainConfig, applied left to right.
 """
 import ast
+import inspect
 import math
 import os
+import textwrap
 import traceback
 import typing
 from dataclasses import asdict, dataclass, fields
@@ -86,6 +88,12 @@ class TrainConfig:
 
 class ConfigError(Exception):
     pass
+
+
+def settings_help():
+    """Every setting with its type, default and comment: TrainConfig's own lines, as `train.py --help` prints them."""
+    source = inspect.getsource(TrainConfig)
+    return textwrap.dedent(source[source.index('\n', source.index('class ')) + 1:].rstrip())
 
 
 # The range of every numeric setting, checked by load_config: keys, test, what the test asks for

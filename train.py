@@ -34,7 +34,7 @@ from model import GPT, CheckpointError, GPTConfig, keep_freed_memory, read_check
 from runs import (RunLog, Stopped, StopSignals, TrainingError, agreed, check_out_dir, checkpoint_to_resume,
                   claim_out_dir, diverged, evaluated, prepare_out_dir, release_out_dir, rng_state, save_checkpoint,
                   set_rng_state)
-from settings import ConfigError, check_data_dir, check_eval_settings, keep_steps, load_config
+from settings import ConfigError, check_data_dir, check_eval_settings, keep_steps, load_config, settings_help
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pieces of the loop
@@ -372,6 +372,9 @@ def resume_command(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if {'-h', '--help'} & set(argv):
+        print(f"{__doc__.strip()}\n\nThe settings (settings.TrainConfig), with their defaults:\n\n{settings_help()}")
+        return
     try:
         cfg = load_config(argv)
         train(cfg)

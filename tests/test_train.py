@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import fields
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import data
 import train
 from conftest import start_training, tiny_args
 from model import GPT, GPTConfig
-from settings import METHODS
+from settings import METHODS, TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,6 +48,18 @@ def test_config_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(['--task=sentiment'])
     assert capsys.readouterr().err.strip() == "error: task 'sentiment': choose one of toxicity, pii, pep8"
+
+
+def test_help_lists_every_setting(capsys):
+    for flag in ('--help', '-h'):
+        train.main(['config/pep8_cond.py', flag])  # prints, trains nothing
+        out = capsys.readouterr().out
+        assert out.startswith(train.__doc__.strip()) and '\nlearning_rate: float = 5e-4\n' in out
+        assert [line.split(':')[0] for line in out.split('defaults:\n\n')[1].splitlines()
+                if not line.startswith('#')] == [f.name for f in fields(TrainConfig)]
+    import evaluate
+    evaluate.main(['--help'])
+    assert capsys.readouterr().out.strip() == evaluate.__doc__.strip()
 
 
 def test_config_defaults_come_from_the_task_table():
