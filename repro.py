@@ -56,7 +56,10 @@ class ReproError(Exception):
 
 def sh(cmd):
     print('$ ' + ' '.join(cmd), flush=True)
-    subprocess.run([sys.executable] + cmd, check=True)
+    code = subprocess.run([sys.executable] + cmd).returncode
+    if code:  # its own error message is above; what finished is kept
+        raise ReproError(f"{cmd[0]} exited with status {code}; once its cause is fixed, the same repro.py command "
+                         f"goes on from there (finished runs are kept)")
 
 
 def read_evals(run_dir):
@@ -350,17 +353,26 @@ def main(argv=None):
     unknown = set(methods) - set(RUNS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(RUNS)}")
-    seeds = [int(s) for s in args.seeds.split(',')]
+    try:
+        seeds = [int(s) for s in args.seeds.split(',')]
+    except ValueError:
+        p.error(f"--seeds={args.seeds}: expected integers separated by commas")
     try:
         args.guidance = [float(g) for g in args.guidance.split(',') if g.strip()]
     except ValueError:
         p.error(f"--guidance={args.guidance}: expected numbers separated by commas")
     if args.guidance and 'cond' not in methods:
         p.error("--guidance samples the conditional models: add cond to --methods")
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.path.samefile(here, os.getcwd()):  # it runs train.py and config/ by their relative paths
+        p.error(f"run it from the repository's folder: cd {here}")
+    command = 'python repro.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     try:
-        run(args, methods, seeds, 'python repro.py ' + ' '.join(sys.argv[1:] if argv is None else argv))
+        run(args, methods, seeds, command)
     except ReproError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # the training run in progress saved a checkpoint
+        sys.exit(f"interrupted; `{command}` goes on from where it stopped")
 
 
 def run(args, methods, seeds, command):

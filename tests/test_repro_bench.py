@@ -61,6 +61,30 @@ def test_repro_all_methods(tmp_path, monkeypatch, capsys):
         repro.main(argv[:-1] + [f'--extra={tiny} --learning_rate=0.1'])
 
 
+def test_repro_bad_input_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    """Bad arguments, another working folder, a failing train.py and Ctrl-C: a message, no traceback."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        repro.main(['pii'])
+    assert e.value.code == 2 and f"run it from the repository's folder: cd {ROOT_DIR}" in capsys.readouterr().err
+    monkeypatch.chdir(ROOT_DIR)
+    with pytest.raises(SystemExit) as e:
+        repro.main(['pii', '--seeds=42,4a'])
+    assert e.value.code == 2 and '--seeds=42,4a: expected integers separated by commas' in capsys.readouterr().err
+    tiny_data = make_dataset(str(tmp_path / 'data'), task='pii')
+    argv = ['pii', f'--data_dir={tiny_data}', f'--results={tmp_path}/results', '--extra=--bogus=1']
+    with pytest.raises(SystemExit, match=r"^error: train.py exited with status 1; once its cause is fixed, the same "
+                                         r"repro.py command goes on from there \(finished runs are kept\)$"):
+        repro.main(argv)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(repro.subprocess, 'run', interrupted)
+    with pytest.raises(SystemExit, match=rf"^interrupted; `python repro.py {' '.join(argv)}` goes on from where it "
+                                         rf"stopped$"):
+        repro.main(argv)
+
+
 def test_verdict_lines_by_hand():
     mle, cond = [0.0] * 90 + [0.02] * 10, [0.0] * 100
     lines, figures = repro.verdict_lines('pii', 7, {'mle': dict(scores={'unconditional': mle}),
