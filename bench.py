@@ -28,7 +28,7 @@ import torch
 import data
 import objectives
 import train
-from model import GPT, GPTConfig, keep_freed_memory, load_checkpoint, sample
+from model import GPT, CheckpointError, GPTConfig, keep_freed_memory, load_checkpoint, sample
 
 
 def emit(row):
@@ -287,7 +287,7 @@ def main(argv=None):
     p.add_argument('--cpu_demo', action='store_true',
                    help="the demo's model (config/cpu_small.py: 4 x 128, T = 128, batch 8) on CPU, fp32; sampling "
                         "256 x 126 new tokens")
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--device', default='', help="default: cuda where there is one (else --small or --cpu_demo's cpu)")
     p.add_argument('--batch_sizes', default='32')
     p.add_argument('--objectives', default='mle,cond,ul,awr')
     p.add_argument('--loss_chunk_sizes', default='0,4096', help='TrainConfig.loss_chunk_size values (0: plain)')
@@ -298,6 +298,10 @@ def main(argv=None):
     p.add_argument('--default_allocator', action='store_true',
                    help="CPU: leave glibc's malloc as it is (no model.keep_freed_memory), to measure what it gives")
     args = p.parse_args(argv)
+    if not (args.device or torch.cuda.is_available() or args.small or args.cpu_demo):
+        p.error("no GPU here, and the default is GPT-2 small at T = 1024 on one (on a CPU it needs over 20 GB): run "
+                "`python bench.py --cpu_demo` for the demo's model, or say --device=cpu to run it anyway")
+    args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     cuda = args.device.startswith('cuda')
     gpt2_small = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, warmup=10, steps=30, samples=4096,
                       new_tokens=128, sample_batch=4096, hf_sample_batches=[1024, 4096], loader_docs=20000,
@@ -341,4 +345,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except CheckpointError as e:  # --ckpt missing or corrupt
+        sys.exit(f"error: {e}")

@@ -2,6 +2,8 @@
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -114,6 +116,18 @@ def test_bench_small(capsys, monkeypatch):
     assert [r['guided_time_vs_unguided'] > 0 for r in rows if 'guided_time_vs_unguided' in r] == [True]
     assert all(r['tokens_per_s'] > 0 for r in rows if 'tokens_per_s' in r)
     assert {r['name'] for r in rows if r['bench'] == 'scorer'} == {'pep8', 'pii'}
+
+
+def test_bench_on_a_cpu_says_what_to_run(tmp_path, monkeypatch, capsys):
+    """Without a GPU the default (GPT-2 small, T = 1024) would need over 20 GB: refused, with what to run instead."""
+    monkeypatch.setattr(bench.torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(SystemExit) as e:
+        bench.main([])
+    assert e.value.code == 2 and 'run `python bench.py --cpu_demo`' in capsys.readouterr().err
+    missing = tmp_path / 'none.pt'
+    done = subprocess.run([sys.executable, 'bench.py', '--cpu_demo', '--only=sample', f'--ckpt={missing}'],
+                          cwd=ROOT_DIR, capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr == f"error: {missing}: checkpoint not found\n"
 
 
 def test_every_size_is_a_valid_training_config(monkeypatch):
