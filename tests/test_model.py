@@ -67,6 +67,27 @@ def test_kv_cache_decoding_matches_full_forward():
     torch.testing.assert_close(torch.cat([prefill] + steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_cpu_bf16_attention_runs_in_fp32(monkeypatch):
+    """Under CPU bf16 autocast the training forward attends in fp32, outside autocast (its bf16 kernel is 3x slower),
+    so it gives fp32 attention of the same bf16 q, k, v; everything else stays bf16 (the logits)."""
+    import model as model_module
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kwargs):
+        calls.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled('cpu')))
+        return sdpa(q, k, v, **kwargs)
+    monkeypatch.setattr(model_module.F, 'scaled_dot_product_attention', recording_sdpa)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32))
+    idx = torch.randint(0, 1000, (2, 12))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits = model(idx)
+    assert logits.dtype == torch.bfloat16 and calls == [(torch.float32,) * 3 + (False,)] * 2
+    calls.clear()
+    model(idx)  # fp32: as it was
+    assert calls == [(torch.float32,) * 3 + (False,)] * 2
+
+
 def test_last_only_gives_the_last_position():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, value_head=True)).eval()
