@@ -38,8 +38,8 @@ def tiny_args(data_dir, out_dir, **overrides):
     """--key=value arguments for a seconds-long CPU run of train.py."""
     args = dict(task='pep8', data_dir=data_dir, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=32,
                 batch_size=2, total_batch_size=4, max_tokens=8 * 4 * 32, learning_rate=1e-3, compile=False,
-                device='cpu', log_interval=1, ckpt_interval=4, eval_interval=0, eval_iters=0, eval_batch_size=2,
-                eval_samples=0, kl_reference='')
+                device='cpu', dtype='float32', log_interval=1, ckpt_interval=4, eval_interval=0, eval_iters=0,
+                eval_batch_size=2, eval_samples=0, kl_reference='')  # float32 on every CPU: the same numbers
     args.update(overrides)
     return [f"--{k}={v}" for k, v in args.items()]
 

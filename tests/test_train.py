@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import nullcontext
 from dataclasses import fields
 
 import pytest
@@ -92,6 +93,33 @@ def test_each_method_trains(tiny_data, tmp_path, method):
     if method == 'rwr':  # alpha = 1: the value head never trains (reference §1.5)
         assert ckpt['model']['value_head.weight'].abs().sum().item() == 0.0
     assert len(losses(out)) == 4
+
+
+def test_auto_dtype_is_bf16_on_a_cpu_with_native_bf16(monkeypatch):
+    for native, dtype in ((True, 'bfloat16'), (False, 'float32')):
+        monkeypatch.setattr(train, 'cpu_has_native_bf16', lambda: native)
+        cfg = train.load_config(['--device=cpu'])
+        assert cfg.dtype == 'auto' and train.default_dtype('cpu') == dtype
+        train.autocast_context(cfg, 'cpu')
+        assert cfg.dtype == dtype
+    cfg = train.load_config(['--device=cpu', '--dtype=float32'])
+    assert isinstance(train.autocast_context(cfg, 'cpu'), nullcontext) and cfg.dtype == 'float32'
+
+
+def test_bf16_training_on_cpu_evaluates_in_fp32(tiny_data, tmp_path):
+    """A bf16 run's losses differ from fp32's by bf16 rounding only; its evaluation runs in fp32, so the val_loss it
+    logs is the one evaluate.py computes from its checkpoint (in bf16 it would differ, here by 1.4e-5)."""
+    import evaluate
+    fp32, bf16 = str(tmp_path / 'fp32'), str(tmp_path / 'bf16')
+    run(tiny_args(tiny_data, fp32, max_tokens=4 * 4 * 32))
+    model = run(tiny_args(tiny_data, bf16, max_tokens=4 * 4 * 32, dtype='bfloat16', eval_iters=2))
+    assert losses(bf16) != losses(fp32) and losses(bf16) == pytest.approx(losses(fp32), rel=0.01)
+    logged = [json.loads(line) for line in open(os.path.join(bf16, 'eval.jsonl'))][-1]['val_loss']
+    split = os.path.join(tiny_data, 'pep8', 'val')
+    fp32_loss = evaluate.val_loss(model.eval(), split, 32, 2, 2, 'cpu')['val_loss']
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        bf16_loss = evaluate.val_loss(model, split, 32, 2, 2, 'cpu')['val_loss']
+    assert logged == pytest.approx(fp32_loss, abs=1e-6) and abs(bf16_loss - fp32_loss) > 1e-5
 
 
 def test_resume_after_sigkill_continues_exactly(tiny_data, tmp_path):
