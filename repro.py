@@ -25,6 +25,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 import data
 import stats
@@ -73,12 +74,22 @@ def last_scores(run_dir, step):
         return json.load(f)['scores']
 
 
+def training_dtype(size, train_args):
+    """The dtype the runs will train in: --dtype in train_args, else what 'auto' means on this machine (bf16 on a CPU
+    with native bf16). settings.json records it, so that one results folder does not mix float32 and bf16 runs."""
+    import train
+    dtype = ([a.split('=', 1)[1] for a in train_args if a.startswith('--dtype=')] or ['auto'])[-1]
+    device_type = 'cuda' if size == 'gpu' and torch.cuda.is_available() else 'cpu'
+    return train.default_dtype(device_type) if dtype == 'auto' else dtype
+
+
 def check_settings(results, settings):
     """Refuse to mix runs made with other settings in one results folder; record the settings on first use."""
     path = os.path.join(results, 'settings.json')
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
+        old.setdefault('dtype', settings['dtype'])  # written before the dtype was recorded
         if old != settings:
             changed = ', '.join(k for k in settings if old.get(k) != settings[k])
             raise ReproError(f"{results} holds runs made with other settings ({changed} differ, see {path}); pass "
@@ -385,7 +396,8 @@ def run(args, methods, seeds, command):
         sh(['prepare.py', args.task, f'--out_dir={os.path.join(data_dir, args.task)}'] + plan['prepare'])
     train_data = data.PreparedData(split)
     train_args = SIZES[args.size] + plan['train'] + [f'--data_dir={data_dir}'] + args.extra.split()
-    check_settings(results, dict(task=args.task, size=args.size, train_args=train_args, data=train_data.header))
+    check_settings(results, dict(task=args.task, size=args.size, train_args=train_args, data=train_data.header,
+                                 dtype=training_dtype(args.size, train_args)))
     # filtering at the median document score drops about half the documents (reference §1.2)
     median = float(np.median(np.asarray(train_data.doc_scores)))
     for seed in seeds:

@@ -87,6 +87,22 @@ def test_repro_bad_input_ends_in_one_line(tmp_path, monkeypatch, capsys):
         repro.main(argv)
 
 
+def test_results_folder_records_the_training_dtype(tmp_path, monkeypatch):
+    import train
+    monkeypatch.setattr(train, 'cpu_has_native_bf16', lambda: True)
+    assert repro.training_dtype('cpu', ['config/cpu_small.py']) == 'bfloat16'
+    assert repro.training_dtype('cpu', ['--dtype=bfloat16', '--dtype=float32']) == 'float32'  # the last one counts
+    monkeypatch.setattr(train, 'cpu_has_native_bf16', lambda: False)
+    assert repro.training_dtype('cpu', []) == 'float32'
+    results = str(tmp_path / 'results')
+    repro.check_settings(results, dict(task='pii', dtype='float32'))
+    repro.check_settings(results, dict(task='pii', dtype='float32'))
+    with pytest.raises(repro.ReproError, match=r'holds runs made with other settings \(dtype differ'):
+        repro.check_settings(results, dict(task='pii', dtype='bfloat16'))
+    json.dump(dict(task='pii'), open(os.path.join(results, 'settings.json'), 'w'))  # written before dtype was
+    repro.check_settings(results, dict(task='pii', dtype='bfloat16'))
+
+
 def test_verdict_lines_by_hand():
     mle, cond = [0.0] * 90 + [0.02] * 10, [0.0] * 100
     lines, figures = repro.verdict_lines('pii', 7, {'mle': dict(scores={'unconditional': mle}),
