@@ -8,6 +8,7 @@ the data loader, and the scorers. One JSON line per measurement on stdout.
     python bench.py --eager_loss                     # the model compiled alone, the loss eager (as before issue 6)
     python bench.py --only=loss --device=cpu --batch_sizes=8 --loss_n_embd=128   # loss memory on CPU
     python bench.py --cpu_demo --only=train,hf,sample  # the demo's CPU model: ours vs HF, training and sampling
+    python bench.py --cpu_demo --only=train,hf --dtypes=float32,bfloat16 --compile   # each dtype, compiled
     python bench.py --cpu_demo --only=train,sample --default_allocator   # ... without model.keep_freed_memory
     python bench.py --cpu_demo --only=sample --ckpt=results/pii_cpu/seed42/mle/ckpt.pt   # the demo's trained model
     python bench.py --small                          # a tiny model for a few steps on CPU (what CI runs)
@@ -52,14 +53,15 @@ def timed_steps(step_fn, warmup, steps, device):
     return (time.perf_counter() - t0) / steps
 
 
-def bench_train(args, objective, batch_size, impl='phf', loss_chunk_size=0):
+def bench_train(args, objective, batch_size, impl='phf', loss_chunk_size=0, dtype=''):
     """Tokens/s of forward + backward + AdamW on random tokens for one objective. Ours compiles the model with the
     loss, as train.py does (train.ModelWithLoss), or with --eager_loss the model alone."""
     device, T = args.device, args.block_size
     torch._dynamo.reset()  # each row compiles afresh, as a training run does, and never meets the recompile limit
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if device.startswith('cuda') else torch.float32
-    ctx = torch.autocast('cuda', dtype=dtype) if device.startswith('cuda') else torch.autocast('cpu', enabled=False)
+    device_type = 'cuda' if device.startswith('cuda') else 'cpu'
+    dtype = dtype or train.default_dtype(device_type)  # as train.py's dtype='auto' (CPU: bf16 where native)
+    ctx = torch.autocast(device_type, dtype=getattr(torch, dtype), enabled=dtype != 'float32')
     x = torch.randint(0, data.EOS, (batch_size, T), device=device)
     y = torch.randint(0, data.EOS, (batch_size, T), device=device)
     rewards = -torch.rand(batch_size, T, device=device) * 0.01
@@ -101,7 +103,7 @@ def bench_train(args, objective, batch_size, impl='phf', loss_chunk_size=0):
     tok_s = batch_size * T / dt
     peak = train.peak_flops(device)
     return emit(dict(bench='train', impl=impl, objective=objective, batch_size=batch_size, compile=args.compile,
-                     **variant, tokens_per_s=round(tok_s),
+                     dtype=dtype, **variant, tokens_per_s=round(tok_s),
                      mfu=round(flops_per_token * tok_s / peak, 4) if peak else None,
                      peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
                      if device.startswith('cuda') else None))
@@ -281,15 +283,20 @@ def bench_scorers(args):
                                                                                                    - t0), 1)))
 
 
-def main(argv=None):
+def parse_args(argv):
+    """The arguments, with the preset of the mode (GPT-2 small on a GPU, --cpu_demo, --small) filled in."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--small', action='store_true', help='tiny model, few steps (CPU, for CI)')
     p.add_argument('--cpu_demo', action='store_true',
-                   help="the demo's model (config/cpu_small.py: 4 x 128, T = 128, batch 8) on CPU, fp32; sampling "
+                   help="the demo's model (config/cpu_small.py: 4 x 128, T = 128, batch 8) on CPU; sampling "
                         "256 x 126 new tokens")
     p.add_argument('--device', default='', help="default: cuda where there is one (else --small or --cpu_demo's cpu)")
     p.add_argument('--batch_sizes', default='32')
     p.add_argument('--objectives', default='mle,cond,ul,awr')
+    p.add_argument('--dtypes', default='', help="the training rows' dtypes, comma-separated (float32, bfloat16); "
+                                                "default: what train.py's dtype='auto' picks here")
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
+                   help='compile the training rows (default: on CUDA only)')
     p.add_argument('--loss_chunk_sizes', default='0,4096', help='TrainConfig.loss_chunk_size values (0: plain)')
     p.add_argument('--eager_loss', action='store_true', help='compile the model without the loss')
     p.add_argument('--loss_n_embd', type=int, help="the loss rows' hidden width (default: the model's)")
@@ -312,8 +319,10 @@ def main(argv=None):
     cpu_demo = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, warmup=3, steps=20, samples=256,
                     new_tokens=126, sample_batch=256, hf_sample_batches=[256], loader_docs=20000, loader_batch=8,
                     scorer_texts=200, compile=False, loss_steps=2)
-    for k, v in (tiny if args.small else cpu_demo if args.cpu_demo else gpt2_small).items():
-        setattr(args, k, v)
+    preset = tiny if args.small else cpu_demo if args.cpu_demo else gpt2_small
+    for k, v in preset.items():
+        if not (k == 'compile' and args.compile is not None):
+            setattr(args, k, v)
     if args.cpu_demo:
         args.device, args.batch_sizes, args.loss_chunk_sizes = 'cpu', '8', '0'
     if args.device == 'cpu' and not args.default_allocator:
@@ -321,17 +330,24 @@ def main(argv=None):
     if args.small:
         args.batch_sizes, args.loss_chunk_sizes = '2', '0,48'  # 128 positions: chunks of 48, 48 and 32
     args.loss_chunk_sizes = [int(c) for c in args.loss_chunk_sizes.split(',')]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     only = set(args.only.split(','))
     emit(dict(bench='env', device=torch.cuda.get_device_name(args.device) if args.device.startswith('cuda')
               else platform.processor() or 'cpu', torch=torch.__version__, python=sys.version.split()[0],
-              n_layer=args.n_layer, n_embd=args.n_embd, block_size=args.block_size))
+              n_layer=args.n_layer, n_embd=args.n_embd, block_size=args.block_size,
+              cpu_native_bf16=train.cpu_has_native_bf16()))
     for batch_size in (int(b) for b in args.batch_sizes.split(',')):
-        if 'train' in only:
-            for objective in args.objectives.split(','):
-                for loss_chunk_size in args.loss_chunk_sizes:
-                    bench_train(args, objective, batch_size, loss_chunk_size=loss_chunk_size)
-        if 'hf' in only:
-            bench_train(args, 'mle', batch_size, impl='hf_gpt2')
+        for dtype in args.dtypes.split(','):
+            if 'train' in only:
+                for objective in args.objectives.split(','):
+                    for loss_chunk_size in args.loss_chunk_sizes:
+                        bench_train(args, objective, batch_size, loss_chunk_size=loss_chunk_size, dtype=dtype)
+            if 'hf' in only:
+                bench_train(args, 'mle', batch_size, impl='hf_gpt2', dtype=dtype)
         if 'loss' in only:
             bench_loss(args, batch_size)
     if 'sample' in only:
