@@ -213,6 +213,17 @@ def get_scorer(name, **kwargs):
 _worker_scorer = None
 
 
+def pool_context():
+    """Worker processes forked from a clean server process, not from the caller: a training process has torch's
+    threads, and a child forked from it can inherit a lock another thread held and wait on it forever (one evaluation
+    hung so, its pool waiting for that worker). Where there is no forkserver (Windows), spawn."""
+    if 'forkserver' not in mp.get_all_start_methods():
+        return mp.get_context('spawn')
+    context = mp.get_context('forkserver')
+    context.set_forkserver_preload(['__main__', 'scorers'])  # imported once, in the server, not in every worker
+    return context
+
+
 def _init_worker(scorer):
     global _worker_scorer
     _worker_scorer = scorer
@@ -235,7 +246,7 @@ def score_texts(scorer, texts, processes=None, chunk_size=256):
         before = scorer.n_failed
         return scorer.score(texts), scorer.n_failed - before
     chunks = [texts[i:i + chunk_size] for i in range(0, len(texts), chunk_size)]
-    with mp.Pool(processes, initializer=_init_worker, initargs=(scorer,)) as pool:
+    with pool_context().Pool(processes, initializer=_init_worker, initargs=(scorer,)) as pool:
         results = pool.map(_score_chunk, chunks)
     scores, n_failed = [], 0
     for chunk_scores, n, errors in results:

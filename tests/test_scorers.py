@@ -140,3 +140,17 @@ def test_profanity_offline():
     s = scorers.get_scorer('profanity')
     clean, rude = s.score(['have a nice day', 'you are a fucking idiot'])
     assert clean < 0.2 and rude > 0.9
+
+
+class ParentPidScorer(scorers.Scorer):
+    """Scores each text with the id of its process's parent."""
+    name = 'parent_pid'
+
+    def score_batch(self, texts):
+        return [float(os.getppid()) for _ in texts]
+
+
+def test_score_texts_workers_are_not_forked_from_the_caller():
+    """A training process has torch's threads; a worker forked from it can inherit a held lock and hang the pool."""
+    scores, n_failed = scorers.score_texts(ParentPidScorer(), ['a'] * 4, processes=2, chunk_size=2)
+    assert n_failed == 0 and len(scores) == 4 and os.getpid() not in {int(s) for s in scores}
