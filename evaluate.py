@@ -425,16 +425,13 @@ EVAL_DEFAULTS = dict(eval_iters=20, eval_batch_size=16, eval_samples=256, eval_m
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
-    if {'-h', '--help'} & set(argv):
-        print(__doc__.strip())
-        return
     try:
         if '--plot' in argv:
             for path in plot([a for a in argv if not a.startswith('--')], opts.get('out', 'results/plot')):
                 print(path)
             return
-        if 'ckpt' not in opts:
-            sys.exit(__doc__)
+        if 'ckpt' not in opts:  # the usage: on stdout with status 0 when asked for (--help), else as an error
+            sys.exit(print(__doc__.strip()) if {'-h', '--help'} & set(argv) else __doc__)
         device = opts.pop('device', 'cuda' if torch.cuda.is_available() else 'cpu')
         if device == 'cpu':
             keep_freed_memory()

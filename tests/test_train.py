@@ -59,8 +59,12 @@ def test_help_lists_every_setting(capsys):
         assert [line.split(':')[0] for line in out.split('defaults:\n\n')[1].splitlines()
                 if not line.startswith('#')] == [f.name for f in fields(TrainConfig)]
     import evaluate
-    evaluate.main(['--help'])
-    assert capsys.readouterr().out.strip() == evaluate.__doc__.strip()
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(['--help'])
+    assert e.value.code is None and capsys.readouterr().out.strip() == evaluate.__doc__.strip()
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([])  # no --ckpt: the usage as an error
+    assert e.value.code == evaluate.__doc__
 
 
 def test_config_defaults_come_from_the_task_table():
