@@ -63,7 +63,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     # system
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
-    dtype: str = 'auto'  # 'auto': bf16 on a GPU (fp16 where it has none) and on a CPU with native bf16, else fp32
+    dtype: str = 'auto'  # float32, bfloat16, float16; 'auto': bf16 on a GPU (else fp16), a CPU with native bf16; fp32
     compile: Optional[bool] = None  # None: on for CUDA; compiles the model and the loss as one graph
     loss_chunk_size: int = 0  # 0: plain logits; N: log-probs N tokens at a time, never the whole (B, T, vocab) logits
     seed: int = 42  # the data order, dropout, and (with init_seed_offset 0) the initial weights
