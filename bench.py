@@ -9,7 +9,7 @@ the data loader, and the scorers. One JSON line per measurement on stdout.
     python bench.py --only=loss --device=cpu --batch_sizes=8 --loss_n_embd=128   # loss memory on CPU
     python bench.py --cpu_demo --only=train,hf,sample  # the demo's CPU model: ours vs HF, training and sampling
     python bench.py --cpu_demo --only=train,hf --dtypes=float32,bfloat16 --compile   # each dtype, compiled
-    python bench.py --cpu_demo --only=train,sample --default_allocator   # ... without model.keep_freed_memory
+    python bench.py --cpu_demo --only=train,sample --default_allocator   # ... without devices.keep_freed_memory
     python bench.py --cpu_demo --only=sample --ckpt=results/pii_cpu/seed42/mle/ckpt.pt   # the demo's trained model
     python bench.py --small                          # a tiny model for a few steps on CPU (what CI runs)
 """
@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 import data
+import devices
 import objectives
 import train
-from model import GPT, CheckpointError, GPTConfig, keep_freed_memory, load_checkpoint, sample
+from model import GPT, CheckpointError, GPTConfig, load_checkpoint, sample
 
 
 def emit(row):
@@ -60,7 +61,7 @@ def bench_train(args, objective, batch_size, impl='phf', loss_chunk_size=0, dtyp
     torch._dynamo.reset()  # each row compiles afresh, as a training run does, and never meets the recompile limit
     torch.manual_seed(0)
     device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-    dtype = dtype or train.default_dtype(device_type)  # as train.py's dtype='auto' (CPU: bf16 where native)
+    dtype = dtype or devices.default_dtype(device_type)  # as train.py's dtype='auto' (CPU: bf16 where native)
     ctx = torch.autocast(device_type, dtype=getattr(torch, dtype), enabled=dtype != 'float32')
     x = torch.randint(0, data.EOS, (batch_size, T), device=device)
     y = torch.randint(0, data.EOS, (batch_size, T), device=device)
@@ -101,7 +102,7 @@ def bench_train(args, objective, batch_size, impl='phf', loss_chunk_size=0, dtyp
         return emit(dict(bench='train', impl=impl, objective=objective, batch_size=batch_size, **variant,
                          error='OOM'))
     tok_s = batch_size * T / dt
-    peak = train.peak_flops(device)
+    peak = devices.peak_flops(device)
     return emit(dict(bench='train', impl=impl, objective=objective, batch_size=batch_size, compile=args.compile,
                      dtype=dtype, **variant, tokens_per_s=round(tok_s),
                      mfu=round(flops_per_token * tok_s / peak, 4) if peak else None,
@@ -303,7 +304,7 @@ def parse_args(argv):
     p.add_argument('--only', default='train,hf,loss,sample,guided,loader,scorers')
     p.add_argument('--ckpt', default='', help='sample from this checkpoint of ours instead of a random model')
     p.add_argument('--default_allocator', action='store_true',
-                   help="CPU: leave glibc's malloc as it is (no model.keep_freed_memory), to measure what it gives")
+                   help="CPU: leave glibc's malloc as it is (no devices.keep_freed_memory), to measure what it gives")
     args = p.parse_args(argv)
     if not (args.device or torch.cuda.is_available() or args.small or args.cpu_demo):
         p.error("no GPU here, and the default is GPT-2 small at T = 1024 on one (on a CPU it needs over 20 GB): run "
@@ -326,7 +327,7 @@ def parse_args(argv):
     if args.cpu_demo:
         args.device, args.batch_sizes, args.loss_chunk_sizes = 'cpu', '8', '0'
     if args.device == 'cpu' and not args.default_allocator:
-        keep_freed_memory()  # as train.py and evaluate.py do on CPU
+        devices.keep_freed_memory()  # as train.py and evaluate.py do on CPU
     if args.small:
         args.batch_sizes, args.loss_chunk_sizes = '2', '0,48'  # 128 positions: chunks of 48, 48 and 32
     args.loss_chunk_sizes = [int(c) for c in args.loss_chunk_sizes.split(',')]
@@ -339,7 +340,7 @@ def main(argv=None):
     emit(dict(bench='env', device=torch.cuda.get_device_name(args.device) if args.device.startswith('cuda')
               else platform.processor() or 'cpu', torch=torch.__version__, python=sys.version.split()[0],
               n_layer=args.n_layer, n_embd=args.n_embd, block_size=args.block_size,
-              cpu_native_bf16=train.cpu_has_native_bf16()))
+              cpu_native_bf16=devices.cpu_has_native_bf16()))
     for batch_size in (int(b) for b in args.batch_sizes.split(',')):
         for dtype in args.dtypes.split(','):
             if 'train' in only:

@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 
 import data
+import devices
 import hf
 import scorers
 from kl import CONTROL_TOKENS, KL_MAX_TOKENS, EvalError, kl_divergence, write_json
-from model import keep_freed_memory, load_checkpoint, logits_only, sample
+from model import load_checkpoint, logits_only, sample
 from settings import METHODS
 from transforms import bin_of, cond_edges
 
@@ -241,6 +242,7 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     max_new = min(cfg.eval_max_new_tokens or default, cfg.block_size - max(len(p) for p in prompts))
     # our unconditional models never saw control tokens: block them, as the original's had none in the vocabulary
     blocked = task.blocked_tokens if cond else CONTROL_TOKENS
+    print(f"evaluation: sampling {len(prompts)} texts, scenario {scenario}", file=sys.stderr, flush=True)
     t0 = time.time()
     new = sample(model, prompts, max_new, blocked_tokens=blocked, seed=cfg.seed, device=device, compile=compile,
                  guidance=guidance, negative_prompts=negative)
@@ -432,9 +434,9 @@ def main(argv=None):
             return
         if 'ckpt' not in opts:  # the usage: on stdout with status 0 when asked for (--help), else as an error
             sys.exit(print(__doc__.strip()) if {'-h', '--help'} & set(argv) else __doc__)
-        device = opts.pop('device', 'cuda' if torch.cuda.is_available() else 'cpu')
+        device = opts.pop('device', devices.default_device())
         if device == 'cpu':
-            keep_freed_memory()
+            devices.keep_freed_memory()
         path = opts.pop('ckpt')
         if path.endswith('.pt') or os.path.isfile(path):
             model, ckpt = load_checkpoint(path, device)

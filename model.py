@@ -7,7 +7,6 @@ plain copy (four Conv1D weights transposed), see hf.py.
 Calling the model returns logits (B, T, padded_vocab) and, when the value head exists, values (B, T).
 With a KVCache it runs incremental decoding: `sample` at the end of this file is the batched sampler.
 """
-import ctypes
 import math
 import os
 from contextlib import nullcontext
@@ -210,19 +209,6 @@ def load_checkpoint(path, device='cpu'):
     return model.to(device).eval(), ckpt
 
 
-def keep_freed_memory():
-    """Have glibc keep freed memory for reuse instead of returning each block over 32 MB to the OS: otherwise every
-    training step's and every sampling step's (B, T, vocab) tensors are page-faulted in afresh, which on the 2-core
-    CPU machine is about half of a CPU training step (README, Benchmarks). Costs a resident set that stays at its
-    peak. True if set (Linux with glibc); harmless to call twice."""
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))  # an int
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Sampling: prefill the prompts into a preallocated cache, then one token per step (gpt-fast's shape)
 
@@ -245,22 +231,23 @@ def top_p_threshold(probs, top_p):
     Face's TopPLogitsWarper keeps: a token is kept iff the mass of the tokens more probable than it is < top_p (the
     fewest tokens, by falling probability, whose mass reaches top_p). Where tokens tie with the boundary value, all
     are kept (HF keeps whichever of them its sort happens to put first). The vocabulary is never sorted: on CPU,
-    where a check costs no synchronisation, the k most probable are found in linear time (threshold_by_partition);
+    where a check costs no synchronisation, the k most probable are found by torch.topk (threshold_by_topk);
     elsewhere by bisection with masked sums (threshold_by_bisection)."""
     if probs.device.type == 'cpu':
-        return threshold_by_partition(probs, top_p)
+        return threshold_by_topk(probs, top_p)
     return threshold_by_bisection(probs, top_p)
 
 
-def threshold_by_partition(probs, top_p, k=512):
-    """top_p_threshold from the k largest probabilities of each row (np.partition, then a sort of those k); rows
-    whose nucleus is larger than k try again with 8k."""
-    a = probs.float().numpy()
-    V, threshold = a.shape[1], np.empty((a.shape[0], 1), dtype=np.float32)
-    rows = np.arange(a.shape[0])
+def threshold_by_topk(probs, top_p, k=512):
+    """top_p_threshold from the k largest probabilities of each row (torch.topk, which returns them falling); rows
+    whose nucleus is larger than k try again with 8k. The mass before each is summed in numpy's float32 order."""
+    probs = probs.float()
+    V, threshold = probs.shape[1], np.empty((probs.shape[0], 1), dtype=np.float32)
+    rows = np.arange(probs.shape[0])
     while rows.size:
         k = min(k, V)
-        top = -np.sort(-np.partition(a[rows], V - k, axis=1)[:, V - k:], axis=1)  # the k largest, falling
+        part = probs if rows.size == probs.shape[0] else probs[torch.from_numpy(rows)]
+        top = part.topk(k, dim=1).values.numpy()  # the k largest, falling
         n_kept = (np.cumsum(top, axis=1) - top < top_p).sum(1)  # the mass before each < top_p
         found = (n_kept < k) | (k == V)  # the first token left out is among the k: the boundary is known
         threshold[rows[found], 0] = top[found, n_kept[found] - 1]

@@ -27,10 +27,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
+import devices
 import hf
 import objectives
 import transforms
-from model import GPT, CheckpointError, GPTConfig, keep_freed_memory, read_checkpoint
+from model import GPT, CheckpointError, GPTConfig, read_checkpoint
 from runs import (RunLog, Stopped, StopSignals, TrainingError, agreed, check_out_dir, checkpoint_to_resume,
                   claim_out_dir, diverged, evaluated, prepare_out_dir, release_out_dir, rng_state, save_checkpoint,
                   set_rng_state)
@@ -77,20 +78,6 @@ def get_lr(cfg, step, max_steps):
     if cfg.lr_schedule == 'cosine':
         return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
     return cfg.min_lr + (1 - progress) * (cfg.learning_rate - cfg.min_lr)
-
-
-PEAK_FLOPS = [  # dense bf16 tensor-core peak by device name, most specific first
-    ('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('GH200', 989e12), ('B200', 2250e12),
-    ('A100', 312e12), ('A10G', 125e12), ('L40S', 362e12), ('L4', 121e12), ('4090', 165e12), ('3090', 71e12),
-    ('V100', 125e12), ('T4', 65e12),
-]
-
-
-def peak_flops(device):
-    if not str(device).startswith('cuda'):
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_FLOPS if key in name), None)
 
 
 def build_model(cfg, ckpt):
@@ -146,29 +133,15 @@ def plan_steps(cfg, world):
     return grad_accum, tokens_per_step, max_steps
 
 
-def cpu_has_native_bf16():
-    """AVX512-BF16 or AMX: bf16 matmuls run natively (about 3x fp32's on the demo model, README "Benchmarks");
-    without them bf16 autocast is emulated, over 10x slower than fp32."""
-    return any(getattr(torch.cpu, name, lambda: False)() for name in ('_is_avx512_bf16_supported',
-                                                                      '_is_amx_tile_supported'))
-
-
-def default_dtype(device_type):
-    """What dtype='auto' means here: bf16 on a GPU that has it (else fp16) and on a CPU with native bf16, else fp32."""
-    if device_type == 'cuda':
-        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
-    return 'bfloat16' if cpu_has_native_bf16() else 'float32'
-
-
 def autocast_context(cfg, device_type):
     """The context of the forward passes, once dtype 'auto' is resolved for the device."""
     if cfg.dtype == 'auto':
-        cfg.dtype = default_dtype(device_type)
+        cfg.dtype = devices.default_dtype(device_type)
     if device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
-        keep_freed_memory()
+        devices.keep_freed_memory()
     return nullcontext() if cfg.dtype == 'float32' else torch.autocast(device_type, dtype=getattr(torch, cfg.dtype))
 
 
@@ -212,7 +185,7 @@ def wrap_model(cfg, raw_model, ddp, device_type):
 def train(cfg):
     ddp = int(os.environ.get('RANK', -1)) != -1
     if cfg.device == 'auto':
-        cfg.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        cfg.device = devices.default_device()
     if ddp:
         dist.init_process_group(backend='nccl' if cfg.device.startswith('cuda') else 'gloo')
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -305,7 +278,7 @@ def _train(cfg, ddp, rank, world, master, device_type, stop):
             dist.barrier()
 
     n_params = raw_model.num_params()
-    peak = peak_flops(cfg.device)
+    peak = devices.peak_flops(cfg.device)
     if master:
         print(f"{cfg.task}/{cfg.method}: {n_params / 1e6:.2f}M parameters, {max_steps} steps of {tokens_per_step} "
               f"tokens ({grad_accum} micro-batches × {cfg.batch_size} × {world} processes), "

@@ -5,7 +5,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 import data
 import model
-from model import sampling_probs, threshold_by_bisection, threshold_by_partition
+from model import sampling_probs, threshold_by_bisection, threshold_by_topk
 
 V = 3000
 
@@ -25,7 +25,7 @@ def logits_of(kind, rows=24):
             'ties': torch.round(2 * z) / 2}[kind]  # ~17 distinct values: ties inside and outside the nucleus
 
 
-@pytest.mark.parametrize('threshold', [threshold_by_partition, threshold_by_bisection])
+@pytest.mark.parametrize('threshold', [threshold_by_topk, threshold_by_bisection])
 @pytest.mark.parametrize('kind', ['random', 'flat', 'peaked', 'ties'])
 @pytest.mark.parametrize('top_p', [0.1, 0.9, 1.0])
 @pytest.mark.parametrize('top_k,banned', [(0, ()), (50, ()), (0, (0, 7, 2999)), (200, (3, 4))])
@@ -52,13 +52,13 @@ def test_partition_grows_its_candidates_until_the_nucleus_fits():
     n_kept = ((sorted_probs.cumsum(-1) - sorted_probs) < 0.9).sum(-1)
     expected = sorted_probs.gather(-1, (n_kept - 1)[:, None])
     assert n_kept[0] > 4096
-    assert torch.equal(threshold_by_partition(probs, 0.9, k=64), expected)
+    assert torch.equal(threshold_by_topk(probs, 0.9, k=64), expected)
     assert torch.equal(threshold_by_bisection(probs, 0.9), expected)
 
 
 def test_the_boundary_token_is_kept_iff_the_mass_before_it_is_below_top_p():
     probs = torch.tensor([[0.125, 0.375, 0.5], [0.05, 0.9, 0.05]])  # exact in binary: sums have no rounding
-    for threshold in (threshold_by_partition, threshold_by_bisection):
+    for threshold in (threshold_by_topk, threshold_by_bisection):
         assert threshold(probs, 0.875).flatten().tolist() == [0.375, 0.8999999761581421]  # 0.5 + 0.375 = top_p: out
         assert threshold(probs, 0.876).flatten().tolist() == [0.125, 0.8999999761581421]  # just below: in
         assert threshold(probs, 0.5).flatten().tolist() == [0.5, 0.8999999761581421]  # the first is always kept

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import data
+import devices
 import train
 from conftest import start_training, tiny_args
 from model import GPT, GPTConfig
@@ -101,9 +102,9 @@ def test_each_method_trains(tiny_data, tmp_path, method):
 
 def test_auto_dtype_is_bf16_on_a_cpu_with_native_bf16(monkeypatch):
     for native, dtype in ((True, 'bfloat16'), (False, 'float32')):
-        monkeypatch.setattr(train, 'cpu_has_native_bf16', lambda: native)
+        monkeypatch.setattr(devices, 'cpu_has_native_bf16', lambda: native)
         cfg = train.load_config(['--device=cpu'])
-        assert cfg.dtype == 'auto' and train.default_dtype('cpu') == dtype
+        assert cfg.dtype == 'auto' and devices.default_dtype('cpu') == dtype
         train.autocast_context(cfg, 'cpu')
         assert cfg.dtype == dtype
     cfg = train.load_config(['--device=cpu', '--dtype=float32'])
