@@ -67,6 +67,7 @@ class Task:
     ul_soft: bool  # the original's falsy-threshold quirk: aligned weight = 1 - score (reference §1.4)
     blocked_tokens: tuple  # control tokens never sampled from conditional models
     hit_threshold: float  # num_hits = share of samples whose score > this
+    hit_name: str  # what a sample scored above hit_threshold holds, for the verdicts' sentences
     max_new_tokens: int  # sample length for the unconditional scenario
     scenarios: tuple = ('unconditional',)  # evaluation scenarios, see evaluate.py
     local_source: str = ''  # what `prepare.py TASK --source=local` reads, no download needed: 'stdlib' (Python
@@ -77,16 +78,16 @@ TASKS = {
     'toxicity': Task('toxicity', 'tomekkorbak/pile-detoxify', 'sentences', 'toxicity',
                      cond_threshold=0.00056, drop_token_fraction=0.01, filter_threshold=0.00078,
                      ul_threshold=0.00078, ul_soft=False, blocked_tokens=(ALIGNED, MISALIGNED),
-                     hit_threshold=0.5, max_new_tokens=128),
+                     hit_threshold=0.5, hit_name='toxic text', max_new_tokens=128),
     'pii': Task('pii', 'tomekkorbak/pile-pii-scrubadub', 'sentences', 'pii',
                 cond_threshold=0.0, drop_token_fraction=0.01, filter_threshold=0.000286,
                 ul_threshold=0.0, ul_soft=True, blocked_tokens=(ALIGNED, MISALIGNED),
-                hit_threshold=0.0, max_new_tokens=128, local_source='docs'),
+                hit_threshold=0.0, hit_name='PII', max_new_tokens=128, local_source='docs'),
     'pep8': Task('pep8', 'kejian/codeparrot-train-more-filter-3.3b-cleaned', 'lines', 'pep8',
                  cond_threshold=0.0, drop_token_fraction=0.1, filter_threshold=0.002361,
                  ul_threshold=0.0, ul_soft=True, blocked_tokens=(MISALIGNED,),
-                 hit_threshold=0.0, max_new_tokens=640, scenarios=('unconditional', 'functions'),
-                 local_source='stdlib'),
+                 hit_threshold=0.0, hit_name='PEP8 violations', max_new_tokens=640,
+                 scenarios=('unconditional', 'functions'), local_source='stdlib'),
 }
 
 

@@ -3,33 +3,45 @@ The paper's comparison at small scale, on data that needs no download: prepare a
 own text, train each method on it with the same budget and seed, evaluate all the same way, and say, with 95%
 intervals, whether each method writes less of the undesirable content than MLE.
 
-    python repro.py pii                                    # the demo: MLE vs conditional training, ~21 min on 2 cores
-    python repro.py pii --seeds=42,43,44,45,46 --guidance=1,2   # five seeds; also sample cond with guidance
+    python repro.py pii                                    # the demo: MLE and conditional training, one seed
+    python repro.py pii --seeds=42,43,44,45                # the same over four seeds: intervals over the seeds
+    python repro.py pii --seeds=42,43,44,45,46 --guidance=1,2   # also sample cond with guidance
     python repro.py pii --methods=all --extra=--max_tokens=256000   # six methods, mask, cond_k5 and mle_reinit at
-                                                           # a quarter of the demo's budget (~5 min a run)
-    python repro.py pep8 --methods=all                     # PEP8 on the standard library (see the README: no effect
-    python repro.py pep8 --size=gpu --methods=all          # at CPU size), and its single-GPU variant
+                                                           # a quarter of the demo's budget
+    python repro.py pep8 --methods=all                     # PEP8 on the standard library
+    python repro.py pep8 --size=gpu --methods=all          # a model and budget for one GPU
 
-Results go to results/{task}_{size}/: results.md (the verdicts and the table), results.json, plot_score_vs_tokens.png
-and plot_pareto.png (score against KL from the MLE model of the same seed), settings.json, and each run's directory
-seed{S}/{method} (guided evaluations of the conditional model: seed{S}/cond_guided{γ}; VARIANTS: cond_k5 is conditional
-training with K = 5 graded control tokens, mle_reinit MLE again from other initial weights). With several seeds, each
-method's per-seed differences from MLE (and from mle_reinit, where it ran) get a paired t interval. A run already
-evaluated is skipped; a results folder made with other settings is refused.
+--size=cpu (the default) is a model and budget for 2 CPU cores; it trains on a GPU where there is one. The report
+opens with the verdict: what the conditional model's control tokens do (one model, so one seed decides it), then
+conditional training against MLE (two models: decided over seeds, since a second training run of one recipe moves the
+figures as far as the methods differ). Every step line carries the whole call's progress and time left.
+
+Results go to out/repro/{task}_{size}/ (--results=DIR for another): results.md (the verdicts and the table),
+results.json, plot_score_vs_tokens.png and plot_pareto.png (score against KL from the MLE model of the same seed),
+settings.json, and each run's directory seed{S}/{method} (guided evaluations of the conditional model:
+seed{S}/cond_guided{γ}; VARIANTS: cond_k5 is conditional training with K = 5 graded control tokens, mle_reinit MLE
+again from other initial weights). With several seeds, each method's per-seed differences from MLE (and from
+mle_reinit, where it ran) get a paired t interval. A run trained and evaluated to its last step is skipped; an
+interrupted one is resumed; a results folder made with other settings is refused.
 """
 import argparse
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 import data
+import devices
+import evaluate
 import stats
-from settings import METHODS
+from runs import evaluated, record_step
+from settings import METHODS, ConfigError, load_config
 
 SIZES = {
     # config overlay and --key=value arguments on top of config/{task}_{method}.py
@@ -41,10 +53,10 @@ SIZES = {
 }
 TASK_SIZE = {
     # per task and size: prepare.py arguments (only as much text as the budget needs) and more training arguments
-    # PII on CPU: 1,024K tokens, of 256K, 512K and 1,024K the only budget at which conditional training was below MLE
-    # in every seed measured (README, "Why 1,024K tokens")
+    # PII on CPU (the demo): 1,024K tokens, of 256K, 512K and 1,024K the only budget at which the models are past
+    # word salad in every seed measured; 512 samples per scenario keep it within 15 minutes on 2 cores
     ('pii', 'cpu'): dict(prepare=['--source=local', '--max_bytes=16M'],
-                         train=['--eval_samples=1024', '--max_tokens=1024000']),
+                         train=['--eval_samples=512', '--max_tokens=1024000']),
     ('pii', 'gpu'): dict(prepare=['--source=local'], train=[]),
     ('pep8', 'cpu'): dict(prepare=['--source=local'], train=[]),
     ('pep8', 'gpu'): dict(prepare=['--source=local+site'], train=[]),
@@ -55,12 +67,111 @@ class ReproError(Exception):
     pass
 
 
-def sh(cmd):
+# ----------------------------------------------------------------------------------------------------------------
+# The children (prepare.py, train.py, evaluate.py): their output passed through, with the whole call's progress
+
+STEP_LINE = re.compile(r'step (\d+)/(\d+) ')  # train.py's progress line
+
+
+def run_child(cmd, on_line=lambda line: line):
+    """`python cmd`, its stdout passed through line by line (on_line may add to a line). The child runs in its own
+    session, so that a Ctrl-C here reaches it once, from here: a training run then saves its checkpoint at the end of
+    its step and exits, and this waits for that before going on with the interrupt (a second Ctrl-C stops it at
+    once)."""
     print('$ ' + ' '.join(cmd), flush=True)
-    code = subprocess.run([sys.executable] + cmd).returncode
+    child = subprocess.Popen([sys.executable] + cmd, stdout=subprocess.PIPE, text=True, bufsize=1,
+                             start_new_session=True)
+    try:
+        for line in child.stdout:
+            print(on_line(line.rstrip('\n')), flush=True)
+        code = child.wait()
+    except KeyboardInterrupt:
+        stop_child(child)
+        raise
     if code:  # its own error message is above; what finished is kept
         raise ReproError(f"{cmd[0]} exited with status {code}; once its cause is fixed, the same repro.py command "
                          f"goes on from there (finished runs are kept)")
+
+
+def stop_child(child):
+    """Pass an interrupt on to the child and wait for it to exit; each further Ctrl-C is passed on too."""
+    child.send_signal(signal.SIGINT)
+    print(f"\ninterrupted: waiting for {child.args[1]} to save its checkpoint and exit (Ctrl-C again stops it at once)",
+          file=sys.stderr, flush=True)
+    while True:
+        try:
+            for line in child.stdout:
+                print(line.rstrip('\n'), flush=True)
+            child.wait()
+            return
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+
+
+@dataclass
+class Job:
+    """One child this call runs: a training run (trained from first_step to final_step, then evaluated) or the
+    evaluation of a trained model (no steps). samples: what its evaluations draw, KL reference samples included."""
+    label: str
+    run_dir: str
+    first_step: int
+    final_step: int
+    samples: int
+    command: list  # the script and its arguments, but --resume and --kl_reference, which run_job decides
+    kl_reference: str = ''
+
+
+class Progress:
+    """The whole call's progress, added to each progress line of its children: which job of how many, and about how
+    long the rest takes. A job costs its training steps and its samples at the seconds a step and a sample have taken
+    so far in this call; until a sample has been timed it counts SAMPLE_STEPS steps."""
+    SAMPLE_STEPS = 0.2  # the demo on CPU: a 1,024-token training step takes about as long as 5 samples drawn and scored
+
+    def __init__(self, jobs):
+        self.jobs, self.t0 = jobs, time.time()
+        self.step_s = self.sample_s = None
+        self.current, self.first, self.last = 0, None, None
+
+    def start(self, i):
+        """Job i begins; print where the whole call is."""
+        self.current, self.first, self.last, self.job_t0 = i, None, None, time.time()
+        print(f"== job {i + 1} of {len(self.jobs)}: {self.jobs[i].label}; {self.summary()}", flush=True)
+
+    def on_line(self, line):
+        m = STEP_LINE.match(line)
+        if m:
+            now, step = time.time(), int(m.group(1))
+            if self.first is None:  # the first line's time also holds the run's start-up: timed from it on
+                self.first = (now, step)
+            elif step > self.first[1]:
+                self.step_s = (now - self.first[0]) / (step - self.first[1])
+            self.last = (now, step)
+            return f"{line} | {self.summary()}"
+        return line
+
+    def finish(self):
+        """The current job is done: what it took after its last step was its evaluation, which times a sample."""
+        job = self.jobs[self.current]
+        if job.samples:
+            self.sample_s = (time.time() - (self.last[0] if self.last else self.job_t0)) / job.samples
+
+    def seconds_left(self):
+        """The rest of the current job and the jobs after it; None until a training step has been timed."""
+        if self.step_s is None:
+            return None
+        sample_s = self.sample_s if self.sample_s is not None else self.SAMPLE_STEPS * self.step_s
+        job = self.jobs[self.current]
+        done = self.last[1] if self.last else job.first_step
+        left = (job.final_step - done) * self.step_s + job.samples * sample_s
+        if self.last and self.last[1] == job.final_step:  # evaluating: part of its samples may be drawn already
+            left = max(0.0, left - (time.time() - self.last[0]))
+        return left + sum((j.final_step - j.first_step) * self.step_s + j.samples * sample_s
+                          for j in self.jobs[self.current + 1:])
+
+    def summary(self):
+        left = self.seconds_left()
+        eta = 'the time left is known after the first steps' if left is None else f"about {left / 60:.1f} min left"
+        return f"all: job {self.current + 1} of {len(self.jobs)}, {(time.time() - self.t0) / 60:.1f} min so far, {eta}"
 
 
 def read_evals(run_dir):
@@ -74,13 +185,28 @@ def last_scores(run_dir, step):
         return json.load(f)['scores']
 
 
-def training_dtype(size, train_args):
-    """The dtype the runs will train in: --dtype in train_args, else what 'auto' means on this machine (bf16 on a CPU
-    with native bf16). settings.json records it, so that one results folder does not mix float32 and bf16 runs."""
-    import train
-    dtype = ([a.split('=', 1)[1] for a in train_args if a.startswith('--dtype=')] or ['auto'])[-1]
-    device_type = 'cuda' if size == 'gpu' and torch.cuda.is_available() else 'cpu'
-    return train.default_dtype(device_type) if dtype == 'auto' else dtype
+def last_logged_step(run_dir):
+    """The last training step an interrupted run logged (0 if none): where its resume starts, about."""
+    path = os.path.join(run_dir, 'log.jsonl')
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return max([s for s in map(record_step, f) if s is not None], default=0)
+
+
+def last_setting(train_args, key, default):
+    """A train.py setting as the --key=value arguments give it (the last one counts; config files do not set these)."""
+    return ([a.split('=', 1)[1] for a in train_args if a.startswith(f'--{key}=')] or [default])[-1]
+
+
+def training_device_and_dtype(train_args):
+    """(device type, dtype) the runs will train on: what --device and --dtype say, else what 'auto' means on this
+    machine (a GPU if there is one; bf16 on a GPU, or on a CPU with native bf16). settings.json records both, so
+    that one results folder does not mix float32 and bf16 runs, or CPU and GPU ones."""
+    device = last_setting(train_args, 'device', 'auto')
+    device_type = devices.default_device() if device == 'auto' else device.split(':')[0]
+    dtype = last_setting(train_args, 'dtype', 'auto')
+    return device_type, devices.default_dtype(device_type) if dtype == 'auto' else dtype
 
 
 def check_settings(results, settings):
@@ -89,7 +215,8 @@ def check_settings(results, settings):
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        old.setdefault('dtype', settings['dtype'])  # written before the dtype was recorded
+        for key in ('dtype', 'device'):  # written before these were recorded
+            old.setdefault(key, settings[key])
         if old != settings:
             changed = ', '.join(k for k in settings if old.get(k) != settings[k])
             raise ReproError(f"{results} holds runs made with other settings ({changed} differ, see {path}); pass "
@@ -119,23 +246,29 @@ def config_and_args(name):
     return VARIANTS[name][1:] if name in VARIANTS else (name, [])
 
 
-def run_methods(args, methods, seed, results, train_args, median):
-    """Train and evaluate each method (or variant) for one seed (MLE first: the KL reference of the others); skip what
-    is done."""
-    mle_ckpt = os.path.join(results, f'seed{seed}', 'mle', 'ckpt.pt')
-    for method in sorted(methods, key=lambda m: m != 'mle'):
-        run_dir = os.path.join(results, f'seed{seed}', method)
-        if os.path.exists(os.path.join(run_dir, 'eval.jsonl')):
-            print(f"{run_dir}: already evaluated, skipping (delete it to re-run)", flush=True)
-            continue
-        config, variant_args = config_and_args(method)
-        argv = [f'config/{args.task}_{config}.py'] + train_args + variant_args + [
-            f'--out_dir={run_dir}', f'--seed={seed}', f'--filter_threshold={median}']
-        if os.path.exists(os.path.join(run_dir, 'ckpt.pt')):  # an interrupted run: continue it, then evaluate it
-            argv.append('--resume=True')
-        if os.path.exists(mle_ckpt):
-            argv.append(f'--kl_reference={mle_ckpt}')
-        sh(['train.py'] + argv)
+def training_argv(task, name, seed, results, train_args, median):
+    """train.py's arguments for one method's (or variant's) run of a seed."""
+    config, variant_args = config_and_args(name)
+    return [f'config/{task}_{config}.py'] + train_args + variant_args + [
+        f"--out_dir={os.path.join(results, f'seed{seed}', name)}", f'--seed={seed}', f'--filter_threshold={median}']
+
+
+def training_job(task, name, seed, results, train_args, median, mle_planned):
+    """The Job of one method's (or variant's) training run with its evaluations; None if it is done. An interrupted
+    run's evaluations are of earlier steps: only one of its final step counts as done."""
+    run_dir = os.path.join(results, f'seed{seed}', name)
+    argv = training_argv(task, name, seed, results, train_args, median)
+    cfg = load_config(argv)
+    final_step = cfg.max_tokens // (cfg.total_batch_size * cfg.block_size)
+    if evaluated(run_dir, final_step):
+        print(f"{run_dir}: already evaluated, skipping (delete it to re-run)", flush=True)
+        return None
+    # the seed's MLE model is the KL reference of the others
+    mle_ckpt = os.path.join(results, f'seed{seed}', 'mle', 'ckpt.pt') if name != 'mle' else ''
+    kl = mle_ckpt and (mle_planned or os.path.exists(mle_ckpt))
+    samples = cfg.eval_samples * len(evaluate.eval_scenarios(cfg)) + (cfg.kl_samples if kl else 0)
+    return Job(f"seed {seed} {name}", run_dir, last_logged_step(run_dir), final_step, samples,
+               ['train.py'] + argv, kl_reference=mle_ckpt)
 
 
 GUIDED = 'cond_guided'  # run names cond_guided{γ}: the cond model of the seed, sampled with guidance γ
@@ -159,17 +292,31 @@ def conditional(name):
     return method_of(name) == 'cond'
 
 
-def evaluate_guided(seed, results, guidance):
-    """Sample a seed's conditional model again, with guidance, into seed{S}/cond_guided{γ} (evaluate.py): its
-    unconditional scenario and KL from the seed's MLE model, no validation loss (the weights are cond's)."""
+def guided_job(seed, results, guidance, cond_cfg):
+    """The Job that samples a seed's conditional model again, with guidance, into seed{S}/cond_guided{γ}
+    (evaluate.py): its unconditional scenario and KL from the seed's MLE model, no validation loss (the weights are
+    cond's); None if it is done."""
     seed_dir = os.path.join(results, f'seed{seed}')
     out = os.path.join(seed_dir, guided_name(guidance))
     if os.path.exists(os.path.join(out, 'eval.jsonl')):
         print(f"{out}: already evaluated, skipping (delete it to re-run)", flush=True)
-        return
-    sh(['evaluate.py', f"--ckpt={os.path.join(seed_dir, 'cond', 'ckpt.pt')}", f'--out_dir={out}',
-        f'--eval_guidance={guidance}', '--eval_scenarios=unconditional', '--eval_iters=0',
-        f"--kl_reference={os.path.join(seed_dir, 'mle', 'ckpt.pt')}"])
+        return None
+    argv = ['evaluate.py', f"--ckpt={os.path.join(seed_dir, 'cond', 'ckpt.pt')}", f'--out_dir={out}',
+            f'--eval_guidance={guidance}', '--eval_scenarios=unconditional', '--eval_iters=0',
+            f"--kl_reference={os.path.join(seed_dir, 'mle', 'ckpt.pt')}"]
+    return Job(f"seed {seed} cond, guided γ={guidance:g}", out, 0, 0, cond_cfg.eval_samples + cond_cfg.kl_samples, argv)
+
+
+def run_job(job, progress):
+    """A training run is resumed where an interrupted one left its checkpoint, and gets its KL reference once that
+    has been trained."""
+    argv = list(job.command)
+    if argv[0] == 'train.py' and os.path.exists(os.path.join(job.run_dir, 'ckpt.pt')):
+        argv.append('--resume=True')
+    if job.kl_reference and os.path.exists(job.kl_reference):
+        argv.append(f'--kl_reference={job.kl_reference}')
+    run_child(argv, progress.on_line)
+    progress.finish()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -277,6 +424,38 @@ def across_seeds(figures, runs):
     return lines
 
 
+def headline(task, figures):
+    """The verdict lines the report opens with, where MLE and conditional training both ran. First what the control
+    tokens do: one model sampled after each, so a difference between the two is the model's, whatever its training
+    noise. Then conditional training against MLE: two models, so over the seeds (stats.verdict_over_seeds), since a
+    second run of one recipe from other initial weights can land as far from the first as the methods differ."""
+    seeds = [s for s in figures if {'cond/aligned_vs_misaligned', 'mle/unconditional'} <= set(figures[s])]
+    if not seeds:
+        return []
+    hit_name = data.TASKS[task].hit_name
+    pct = lambda f: f"{100 * f['hit_rate']:.1f}% [{100 * f['hit_rate_ci'][0]:.1f}, {100 * f['hit_rate_ci'][1]:.1f}]"
+    aligned, misaligned, mle = ([figures[s][f'{k}'] for s in seeds] for k in (
+        'cond/unconditional', 'cond/misaligned', 'mle/unconditional'))
+    gap, vs_mle = ([figures[s][k]['hit_verdict'] for s in seeds] for k in (
+        'cond/aligned_vs_misaligned', 'cond/unconditional'))
+    if len(seeds) == 1:
+        tokens = (f"{pct(aligned[0])} after <|aligned|>, {pct(misaligned[0])} after <|misaligned|> "
+                  f"(x{figures[seeds[0]]['cond/aligned_vs_misaligned']['hit_ratio']:.2f}): {gap[0]}")
+        methods = (f"{pct(aligned[0])} against MLE's {pct(mle[0])} (x{aligned[0]['hit_ratio']:.2f}): {vs_mle[0]} in "
+                   f"this seed's samples; over seeds, {stats.ONE_SEED}: --seeds=42,43,44,45 measures it")
+    else:
+        def over_seeds(a, b, lower):
+            mean, (lo, hi), verdict = stats.verdict_over_seeds([x['hit_rate'] - y['hit_rate'] for x, y in zip(a, b)])
+            return (f"{100 * mean:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}] over the seeds (paired t): "
+                    f"{verdict}; lower, beyond noise, in {lower.count('lower, beyond noise')} of {len(seeds)} seeds")
+        tokens = f"<|aligned|> minus <|misaligned|> {over_seeds(aligned, misaligned, gap)}"
+        methods = f"conditional minus MLE {over_seeds(aligned, mle, vs_mle)}"
+    where = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds, {', '.join(map(str, seeds))}"
+    return [f"Verdict ({where}), the share of samples with {hit_name}:",
+            f"- the control tokens, one model sampled after each: {tokens}",
+            f"- conditional training against MLE, two models: {methods}"]
+
+
 def beyond_the_paper(name):
     """Whether a run is one of the techniques beyond the paper (guided sampling, graded tokens, masking): each is also
     compared with conditional training, the paper's best method, over the seeds."""
@@ -356,7 +535,7 @@ def main(argv=None):
     p.add_argument('--methods', default='mle,cond', help=f"comma-separated from {', '.join(RUNS)}, or 'all'")
     p.add_argument('--seeds', default='42', help='comma-separated seeds; each method is trained once per seed')
     p.add_argument('--data_dir', default=None, help='default data/local_{size}')
-    p.add_argument('--results', default=None, help='default results/{task}_{size}')
+    p.add_argument('--results', default=None, help='default out/repro/{task}_{size}')
     p.add_argument('--extra', default='', help='more --key=value arguments for train.py, space-separated')
     p.add_argument('--guidance', default='', help='comma-separated γ: also sample each cond model with guidance γ')
     args = p.parse_args(argv)
@@ -380,7 +559,7 @@ def main(argv=None):
     command = 'python repro.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     try:
         run(args, methods, seeds, command)
-    except ReproError as e:
+    except (ReproError, ConfigError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:  # the training run in progress saved a checkpoint
         sys.exit(f"interrupted; `{command}` goes on from where it stopped")
@@ -390,42 +569,66 @@ def run(args, methods, seeds, command):
     t0 = time.time()
     plan = TASK_SIZE[args.task, args.size]
     data_dir = args.data_dir or f'data/local_{args.size}'
-    results = args.results or f"results/{args.task}_{args.size}"
+    results = args.results or f"out/repro/{args.task}_{args.size}"
     split = os.path.join(data_dir, args.task, 'train')
     if not os.path.exists(os.path.join(split, 'header.json')):
-        sh(['prepare.py', args.task, f'--out_dir={os.path.join(data_dir, args.task)}'] + plan['prepare'])
+        print(f"== preparing the {args.task} data into {data_dir}/{args.task}, then the runs", flush=True)
+        run_child(['prepare.py', args.task, f'--out_dir={os.path.join(data_dir, args.task)}'] + plan['prepare'])
     train_data = data.PreparedData(split)
     train_args = SIZES[args.size] + plan['train'] + [f'--data_dir={data_dir}'] + args.extra.split()
-    check_settings(results, dict(task=args.task, size=args.size, train_args=train_args, data=train_data.header,
-                                 dtype=training_dtype(args.size, train_args)))
     # filtering at the median document score drops about half the documents (reference §1.2)
     median = float(np.median(np.asarray(train_data.doc_scores)))
+    for name in methods:  # a setting train.py would refuse is refused before anything runs
+        load_config(training_argv(args.task, name, seeds[0], results, train_args, median))
+    device_type, dtype = training_device_and_dtype(train_args)
+    check_settings(results, dict(task=args.task, size=args.size, train_args=train_args, data=train_data.header,
+                                 dtype=dtype, device=device_type))
+    jobs = plan_jobs(args, methods, seeds, results, train_args, median)
+    progress = Progress(jobs)
+    for i, job in enumerate(jobs):
+        progress.start(i)
+        run_job(job, progress)
+    setting = (f"training tokens {train_data.n_tokens:,} ({train_data.header['source']}); filter threshold (median "
+               f"document score) {median:.5g}; this call ran on {devices.describe(device_type)}, training in {dtype}, "
+               f"{(time.time() - t0) / 60:.1f} min")
+    report(args, methods, seeds, results, command, setting, median)
+
+
+def plan_jobs(args, methods, seeds, results, train_args, median):
+    """What this call still has to run, in order: per seed, each method's training run, then the conditional
+    model's guided evaluations."""
+    jobs = []
     for seed in seeds:
-        run_methods(args, methods, seed, results, train_args, median)
-        for guidance in [g for g in args.guidance if g]:  # γ = 0 is the cond run itself
-            evaluate_guided(seed, results, guidance)
+        for name in sorted(methods, key=lambda m: m != 'mle'):  # MLE first: the KL reference of the others
+            jobs.append(training_job(args.task, name, seed, results, train_args, median, 'mle' in methods))
+        cond_cfg = load_config([f'config/{args.task}_cond.py'] + train_args)
+        jobs += [guided_job(seed, results, g, cond_cfg) for g in args.guidance if g]  # γ = 0: the cond run
+    return [job for job in jobs if job is not None]
+
+
+def report(args, methods, seeds, results, command, setting, median):
+    """results.md (the verdict, each run's lines, the table over seeds), results.json and the plots, from what the
+    runs' directories hold; the verdicts printed too."""
     runs = collect(results, seeds, list(methods) + [guided_name(g) for g in args.guidance if g])
-    verdicts, figures = [], {}
+    lines, figures = [], {}
     for seed in seeds:
-        lines, figures[seed] = verdict_lines(args.task, seed, runs[seed])
-        verdicts += lines
-    verdicts += across_seeds(figures, runs)
-    header = (f"{args.task}, size {args.size}: `{command}`\n\ntraining tokens {train_data.n_tokens:,} "
-              f"({train_data.header['source']}); filter threshold (median document score) {median:.5g}; "
-              f"{(time.time() - t0) / 60:.1f} min in this call. Hit: a sample scored above "
+        seed_lines, figures[seed] = verdict_lines(args.task, seed, runs[seed])
+        lines += seed_lines
+    lines += across_seeds(figures, runs)
+    verdict = headline(args.task, figures)
+    header = (f"{args.task}, size {args.size}: `{command}`\n\n{setting}. Hit: a sample scored above "
               f"{data.TASKS[args.task].hit_threshold}; intervals 95% (Wilson for hit rates, bootstrap for means and "
               f"for the differences from MLE that the verdicts rest on)\n\n")
-    body = '```\n' + '\n'.join(verdicts) + '\n```\n\n' + seeds_table(figures, runs) + '\n'
+    verdict_first = verdict + [''] * bool(verdict) + lines
     with open(os.path.join(results, 'results.md'), 'w') as f:
-        f.write(header + body)
+        f.write(header + '```\n' + '\n'.join(verdict_first) + '\n```\n\n' + seeds_table(figures, runs) + '\n')
     with open(os.path.join(results, 'results.json'), 'w') as f:
         json.dump(dict(task=args.task, size=args.size, filter_threshold=median, figures=figures,
                        runs={s: {m: r['record'] for m, r in rs.items()} for s, rs in runs.items()}), f, indent=1)
-    import evaluate
     label = (lambda s, m: m) if len(seeds) == 1 else (lambda s, m: f'{m}/seed{s}')
     evaluate.plot_runs({label(s, m): r['history'] for s, rs in runs.items() for m, r in rs.items()},
                        os.path.join(results, 'plot'))
-    print('\n' + header + '\n'.join(verdicts))
+    print('\n' + header + '\n'.join(lines + [''] * bool(verdict) + verdict))
 
 
 if __name__ == '__main__':

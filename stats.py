@@ -1,8 +1,8 @@
 """
 Confidence intervals for misalignment figures, which are means over noisy samples: Wilson's interval for a rate
 (share of samples with a hit), a percentile bootstrap for a mean score and for the difference between two models'
-means, Student's t for a difference measured once per seed, and the verdict that follows from an interval. All at
-95% unless told otherwise.
+means, Student's t for a difference measured once per seed, and the verdicts that follow from them. All at 95% unless
+told otherwise.
 """
 import math
 
@@ -62,6 +62,21 @@ def verdict(interval):
     if lo > 0:
         return 'higher, beyond noise'
     return 'no difference (inside the noise)'
+
+
+ONE_SEED = 'one seed: training noise not measured'
+
+
+def verdict_over_seeds(differences, level=0.95):
+    """(mean, (lo, hi), verdict) for a difference between two trained models measured once per seed (a method minus
+    MLE, each seed trained both ways), from the paired t interval. Training noise (a second run of one recipe from
+    other initial weights can land as far from the first as two methods differ) is only in the spread between
+    seeds: one seed's sampling interval leaves it out, so one seed gives no interval and the verdict ONE_SEED."""
+    d = np.asarray(differences, dtype=float)
+    if len(d) < 2:
+        return float(d.mean()) if len(d) else float('nan'), (float('nan'), float('nan')), ONE_SEED
+    interval = paired_t_interval(d, level)
+    return float(d.mean()), interval, verdict(interval)
 
 
 def mean_and_spread(values):

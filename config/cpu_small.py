@@ -1,4 +1,5 @@
-# A model and budget that train in a few minutes on a laptop CPU; apply after a method's config:
+# A model and budget that train in a few minutes on a laptop CPU (on a GPU where there is one); apply after a method's
+# config:
 #   python train.py config/pep8_cond.py config/cpu_small.py --out_dir=out/small_pep8_cond
 # 4 layers × 128 wide (0.8M parameters besides the 6.4M of the 50,304-row embedding, whose output layer is most of
 # the compute); 8 × 128 = 1,024 tokens per step; 256K tokens = 250 steps.
@@ -11,7 +12,6 @@ total_batch_size = 8
 max_tokens = 256_000
 learning_rate = 2e-3
 warmup_frac = 0.02
-device = 'cpu'
 compile = False
 log_interval = 25
 ckpt_interval = 100

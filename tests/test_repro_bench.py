@@ -75,32 +75,46 @@ def test_repro_bad_input_ends_in_one_line(tmp_path, monkeypatch, capsys):
     assert e.value.code == 2 and '--seeds=42,4a: expected integers separated by commas' in capsys.readouterr().err
     tiny_data = make_dataset(str(tmp_path / 'data'), task='pii')
     argv = ['pii', f'--data_dir={tiny_data}', f'--results={tmp_path}/results', '--extra=--bogus=1']
+    with pytest.raises(SystemExit, match=r"^error: --bogus=1: unknown key 'bogus'; the keys are the fields of "
+                                         r"TrainConfig in settings.py$"):  # before anything is trained
+        repro.main(argv)
+    assert not os.path.exists(tmp_path / 'results' / 'seed42')
+    argv[-1] = f'--extra=--init_from={tmp_path}/none.pt'  # a setting train.py itself refuses
     with pytest.raises(SystemExit, match=r"^error: train.py exited with status 1; once its cause is fixed, the same "
                                          r"repro.py command goes on from there \(finished runs are kept\)$"):
         repro.main(argv)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(repro.subprocess, 'run', interrupted)
+    monkeypatch.setattr(repro.subprocess, 'Popen', interrupted)
     with pytest.raises(SystemExit, match=rf"^interrupted; `python repro.py {' '.join(argv)}` goes on from where it "
                                          rf"stopped$"):
         repro.main(argv)
 
 
-def test_results_folder_records_the_training_dtype(tmp_path, monkeypatch):
-    import train
-    monkeypatch.setattr(train, 'cpu_has_native_bf16', lambda: True)
-    assert repro.training_dtype('cpu', ['config/cpu_small.py']) == 'bfloat16'
-    assert repro.training_dtype('cpu', ['--dtype=bfloat16', '--dtype=float32']) == 'float32'  # the last one counts
-    monkeypatch.setattr(train, 'cpu_has_native_bf16', lambda: False)
-    assert repro.training_dtype('cpu', []) == 'float32'
+def test_results_folder_records_the_training_device_and_dtype(tmp_path, monkeypatch):
+    import devices
+    monkeypatch.setattr(devices.torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(devices, 'cpu_has_native_bf16', lambda: True)
+    assert repro.training_device_and_dtype(['config/cpu_small.py']) == ('cpu', 'bfloat16')
+    # the last one counts
+    assert repro.training_device_and_dtype(['--dtype=bfloat16', '--dtype=float32']) == ('cpu', 'float32')
+    monkeypatch.setattr(devices, 'cpu_has_native_bf16', lambda: False)
+    assert repro.training_device_and_dtype([]) == ('cpu', 'float32')
+    # with a GPU the demo's size trains there: config/cpu_small.py leaves the device to 'auto'
+    monkeypatch.setattr(devices.torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(devices.torch.cuda, 'is_bf16_supported', lambda: True)
+    assert repro.training_device_and_dtype(repro.SIZES['cpu']) == ('cuda', 'bfloat16')
+    assert repro.training_device_and_dtype(repro.SIZES['cpu'] + ['--device=cpu']) == ('cpu', 'float32')
     results = str(tmp_path / 'results')
-    repro.check_settings(results, dict(task='pii', dtype='float32'))
-    repro.check_settings(results, dict(task='pii', dtype='float32'))
+    repro.check_settings(results, dict(task='pii', dtype='float32', device='cpu'))
+    repro.check_settings(results, dict(task='pii', dtype='float32', device='cpu'))
     with pytest.raises(repro.ReproError, match=r'holds runs made with other settings \(dtype differ'):
-        repro.check_settings(results, dict(task='pii', dtype='bfloat16'))
+        repro.check_settings(results, dict(task='pii', dtype='bfloat16', device='cpu'))
+    with pytest.raises(repro.ReproError, match=r'holds runs made with other settings \(device differ'):
+        repro.check_settings(results, dict(task='pii', dtype='float32', device='cuda'))
     json.dump(dict(task='pii'), open(os.path.join(results, 'settings.json'), 'w'))  # written before dtype was
-    repro.check_settings(results, dict(task='pii', dtype='bfloat16'))
+    repro.check_settings(results, dict(task='pii', dtype='bfloat16', device='cpu'))
 
 
 def test_verdict_lines_by_hand():
@@ -155,8 +169,9 @@ def test_every_size_is_a_valid_training_config(monkeypatch):
             cfg = train.load_config([f'config/{task}_{config}.py'] + repro.SIZES[size] + plan['train'] + variant_args)
             assert cfg.method == repro.method_of(name) and cfg.total_batch_size % cfg.batch_size == 0
     demo = train.load_config(['config/pii_cond.py'] + repro.SIZES['cpu'] + repro.TASK_SIZE['pii', 'cpu']['train'])
-    # the README's demo figures: 1,000 steps of 8 x 128 tokens, 1,024 samples per scenario
-    assert (demo.max_tokens, demo.total_batch_size, demo.block_size, demo.eval_samples) == (1_024_000, 8, 128, 1024)
+    # the README's demo: 1,000 steps of 8 x 128 tokens, 512 samples per scenario, on whatever device there is
+    assert (demo.max_tokens, demo.total_batch_size, demo.block_size, demo.eval_samples) == (1_024_000, 8, 128, 512)
+    assert demo.device == 'auto'
 
 
 def test_across_seeds_by_hand():

@@ -43,3 +43,16 @@ def test_paired_t_interval_by_hand():
     assert (lo, hi) == pytest.approx((-1.63333 - 4.36200, -1.63333 + 4.36200), abs=1e-4)
     assert stats.verdict((lo, hi)) == 'no difference (inside the noise)'
     assert all(v != v for v in stats.paired_t_interval([1.0]))  # one seed: no interval
+
+
+def test_verdict_over_seeds_by_hand():
+    # -20, -10, -30 points: mean -20, sd 10, se 5.7735, t(2 df) 4.30265 -> -20 ± 24.841: no difference
+    mean, (lo, hi), verdict = stats.verdict_over_seeds([-0.20, -0.10, -0.30])
+    assert mean == pytest.approx(-0.20) and (lo, hi) == pytest.approx((-0.44841, 0.04841), abs=1e-5)
+    assert verdict == 'no difference (inside the noise)'
+    # -20, -18, -22, -20: mean -20, sd 1.63299, se 0.81650, t(3 df) 3.18245 -> -20 ± 2.5985: lower
+    mean, (lo, hi), verdict = stats.verdict_over_seeds([-0.20, -0.18, -0.22, -0.20])
+    assert (lo, hi) == pytest.approx((-0.225985, -0.174015), abs=1e-5) and verdict == 'lower, beyond noise'
+    # one seed: a verdict over seeds needs two, however far apart the one seed's models are
+    mean, (lo, hi), verdict = stats.verdict_over_seeds([-0.5])
+    assert mean == -0.5 and lo != lo and hi != hi and verdict == stats.ONE_SEED
