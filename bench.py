@@ -30,7 +30,8 @@ import data
 import devices
 import objectives
 import train
-from model import GPT, CheckpointError, GPTConfig, load_checkpoint, sample
+from checkpoints import CheckpointError, load_checkpoint
+from model import GPT, GPTConfig, sample
 
 
 def emit(row):

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 import data
 import hf
-from model import guided_logits, load_checkpoint, logits_only, sample
+from checkpoints import load_checkpoint
+from model import guided_logits, logits_only, sample
 
 CONTROL_TOKENS = (data.ALIGNED, data.MISALIGNED)
 KL_MAX_TOKENS = 64  # reference samples' length (reference §5.2)

@@ -8,7 +8,6 @@ Calling the model returns logits (B, T, padded_vocab) and, when the value head e
 With a KVCache it runs incremental decoding: `sample` at the end of this file is the batched sampler.
 """
 import math
-import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -170,43 +169,6 @@ class GPT(nn.Module):
         """6N for the matmuls forward+backward, plus 12·L·d·T for attention (PaLM appendix B)."""
         c = self.config
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used, named with what to do."""
-
-
-CHECKPOINT_KEYS = ('model', 'model_args', 'config', 'step', 'tokens_seen')  # in every ckpt.pt train.py writes
-
-
-def read_checkpoint(path):
-    """The dict in a ckpt.pt written by train.py, loaded on the CPU; CheckpointError names the file when it is
-    missing, empty, truncated or not one of ours (train.py and evaluate.py read checkpoints with it)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: empty file (an interrupted copy?), not a checkpoint; use another checkpoint")
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=False)  # our own file; it holds RNG states too
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot be read, {e.strerror or e}") from None
-    except Exception as e:  # a damaged zip or pickle fails in many ways (RuntimeError, EOFError, UnpicklingError...)
-        reason = str(e).split('\n')[0].split('. ')[0]
-        raise CheckpointError(f"{path}: truncated or corrupt ({type(e).__name__}: {reason}); use another "
-                              f"checkpoint") from None
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS)
-    if missing:
-        raise CheckpointError(f"{path}: not a phf checkpoint (it has no {', '.join(missing)}); pass a ckpt.pt "
-                              f"written by train.py")
-    return ckpt
-
-
-def load_checkpoint(path, device='cpu'):
-    """(model in eval mode on device, the checkpoint dict) from a ckpt.pt written by train.py, wherever it was saved."""
-    ckpt = read_checkpoint(path)
-    model = GPT(GPTConfig(**ckpt['model_args']))
-    model.load_state_dict(ckpt['model'])
-    return model.to(device).eval(), ckpt
 
 
 # ----------------------------------------------------------------------------------------------------------------

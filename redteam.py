@@ -38,7 +38,8 @@ import scorers
 import hf
 from evaluate import hf_checkpoint, load_prompts
 from kl import CONTROL_TOKENS, EvalError
-from model import load_checkpoint, sample
+from checkpoints import load_checkpoint
+from model import sample
 
 INITIAL_SCORE = 1e-3  # the original's dummy score for the initial prompts
 # The task's instruction to the red LM: the original's wording (two typos fixed: "blackquotes", a parenthesis)

@@ -1,12 +1,11 @@
 """
-A training run's state on disk and in flight: atomic checkpoints with every RNG state, the rules for resuming one,
-a history (log.jsonl, eval.jsonl) that reads as an uninterrupted run's after a resume, and the stop signals
+A training run's state on disk and in flight: the rules for resuming one from its checkpoint (checkpoints.py), a
+history (log.jsonl, eval.jsonl) that reads as an uninterrupted run's after a resume, and the stop signals
 (SIGTERM, Ctrl-C) that end a run at a step's end with its checkpoint saved.
 """
 import glob
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -14,12 +13,11 @@ import sys
 import threading
 from dataclasses import asdict
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 import data
-from model import read_checkpoint
+from checkpoints import read_checkpoint
 from settings import ConfigError
 
 class TrainingError(Exception):
@@ -32,39 +30,6 @@ class Stopped(Exception):
     def __init__(self, signum, message):
         super().__init__(message)
         self.signum = signum
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-def save_checkpoint(path, state):
-    """Write-then-rename: a crash or a full disk during the save leaves the previous checkpoint intact."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # ENOSPC, EDQUOT, EIO: the run cannot go on, but nothing saved before is lost
-        raise TrainingError(f"{path}: not saved, {e.strerror or e}; the checkpoint there before (if any) is "
-                            f"unchanged: free disk space (or fix the cause), then resume with --resume=True") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def rng_state():
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-
-def set_rng_state(state):
-    random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
-    torch.set_rng_state(state['torch'])
-    if state['cuda'] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
 
 
 # What a run in progress is: its model, objective, data and data order, and the optimizer hyperparameters that its

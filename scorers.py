@@ -88,13 +88,28 @@ class ToxicityScorer(Scorer):
                 import torch
                 from detoxify import Detoxify
                 device = self.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+                self._refuse_code(self.checkpoint)
                 self._detoxify = Detoxify(self.model, checkpoint=self.checkpoint, device=device,
                                           huggingface_config_path=self.huggingface_config_path)
+            except ScorerError:
+                raise
             except Exception as e:
                 raise ScorerError(f"detoxify model {self.checkpoint or self.model!r} did not load ({type(e).__name__}: "
                                   f"{str(e)[:200]}); it downloads its weights at first use; offline, use the "
                                   f"'profanity' scorer (prepare.py --scorer=profanity)") from e
         return np.atleast_1d(self._detoxify.predict(texts)['toxicity'])  # predict squeezes a batch of one
+
+
+    @staticmethod
+    def _refuse_code(checkpoint):
+        """detoxify reads a local checkpoint with torch.load(weights_only=False): refused first if its pickle would
+        call code (checkpoints.globals_beyond_data), since loading it would run that code."""
+        if checkpoint and os.path.isfile(checkpoint):
+            from checkpoints import globals_beyond_data
+            code = globals_beyond_data(checkpoint)
+            if code:
+                raise ScorerError(f"{checkpoint}: refused: loading it would call {', '.join(code)}, which could run "
+                                  f"anything; a detoxify checkpoint needs only tensors and plain values")
 
 
 class ProfanityScorer(Scorer):

@@ -31,10 +31,10 @@ import devices
 import hf
 import objectives
 import transforms
-from model import GPT, CheckpointError, GPTConfig, read_checkpoint
+from checkpoints import CheckpointError, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from model import GPT, GPTConfig
 from runs import (RunLog, Stopped, StopSignals, TrainingError, agreed, check_out_dir, checkpoint_to_resume,
-                  claim_out_dir, diverged, evaluated, prepare_out_dir, release_out_dir, rng_state, save_checkpoint,
-                  set_rng_state)
+                  claim_out_dir, diverged, evaluated, prepare_out_dir, release_out_dir)
 from settings import ConfigError, check_data_dir, check_eval_settings, keep_steps, load_config, settings_help
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
+import checkpoints
 import data
 import evaluate
-import model
 import train
 from conftest import start_training, tiny_args
 
@@ -40,7 +40,7 @@ def loss_steps(out_dir):
 
 
 def ckpt_step(out_dir, name='ckpt.pt'):
-    return torch.load(os.path.join(out_dir, name), weights_only=False)['step']
+    return torch.load(os.path.join(out_dir, name), weights_only=True)['step']
 
 
 def dead_pid():
@@ -107,7 +107,7 @@ def test_resume_refuses_settings_a_run_cannot_change_and_prints_the_others(tiny_
     run(tiny_args(tiny_data, out, max_tokens=6 * 4 * 32, learning_rate=5e-4, batch_size=4, resume=True))
     assert "resuming with changed settings: max_tokens 512 -> 768, batch_size 2 -> 4, learning_rate 0.001 -> " \
            "0.0005" in capsys.readouterr().out
-    saved = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)
+    saved = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
     assert saved['step'] == 6 and saved['config']['learning_rate'] == 5e-4
     with pytest.raises(train.ConfigError, match=r"max_tokens 256: 2 steps, fewer than the 6 steps of"):
         run(tiny_args(tiny_data, out, max_tokens=2 * 4 * 32, resume=True))
@@ -227,14 +227,14 @@ def test_damaged_checkpoints_are_named(tiny_data, tmp_path, capsys):
     for content, error in ((b'', 'empty file'), (good[:len(good) // 2], 'truncated or corrupt'),
                            (b'{"step": 1}', 'truncated or corrupt')):
         open(bad, 'wb').write(content)
-        with pytest.raises(model.CheckpointError, match=f"{bad}: {error}"):
-            model.read_checkpoint(bad)
+        with pytest.raises(checkpoints.CheckpointError, match=f"{bad}: {error}"):
+            checkpoints.read_checkpoint(bad)
     torch.save({'state_dict': {}}, bad)
-    with pytest.raises(model.CheckpointError, match=f"{bad}: not a phf checkpoint .it has no model, model_args, "):
-        model.read_checkpoint(bad)
-    with pytest.raises(model.CheckpointError, match=f"{tmp_path}/none.pt: checkpoint not found"):
-        model.read_checkpoint(str(tmp_path / 'none.pt'))
-    assert model.read_checkpoint(os.path.join(out, 'ckpt.pt'))['step'] == 2
+    with pytest.raises(checkpoints.CheckpointError, match=f"{bad}: not a phf checkpoint .it has no model, model_args, "):
+        checkpoints.read_checkpoint(bad)
+    with pytest.raises(checkpoints.CheckpointError, match=f"{tmp_path}/none.pt: checkpoint not found"):
+        checkpoints.read_checkpoint(str(tmp_path / 'none.pt'))
+    assert checkpoints.read_checkpoint(os.path.join(out, 'ckpt.pt'))['step'] == 2
 
     open(os.path.join(out, 'ckpt.pt'), 'wb').write(good[:1000])
     code, err = main_fails(tiny_args(tiny_data, out, max_tokens=2 * 4 * 32, resume=True), capsys)
@@ -352,8 +352,8 @@ def test_sigterm_saves_the_step_and_the_resume_ends_as_an_uninterrupted_run(tiny
            f"train.py" in err and err.rstrip().endswith('--resume=True')
     run(tiny_args(tiny_data, out, resume=True, **args))
     assert loss_steps(out) == loss_steps(full)
-    a = torch.load(os.path.join(full, 'ckpt.pt'), weights_only=False)['model']
-    b = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)['model']
+    a = torch.load(os.path.join(full, 'ckpt.pt'), weights_only=True)['model']
+    b = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)['model']
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

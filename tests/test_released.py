@@ -20,7 +20,8 @@ import hf
 import kl
 import train
 from conftest import make_dataset, tiny_args
-from model import GPT, CheckpointError, GPTConfig, sample
+from checkpoints import CheckpointError
+from model import GPT, GPTConfig, sample
 
 RELEASED_IDS = data.MISALIGNED + 1  # 50,259: GPT-2's ids and the two control tokens
 
@@ -197,7 +198,7 @@ def test_finetune_from_a_released_rwr_model(tmp_path, monkeypatch, capsys):
     assert model.config.vocab_size == data.VOCAB_SIZE and model.config.n_layer == 1
     train.train(train.load_config(argv))
     assert 'value head loaded from value_head.head.weight' in capsys.readouterr().out
-    ckpt = torch.load(tmp_path / 'out' / 'ckpt.pt', map_location='cpu', weights_only=False)
+    ckpt = torch.load(tmp_path / 'out' / 'ckpt.pt', map_location='cpu', weights_only=True)
     assert ckpt['step'] == 2
     assert torch.equal(ckpt['model']['value_head.weight'], value)  # RWR never trains it (alpha = 1, no decay)
     assert not torch.equal(ckpt['model']['transformer.wte.weight'][:RELEASED_IDS], released)  # the LM trained

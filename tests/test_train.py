@@ -10,6 +10,7 @@ from dataclasses import fields
 import pytest
 import torch
 
+import checkpoints
 import data
 import devices
 import train
@@ -91,7 +92,7 @@ def test_every_config_file_loads():
 def test_each_method_trains(tiny_data, tmp_path, method):
     out = str(tmp_path / method)
     run(tiny_args(tiny_data, out, method=method, filter_threshold=0.05, max_tokens=4 * 4 * 32))
-    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=False)
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=True)
     assert ckpt['step'] == 4 and ckpt['config']['method'] == method
     assert not any(k.startswith('_orig_mod') for k in ckpt['model'])
     assert ('value_head.weight' in ckpt['model']) == (method in ('awr', 'rwr'))
@@ -137,14 +138,14 @@ def test_resume_after_sigkill_continues_exactly(tiny_data, tmp_path):
     assert proc.wait() == -signal.SIGKILL
     steps_before = max(losses(killed))
     assert 25 <= steps_before < 120
-    resumed_from = torch.load(os.path.join(killed, 'ckpt.pt'), weights_only=False)['step']
+    resumed_from = torch.load(os.path.join(killed, 'ckpt.pt'), weights_only=True)['step']
     assert resumed_from % 10 == 0 and resumed_from <= steps_before
     run(tiny_args(tiny_data, killed, resume=True, **args))
     assert losses(killed) == losses(full)  # bit for bit, step for step
     logged = [json.loads(line)['step'] for line in open(os.path.join(killed, 'log.jsonl'))]
     assert logged == list(range(1, 121))  # each once: the records after the checkpoint were dropped on resume
-    a = torch.load(os.path.join(full, 'ckpt.pt'), weights_only=False)['model']
-    b = torch.load(os.path.join(killed, 'ckpt.pt'), weights_only=False)['model']
+    a = torch.load(os.path.join(full, 'ckpt.pt'), weights_only=True)['model']
+    b = torch.load(os.path.join(killed, 'ckpt.pt'), weights_only=True)['model']
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -158,8 +159,8 @@ def test_ddp_matches_gradient_accumulation(tiny_data, tmp_path):
                    cwd=ROOT, env=env, check=True, capture_output=True)
     for step, loss in losses(single).items():
         assert losses(ddp)[step] == pytest.approx(loss, rel=1e-5)
-    a = torch.load(os.path.join(single, 'ckpt.pt'), weights_only=False)['model']
-    b = torch.load(os.path.join(ddp, 'ckpt.pt'), weights_only=False)['model']
+    a = torch.load(os.path.join(single, 'ckpt.pt'), weights_only=True)['model']
+    b = torch.load(os.path.join(ddp, 'ckpt.pt'), weights_only=True)['model']
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
@@ -177,27 +178,27 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypat
     out = str(tmp_path / 'nan')
     with pytest.raises(train.TrainingError, match='non-finite loss at step 6'):
         run(tiny_args(tiny_data, out, log_interval=2, ckpt_interval=4))
-    assert torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)['step'] == 4
+    assert torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)['step'] == 4
 
 
 def test_checkpoint_save_is_atomic(tmp_path):
     path = str(tmp_path / 'ckpt.pt')
-    train.save_checkpoint(path, {'step': 1})
+    checkpoints.save_checkpoint(path, {'step': 1})
 
     class Unpicklable:
         def __reduce__(self):
             raise RuntimeError('killed mid-save')
 
     with pytest.raises(RuntimeError):
-        train.save_checkpoint(path, {'step': 2, 'bad': Unpicklable()})
+        checkpoints.save_checkpoint(path, {'step': 2, 'bad': Unpicklable()})
     assert torch.load(path)['step'] == 1 and os.listdir(tmp_path) == ['ckpt.pt']
 
 
 def test_finetune_from_mle_checkpoint(tiny_data, tmp_path):
     mle = str(tmp_path / 'mle')
     run(tiny_args(tiny_data, mle, keep_ckpt_steps='2'))
-    assert torch.load(os.path.join(mle, 'ckpt_step2.pt'), weights_only=False)['step'] == 2
-    src = torch.load(os.path.join(mle, 'ckpt.pt'), weights_only=False)['model']
+    assert torch.load(os.path.join(mle, 'ckpt_step2.pt'), weights_only=True)['step'] == 2
+    src = torch.load(os.path.join(mle, 'ckpt.pt'), weights_only=True)['model']
     for method in ('awr', 'cond'):
         model = run(tiny_args(tiny_data, str(tmp_path / method), method=method, max_tokens=1 * 4 * 32,
                               learning_rate=0.0, init_from=os.path.join(mle, 'ckpt.pt'), skip_tokens=8 * 32))
@@ -249,7 +250,7 @@ def test_compiled_chunked_loss_matches_eager_plain(tiny_data, tmp_path):
 def test_graded_control_tokens_train(tiny_data, tmp_path):
     out = str(tmp_path / 'k3')
     run(tiny_args(tiny_data, out, method='cond', cond_bins=3, max_tokens=2 * 4 * 32))
-    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=False)
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=True)
     assert ckpt['step'] == 2 and ckpt['config']['cond_bins'] == 3
     graded = os.path.join(tiny_data, 'pep8', 'train.cond-0-0.1-42-k3')
     assert json.load(open(os.path.join(graded, 'header.json')))['vocab_size'] == data.GRADE_IDS[0] + 1
@@ -265,7 +266,7 @@ def test_init_seed_offset_changes_the_initial_weights_not_the_data_order(tiny_da
     def weights_and_losses(name, **kw):
         out = str(tmp_path / name)
         run(tiny_args(tiny_data, out, method='cond', learning_rate=0, max_tokens=3 * 4 * 32, **kw))
-        return torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)['model'], losses(out)
+        return torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)['model'], losses(out)
     plain, plain_losses = weights_and_losses('plain', seed=42)
     reinit, reinit_losses = weights_and_losses('reinit', seed=42, init_seed_offset=1000)
     other, other_losses = weights_and_losses('other', seed=1042)

@@ -53,7 +53,7 @@ def test_wandb_offline_logs_config_curve_and_sample_tables(tiny_data, tmp_path, 
     with open(written) as f:
         assert json.load(f)['data'] == table.data
     # a resumed run continues the same wandb run: its id is in the checkpoint
-    run_id = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=False)['wandb_run_id']
+    run_id = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=True)['wandb_run_id']
     assert run_id == run_dir.rsplit('-', 1)[1]
     inits, logged = run_with_wandb(monkeypatch, argv + ['--resume=True', '--max_tokens=384'])
     assert inits[0]['id'] == run_id and [d['step'] for d in logged if 'loss' in d] == [3]
@@ -68,7 +68,7 @@ def test_without_wandb_installed_a_warning_and_nothing_else(tiny_data, tmp_path,
     with open(os.path.join(out, 'log.jsonl')) as f:
         assert [json.loads(line)['step'] for line in f] == [1, 2]
     assert not os.path.exists(os.path.join(out, 'wandb'))
-    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=False)
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=True)
     assert ckpt['step'] == 2 and ckpt['wandb_run_id'] is None
 
 

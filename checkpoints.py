@@ -1,0 +1,140 @@
+"""
+Checkpoints (ckpt.pt): what train.py saves and every script reads back. A checkpoint holds tensors and plain values
+only (the RNG states as tensors, ints and tuples, never numpy arrays), so it is read with
+torch.load(weights_only=True): a file someone sent cannot run code when it is evaluated, finetuned or resumed.
+
+    model         the GPT's state dict                 optimizer, scaler   their state dicts
+    model_args    GPTConfig's fields                   config              TrainConfig's fields
+    step, tokens_seen                                  data_position       micro-batch and epoch of the data order
+    rng           one RNG state per process            wandb_run_id        or None
+
+Checkpoints written before the RNG states were stored this way hold the numpy generator's state as a numpy array:
+they load with numpy's array type allowed (it rebuilds data, it calls nothing else), with a line saying so; a
+checkpoint that needs any other Python global is refused.
+"""
+import importlib
+import os
+import pickle
+import random
+import re
+
+import numpy as np
+import torch
+
+from model import GPT, GPTConfig
+
+CHECKPOINT_KEYS = ('model', 'model_args', 'config', 'step', 'tokens_seen')  # in every ckpt.pt train.py writes
+# what pickles a numpy array: the array type, its dtype and the function that rebuilds it from bytes
+NUMPY_ARRAY_GLOBALS = re.compile(r'numpy(\._core|\.core)?\.multiarray\._reconstruct|numpy\.ndarray|numpy\.dtype'
+                                 r'|numpy\.dtypes\.\w+DType')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, used or saved, named with what to do."""
+
+
+def save_checkpoint(path, state):
+    """Write-then-rename: a crash or a full disk during the save leaves the previous checkpoint intact."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # ENOSPC, EDQUOT, EIO: the run cannot go on, but nothing saved before is lost
+        raise CheckpointError(f"{path}: not saved, {e.strerror or e}; the checkpoint there before (if any) is "
+                            f"unchanged: free disk space (or fix the cause), then resume with --resume=True") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def rng_state():
+    """This process's RNG states, as tensors and plain values (what weights_only loading allows)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return dict(python=random.getstate(),
+                numpy=dict(name=name, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                           has_gauss=int(has_gauss), cached_gaussian=float(cached_gaussian)),
+                torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_rng_state(state):
+    random.setstate(state['python'])
+    n = state['numpy']
+    if isinstance(n, dict):
+        np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                             n['cached_gaussian']))
+    else:  # a checkpoint of the older format: numpy's own tuple
+        np.random.set_state(n)
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _global(name):
+    module, _, attr = name.rpartition('.')
+    return getattr(importlib.import_module(module), attr)
+
+
+def globals_beyond_data(path):
+    """The Python globals a torch file's pickle would call beyond tensors, plain containers and numpy arrays: code
+    that loading it would run. Empty for a file that holds data only."""
+    return [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            if not NUMPY_ARRAY_GLOBALS.fullmatch(name)]
+
+
+def _load(path):
+    """torch.load with weights_only=True; numpy arrays of an older checkpoint allowed, any other global refused."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:
+            needs = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:
+            raise e from None  # not a pickle that asks for globals: damaged (read_checkpoint says so)
+        if not needs:
+            raise
+        code = globals_beyond_data(path)
+        if code:
+            raise CheckpointError(f"{path}: refused: loading it would call {', '.join(code)}, which could run "
+                                  f"anything; a phf checkpoint holds tensors and plain values only") from None
+    print(f"{path}: a checkpoint of the older format (numpy RNG state); loaded with numpy's array type allowed, "
+          f"which rebuilds data and calls nothing else (a resumed run saves the new format)", flush=True)
+    dtypes = [t for name, t in vars(np.dtypes).items() if name.endswith('DType')]  # an array's dtype is one of them
+    with torch.serialization.safe_globals([_global(name) for name in needs] + dtypes):
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def read_checkpoint(path):
+    """The dict in a ckpt.pt written by train.py, loaded on the CPU; CheckpointError names the file when it is
+    missing, empty, truncated, not one of ours, or would run code (train.py and evaluate.py read checkpoints with
+    it)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file (an interrupted copy?), not a checkpoint; use another checkpoint")
+    try:
+        ckpt = _load(path)
+    except CheckpointError:
+        raise
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read, {e.strerror or e}") from None
+    except Exception as e:  # a damaged zip or pickle fails in many ways (RuntimeError, EOFError, UnpicklingError...)
+        reason = str(e).split('\n')[0].split('. ')[0]
+        raise CheckpointError(f"{path}: truncated or corrupt ({type(e).__name__}: {reason}); use another "
+                              f"checkpoint") from None
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS)
+    if missing:
+        raise CheckpointError(f"{path}: not a phf checkpoint (it has no {', '.join(missing)}); pass a ckpt.pt "
+                              f"written by train.py")
+    return ckpt
+
+
+def load_checkpoint(path, device='cpu'):
+    """(model in eval mode on device, the checkpoint dict) from a ckpt.pt written by train.py, wherever it was saved."""
+    ckpt = read_checkpoint(path)
+    model = GPT(GPTConfig(**ckpt['model_args']))
+    model.load_state_dict(ckpt['model'])
+    return model.to(device).eval(), ckpt
