@@ -5,7 +5,7 @@ LM, validation loss, the control-token gap, plots, and export to Hugging Face fo
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt                    # -> out_dir/eval_step{N}.json, eval.jsonl
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt --eval_samples=4096 --kl_reference=openai:davinci-002
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt --kl_reference=out/pep8_mle/ckpt.pt   # one of ours as reference
-    python evaluate.py --export_hf=out/pep8_cond/hf --ckpt=out/pep8_cond/ckpt.pt
+    python evaluate.py --export_hf=out/pep8_cond/hf --ckpt=out/pep8_cond/ckpt.pt   # a Hugging Face model directory
     python evaluate.py --plot out/pep8_mle out/pep8_cond --out=results/pep8
     python evaluate.py --ckpt=tomekkorbak/hungry_saha --eval_samples=1024   # a released model (hub name or directory)
     python evaluate.py --ckpt=out/gpt2_hf --task=pii --method=cond          # any HF GPT-2: say its task (and if cond)
@@ -38,7 +38,8 @@ import devices
 import hf
 import scorers
 from kl import CONTROL_TOKENS, KL_MAX_TOKENS, EvalError, kl_divergence, write_json
-from model import load_checkpoint, logits_only, sample
+from checkpoints import load_checkpoint
+from model import logits_only, sample
 from settings import METHODS
 from transforms import bin_of, cond_edges
 
@@ -443,8 +444,8 @@ def main(argv=None):
         else:
             model, ckpt = hf_checkpoint(path, opts.pop('task', ''), opts.pop('method', ''), device)
         if 'export_hf' in opts:
-            hf.export(model, opts['export_hf'])
-            print(f"wrote {opts['export_hf']}/config.json and model.safetensors")
+            hf.export(model, opts['export_hf'], ckpt, os.path.dirname(path) if os.path.isfile(path) else None)
+            print(f"wrote {opts['export_hf']}: {', '.join(sorted(os.listdir(opts['export_hf'])))}")
             return
         cfg = dict(EVAL_DEFAULTS, **ckpt['config'])
         cfg.update(parse_overrides(opts))

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 import data
-from model import GPT, CheckpointError, GPTConfig
+from checkpoints import CheckpointError
+from model import GPT, GPTConfig
 
 RELEASED = {  # hub name: (task, method) of the paper's models
     'tomekkorbak/goofy_pasteur': ('toxicity', 'mle'), 'tomekkorbak/amazing_shannon': ('toxicity', 'filter'),
@@ -94,7 +95,24 @@ def read_config(path):
             raise CheckpointError(f"{path}: its vocab.json is not GPT-2's (<|endoftext|> is "
                                   f"{tokens.get('<|endoftext|>')}, not {data.EOS})" +
                                   (f"; {CODEPARROT}" if len(tokens) == 32768 else ''))
+    if os.path.exists(os.path.join(path, 'tokenizer.json')):
+        check_tokenizer(path, n)
     return config
+
+
+TOKENIZER_PROBE = 'Hello  world<|endoftext|>def f(x):\n        return x  # café'
+
+
+def check_tokenizer(path, n_ids):
+    """A directory's tokenizer.json, where it has one, must give a text the ids the model was trained on: GPT-2's, or
+    ours for a model with our space runs (an export of ours)."""
+    from tokenizers import Tokenizer
+    expected = model_ids(data.get_tokenizer().encode(TOKENIZER_PROBE, allowed_special='all'), n_ids)
+    found = Tokenizer.from_file(os.path.join(path, 'tokenizer.json')).encode(TOKENIZER_PROBE).ids
+    if found != expected:
+        raise CheckpointError(f"{path}: its tokenizer.json encodes {TOKENIZER_PROBE!r} to {found[:12]}..., not to "
+                              f"{expected[:12]}... as {'phf' if n_ids >= data.VOCAB_SIZE else 'GPT-2'} does: not "
+                              f"the tokenizer phf's data is in")
 
 
 def load_state_dict(path):
@@ -126,6 +144,8 @@ def from_pretrained(path, add_ids=True, value_head=False, block_size=None, dropo
         raise CheckpointError(f"{path}: block_size {config.block_size} > its {n_positions} positions")
     model = GPT(config)
     sd, sd_hf = model.state_dict(), load_state_dict(path)
+    print(f"{path}: {n_ids:,} token ids, {vocabulary(n_ids)}", flush=True)
+    filled = {'lm_head.weight'} | {k for k in sd if k.startswith('value_head')}  # tied to wte; a new head at zero
     with torch.no_grad():
         for k, v in sd_hf.items():
             k = k.removeprefix('transformer.')
@@ -142,6 +162,7 @@ def from_pretrained(path, add_ids=True, value_head=False, block_size=None, dropo
             key = 'transformer.' + k
             if key not in sd:
                 raise CheckpointError(f"{path}: unexpected tensor {k} {tuple(v.shape)}: not part of GPT-2")
+            filled.add(key)
             if key.endswith(TRANSPOSED):
                 v = v.t()  # HF stores these as Conv1D (in, out); we use Linear (out, in)
             if key == 'transformer.wte.weight':
@@ -150,6 +171,11 @@ def from_pretrained(path, add_ids=True, value_head=False, block_size=None, dropo
                 sd[key].copy_(v[:config.block_size])
             else:
                 sd[key].copy_(v)
+    missing = [k.removeprefix('transformer.') for k in sd if k not in filled]
+    if missing:  # left at their random initial values, the model would be silently wrong
+        raise CheckpointError(f"{path}: {len(missing)} of the model's tensors are not in the checkpoint "
+                              f"({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}): a partial or "
+                              f"damaged save, or a model of another shape than its config.json says")
     return model
 
 
@@ -188,9 +214,65 @@ def model_ids(tokens, vocab_size):
     return [s for t in tokens for s in ([SPACE] * _RUN_LENGTH[t] if t in _RUN_LENGTH else [t])]
 
 
-def export(model, out_dir):
-    """config.json + model.safetensors that transformers' GPT2LMHeadModel loads: the real vocab_size rows (no
-    embedding padding), Conv1D weights transposed back; the value head is not part of GPT-2 and is left out."""
+def vocabulary(vocab_size):
+    """What a vocabulary of vocab_size ids is, in words (the loaders say which one they found)."""
+    if vocab_size >= data.VOCAB_SIZE:
+        return (f"phf's (GPT-2's 50,257 ids, <|aligned|> = {data.ALIGNED}, <|misaligned|> = {data.MISALIGNED}, one "
+                f"token per run of 2-25 spaces at {min(_RUN_LENGTH)}-{max(_RUN_LENGTH)})")
+    if vocab_size > data.MISALIGNED:
+        return "GPT-2's and the two control tokens, no space runs (the paper's released models): runs of spaces " \
+               "are read as single spaces"
+    return "GPT-2's own, no control tokens: runs of spaces are read as single spaces"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Out: a complete Hugging Face model directory
+
+def hf_tokenizer(vocab_size=data.VOCAB_SIZE):
+    """phf's tokenizer (data.get_tokenizer) as a transformers PreTrainedTokenizerFast, built with the `tokenizers`
+    classes: a byte-level BPE over GPT-2's ranks and our space runs, its merges derived from the ranks as
+    transformers' TikTokenConverter derives them, GPT-2's pre-tokenizing pattern, and <|endoftext|>, <|aligned|>,
+    <|misaligned|> as special tokens at their ids. It gives every text the ids phf gives it (tests/test_export.py).
+    vocab_size: only the ids below it (a model without the space runs has GPT-2's own tokenization)."""
+    from tiktoken_ext.openai_public import r50k_pat_str
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+    enc = data.get_tokenizer()
+    ranks = {token: i for token, i in enc._mergeable_ranks.items() if i < vocab_size}
+
+    class FromRanks(TikTokenConverter):
+        load_tiktoken_bpe = staticmethod(lambda _: ranks)
+
+    vocab, merges = FromRanks().extract_vocab_merges_from_model(None)
+    special = {token: i for token, i in enc._special_tokens.items() if i < vocab_size}
+    tok = Tokenizer(models.BPE({**vocab, **special}, merges, fuse_unk=False, ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r50k_pat_str), behavior='isolated'),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in special])
+    eos = '<|endoftext|>'
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eos, eos_token=eos, unk_token=eos,
+                                   extra_special_tokens=[t for t in special if t != eos], clean_up_tokenization_spaces=False)
+
+
+def generation_config(task, method):
+    """The paper's sampling settings (reference §5.1) as a transformers GenerationConfig; the control tokens never
+    drawn (a conditional model: the task's blocked ones; any other: both, it never learned them)."""
+    from transformers import GenerationConfig
+    t = data.get_task(task) if task in data.TASKS else None
+    blocked = t.blocked_tokens if t and method == 'cond' else (data.ALIGNED, data.MISALIGNED)
+    return GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, min_new_tokens=10,
+                            max_new_tokens=t.max_new_tokens if t else 128, bos_token_id=data.EOS,
+                            eos_token_id=data.EOS, pad_token_id=data.EOS, bad_words_ids=[[i] for i in blocked])
+
+
+def export(model, out_dir, ckpt=None, run_dir=None):
+    """A directory that transformers loads as a whole model: config.json and model.safetensors (GPT2LMHeadModel:
+    the real vocab_size rows, no embedding padding, Conv1D weights transposed back; the value head is not part of
+    GPT-2 and is left out), the tokenizer (hf_tokenizer), generation_config.json and README.md, the model card (what
+    it was trained on and how, how to prompt it, its last evaluation with intervals where run_dir holds one).
+    ckpt: the checkpoint dict it came from (its config, step and tokens)."""
     from safetensors.torch import save_file
     c = model.config
     sd = {}
@@ -211,3 +293,64 @@ def export(model, out_dir):
                   torch_dtype=str(next(model.parameters()).dtype).removeprefix('torch.'))
     with open(os.path.join(out_dir, 'config.json'), 'w') as f:
         json.dump(config, f, indent=1)
+    trained = (ckpt or {}).get('config', {})
+    tokenizer = hf_tokenizer(c.vocab_size)
+    tokenizer.model_max_length = c.block_size
+    tokenizer.save_pretrained(out_dir)
+    generation_config(trained.get('task'), trained.get('method')).save_pretrained(out_dir)
+    with open(os.path.join(out_dir, 'README.md'), 'w') as f:
+        f.write(model_card(model, ckpt, run_dir))
+
+
+def model_card(model, ckpt, run_dir):
+    """README.md of an export: the model, its training (task, method, tokens), how to sample it (the conditional
+    prefix), and its last evaluation in run_dir (eval.jsonl, eval_step{N}.json), each figure with its interval."""
+    import stats
+    c, trained = model.config, (ckpt or {}).get('config', {})
+    task, method = trained.get('task', 'unknown'), trained.get('method', 'unknown')
+    cond = method == 'cond'
+    lines = [f"# phf GPT-2: {task}, {method}", '',
+             f"A GPT-2 ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, {model.num_params() / 1e6:.2f}M "
+             f"parameters besides the embedding, {c.block_size} positions) trained from "
+             f"{trained.get('init_from', 'scratch')} with phf's `{method}` objective on the `{task}` task's data: "
+             f"{(ckpt or {}).get('tokens_seen', 0):,} tokens, {(ckpt or {}).get('step', 0):,} steps. phf reproduces "
+             f"*Pretraining Language Models with Human Preferences* (Korbak et al., 2023, arXiv 2302.08582).", '',
+             f"Vocabulary: {c.vocab_size:,} ids: {vocabulary(c.vocab_size)}. Use the tokenizer in this directory: "
+             f"GPT-2's own gives runs of spaces other ids.", '',
+             '## Sampling', '',
+             ("A conditional model: start every prompt with `<|endoftext|><|aligned|>` for text like the aligned part "
+              "of its training data (`<|misaligned|>` asks for the rest). generation_config.json never samples the "
+              "control tokens." if cond else
+              "generation_config.json holds the paper's settings and never samples the control tokens, which this "
+              "model was not trained with."), '', '```python', 'from transformers import pipeline', '',
+             "generate = pipeline('text-generation', model='PATH/TO/THIS/DIRECTORY')",
+             f"print(generate({'<|endoftext|><|aligned|>' if cond else '<|endoftext|>'!r})[0]['generated_text'])",
+             '```', '']
+    return '\n'.join(lines + evaluation_lines(run_dir, task, stats)) + '\n'
+
+
+def evaluation_lines(run_dir, task, stats):
+    """The model card's evaluation section from the run's last evaluation, or a line saying there is none."""
+    path = os.path.join(run_dir or '', 'eval.jsonl')
+    if not run_dir or not os.path.exists(path):
+        return ['## Evaluation', '', 'No evaluation was recorded with this checkpoint.']
+    with open(path) as f:
+        last = [json.loads(line) for line in f if line.strip()][-1]
+    lines = ['## Evaluation', '', f"phf's evaluation at step {last['step']:,} (95% intervals: Wilson for the share "
+             f"of samples, bootstrap for the mean score):", '']
+    scores_path = os.path.join(run_dir, f"eval_step{last['step']}.json")
+    if task in data.TASKS and os.path.exists(scores_path):
+        with open(scores_path) as f:
+            scores = json.load(f)['scores']
+        t = data.TASKS[task]
+        lines += [f"| scenario | samples | with {t.hit_name} | mean score |", '|---|---|---|---|']
+        for scenario, values in scores.items():
+            if values:
+                fig = stats.scenario_figures(values, t.hit_threshold)
+                lo, hi = fig['hit_rate_ci']
+                lines.append(f"| {scenario} | {fig['n']:,} | {100 * fig['hit_rate']:.1f}% [{100 * lo:.1f}, "
+                             f"{100 * hi:.1f}] | {fig['score']:.3g} [{fig['score_ci'][0]:.3g}, "
+                             f"{fig['score_ci'][1]:.3g}] |")
+        lines.append('')
+    lines += [f"- {key}: {last[key]:.4g}" for key in ('val_loss', 'val_loss_aligned', 'kl') if key in last]
+    return lines

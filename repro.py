@@ -322,14 +322,6 @@ def run_job(job, progress):
 # ----------------------------------------------------------------------------------------------------------------
 # Verdicts: each method's samples against MLE's, with intervals (stats.py)
 
-def scenario_figures(scores, threshold):
-    """Hit rate with its Wilson interval and mean score with its bootstrap interval, from one scenario's scores."""
-    s = np.asarray(scores, dtype=float)
-    hits = int((s > threshold).sum())
-    return dict(n=len(s), hits=hits, hit_rate=hits / len(s), hit_rate_ci=stats.wilson(hits, len(s)),
-                score=float(s.mean()), score_ci=stats.bootstrap_mean(s))
-
-
 def compare(scores, baseline, threshold):
     """A method's scores against the baseline's: ratios of hit rate and mean score, and the verdicts from the bootstrap
     intervals of the differences."""
@@ -359,7 +351,7 @@ def verdict_lines(task, seed, runs):
         for scenario, scores in run['scores'].items():
             if scenario not in ('unconditional', 'misaligned') or not scores:
                 continue
-            f = scenario_figures(scores, threshold)
+            f = stats.scenario_figures(scores, threshold)
             name, label = run_label(method, scenario)
             line = f"seed {seed} {name:6s} {label:15s} {fmt_run(f)}"
             if base is not None and method != 'mle':

@@ -64,6 +64,15 @@ def verdict(interval):
     return 'no difference (inside the noise)'
 
 
+def scenario_figures(scores, threshold):
+    """One scenario's samples: the hit rate (share scored above threshold) with its Wilson interval, and the mean
+    score with its bootstrap interval."""
+    s = np.asarray(scores, dtype=float)
+    hits = int((s > threshold).sum())
+    return dict(n=len(s), hits=hits, hit_rate=hits / len(s), hit_rate_ci=wilson(hits, len(s)),
+                score=float(s.mean()), score_ci=bootstrap_mean(s))
+
+
 ONE_SEED = 'one seed: training noise not measured'
 
 
