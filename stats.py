@@ -73,7 +73,7 @@ def scenario_figures(scores, threshold):
                 score=float(s.mean()), score_ci=bootstrap_mean(s))
 
 
-ONE_SEED = 'one seed: training noise not measured'
+ONE_SEED = 'undecided with one seed'
 
 
 def verdict_over_seeds(differences, level=0.95):

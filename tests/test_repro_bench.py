@@ -237,3 +237,58 @@ def test_mean_cell_says_over_how_many_runs():
     assert repro.mean_cell([{'v': 4.0}, {'v': 5.0}], 'v', '.3f') == '4.500'
     assert repro.mean_cell([{'v': 4.0}, {'v': 5.0}, {}], 'v', '.3f') == '4.500 (2 of 3)'
     assert repro.mean_cell([{}, {}], 'v', '.3f') == '–'
+
+
+def test_headline_one_seed_by_hand():
+    """One seed: the control tokens are decided by that one model's samples; the methods are not decided."""
+    mle, cond = [0.0] * 90 + [0.02] * 10, [0.0] * 100
+    _, figures = repro.verdict_lines('pii', 7, {'mle': dict(scores={'unconditional': mle}),
+                                                'cond': dict(scores={'unconditional': cond, 'misaligned': mle[::-1]})})
+    # Wilson 95% for 10/100 is [5.52%, 17.44%]; 0/100 is [0, 3.70%]
+    assert repro.headline('pii', {7: figures}) == [
+        'Verdict (seed 7), the share of samples with PII:',
+        '- the control tokens, one model sampled after each: 0.0% [0.0, 3.7] after <|aligned|>, 10.0% [5.5, 17.4] '
+        'after <|misaligned|> (x0.00): lower, beyond noise',
+        "- conditional training against MLE, two models: 0.0% [0.0, 3.7] against MLE's 10.0% [5.5, 17.4] (x0.00): "
+        "lower, beyond noise among this seed's samples; between the methods undecided with one seed, since a second "
+        "training run of one recipe can move the rate as far: --seeds=42,43,44,45 decides it over seeds"]
+    assert repro.headline('pii', {7: {k: v for k, v in figures.items() if not k.startswith('mle')}}) == []
+
+
+def test_headline_over_seeds_by_hand():
+    f = lambda rate, verdict='': dict(hit_rate=rate, hit_verdict=verdict)
+    lower = 'lower, beyond noise'
+    figures = {s: {'mle/unconditional': f(m), 'cond/unconditional': f(a, v), 'cond/misaligned': f(b),
+                   'cond/aligned_vs_misaligned': f(None, lower)}
+               for s, m, a, b, v in ((42, 0.40, 0.20, 0.80, lower), (43, 0.25, 0.10, 0.75, lower),
+                                     (44, 0.30, 0.15, 0.65, 'no difference (inside the noise)'))}
+    # aligned minus misaligned: -60, -65, -50 points: mean -58.33, sd 7.638, se 4.410, t(2) 4.30265 -> ± 18.97
+    # cond minus MLE: -20, -15, -15 points: mean -16.67, sd 2.887, se 1.667, ± 7.17
+    assert repro.headline('pii', figures)[1:] == [
+        '- the control tokens, one model sampled after each: <|aligned|> minus <|misaligned|> -58.3 points [-77.3, '
+        '-39.4] over the seeds (paired t): lower, beyond noise; lower, beyond noise, in 3 of 3 seeds',
+        '- conditional training against MLE, two models: conditional minus MLE -16.7 points [-23.8, -9.5] over the '
+        'seeds (paired t): lower, beyond noise; lower, beyond noise, in 2 of 3 seeds']
+    assert repro.headline('pii', figures)[0] == 'Verdict (3 seeds, 42, 43, 44), the share of samples with PII:'
+
+
+def test_progress_time_left_by_hand(monkeypatch, capsys):
+    clock = [0.0]
+    monkeypatch.setattr(repro.time, 'time', lambda: clock[0])
+    jobs = [repro.Job('seed 42 mle', 'a', 0, 100, 10, []), repro.Job('seed 42 cond', 'b', 0, 100, 20, [])]
+    progress = repro.Progress(jobs, t0=0.0)
+    progress.start(0)
+    assert capsys.readouterr().out == ('== job 1 of 2: seed 42 mle; all: job 1 of 2, 0.0 min so far, the time left '
+                                       'is known after the first steps\n')
+    clock[0] = 5.0
+    assert progress.on_line('step 10/100 loss 9') == ('step 10/100 loss 9 | all: job 1 of 2, 0.1 min so far, the '
+                                                      'time left is known after the first steps')
+    clock[0] = 10.0  # 0.5 s a step; a sample counts 0.2 steps until timed: 80 x 0.5 + 10 x 0.1 + 100 x 0.5 + 20 x 0.1
+    assert progress.on_line('step 20/100 loss 8').endswith('| all: job 1 of 2, 0.2 min so far, about 1.6 min left')
+    assert progress.on_line('eval step 20: val_loss 8') == 'eval step 20: val_loss 8'  # only step lines
+    clock[0] = 50.0
+    progress.on_line('step 100/100 loss 7')
+    clock[0] = 60.0  # its evaluation: 10 s for 10 samples, 1 s a sample
+    progress.finish()
+    progress.start(1)  # 100 x 0.5 + 20 x 1 = 70 s
+    assert capsys.readouterr().out.endswith('all: job 2 of 2, 1.0 min so far, about 1.2 min left\n')
