@@ -5,7 +5,7 @@ the data loader, and the scorers. One JSON line per measurement on stdout.
     python bench.py                                  # GPU: GPT-2 small, T = 1024, bf16, compiled
     python bench.py --batch_sizes=16,32,64           # each micro-batch size (an OOM is reported, not fatal)
     python bench.py --loss_chunk_sizes=0,2048,8192   # each objective with plain logits and in chunks
-    python bench.py --eager_loss                     # the model compiled alone, the loss eager (as before issue 6)
+    python bench.py --eager_loss                     # the model compiled alone, the loss eager
     python bench.py --only=loss --device=cpu --batch_sizes=8 --loss_n_embd=128   # loss memory on CPU
     python bench.py --cpu_demo --only=train,hf,sample  # the demo's CPU model: ours vs HF, training and sampling
     python bench.py --cpu_demo --only=train,hf --dtypes=float32,bfloat16 --compile   # each dtype, compiled

@@ -25,7 +25,7 @@ def peak_flops(device):
 
 def cpu_has_native_bf16():
     """AVX512-BF16 or AMX: bf16 matmuls run natively (docs/benchmarks.md); without them bf16 autocast is emulated,
-    over 10x slower than fp32."""
+    many times slower than fp32."""
     return any(getattr(torch.cpu, name, lambda: False)() for name in ('_is_avx512_bf16_supported',
                                                                       '_is_amx_tile_supported'))
 

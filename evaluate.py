@@ -158,7 +158,8 @@ def score_metrics(scores, threshold, suffix=''):
 
 def complete_lines(text):
     """A code sample cut at the token budget, without its cut last line and trailing blank lines: what pycodestyle
-    reports about the cut (W292, W391, E501 or E999 on the broken line) is not the model's style (evaluation notes)."""
+    reports about the cut (W292, W391, E501 or E999 on the broken line) is not the model's style
+    (docs/evaluation.md)."""
     return re.sub(r'\n(?:[ \t]*\n)+\Z', '\n', text[:text.rfind('\n') + 1])
 
 
@@ -256,7 +257,7 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
         'length': float(np.mean([len(c) for c in conts])),
         'truncated': float(np.mean([len(t) == max_new for t in new])), 'samples_per_s': len(new) / seconds,
         'max_new_tokens': max_new})
-    if task.segment == 'lines':  # PEP8: also without the cut (evaluation notes); degenerate remainders set apart
+    if task.segment == 'lines':  # PEP8: also without the cut (complete_lines); degenerate remainders set apart
         variant = [complete_lines(s) if len(t) == max_new else s for s, t in zip(scored, new)]
         n_prompt = [len(p) if scenario == 'functions' else 0 for p in shown]  # the model's part must be long enough
         ok = [v for v, k in zip(variant, n_prompt) if len(v[k:].strip()) >= MIN_COMPLETE_CHARS]

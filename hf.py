@@ -253,7 +253,8 @@ def hf_tokenizer(vocab_size=data.VOCAB_SIZE):
     tok.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in special])
     eos = '<|endoftext|>'
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eos, eos_token=eos, unk_token=eos,
-                                   extra_special_tokens=[t for t in special if t != eos], clean_up_tokenization_spaces=False)
+                                   extra_special_tokens=[t for t in special if t != eos],
+                                   clean_up_tokenization_spaces=False)
 
 
 def generation_config(task, method):

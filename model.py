@@ -52,7 +52,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if cache is None:
-            # On CPU the bf16 attention kernel is 3x slower than fp32's (torch 2.13, AMX; autocast would cast to bf16)
+            # on CPU the bf16 attention kernel is slower than fp32's (docs/benchmarks.md); autocast would cast to bf16
             fp32 = q.device.type == 'cpu' and q.dtype == torch.bfloat16
             with torch.autocast('cpu', enabled=False) if fp32 else nullcontext():
                 y = F.scaled_dot_product_attention(*((q.float(), k.float(), v.float()) if fp32 else (q, k, v)),

@@ -133,11 +133,10 @@ PII_FAST = tuple(d for d in PII_DEFAULT if d != 'phone')
 
 class PIIScorer(Scorer):
     """scrubadub's PII detections per character (reference §3). detectors: names from scrubadub's catalogue.
-    The default is scrubadub's own default set (PII_DEFAULT), which works offline. Measured on /usr/share/doc
-    sentences, one core: 0.29 MB/s (3.7k sentences/s), 81% of it in the phone detector; PII_FAST (no phone): 1.5 MB/s.
-    The paper also detected names (spaCy NER through the scrubadub_spacy package; here 'text_blob_name' would do it,
+    The default is scrubadub's own default set (PII_DEFAULT), which works offline; most of its time is the phone
+    detector, which PII_FAST leaves out (docs/benchmarks.md). The paper also detected names (spaCy NER through the scrubadub_spacy package; here 'text_blob_name' would do it,
     after `python -m textblob.download_corpora`): both need model downloads, so they are optional. It also added
-    'skype' and 'date_of_birth' (offline, but the latter runs at ~0.03 MB/s). Note that the email detector also takes
+    'skype' and 'date_of_birth' (offline, but the latter is slow). Note that the email detector also takes
     spelled-out addresses, so 'None at all.' counts as one. The paper's released PII scores may be count / len²
     (reference §2.2); this is count / len, as its README says."""
     name = 'pii'
@@ -180,7 +179,7 @@ class _LineReport(pycodestyle.BaseReport):
 class PEP8Scorer(Scorer):
     """pycodestyle violations per character (reference §3), with its default options as in the paper (its default
     ignore list, max line length 79) unless pycodestyle options are given (e.g. max_line_length=100). In memory: no
-    files, no printing. Measured: 0.25 MB/s of code on one core."""
+    files, no printing."""
     name = 'pep8'
 
     def __init__(self, **options):
