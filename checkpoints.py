@@ -6,7 +6,8 @@ torch.load(weights_only=True): a file someone sent cannot run code when it is ev
     model         the GPT's state dict                 optimizer, scaler   their state dicts
     model_args    GPTConfig's fields                   config              TrainConfig's fields
     step, tokens_seen                                  data_position       micro-batch and epoch of the data order
-    rng           one RNG state per process            wandb_run_id        or None
+    data          the splits' fingerprints             rng                 one RNG state per process
+    wandb_run_id  or None
 
 Checkpoints written before the RNG states were stored this way hold the numpy generator's state as a numpy array:
 they load with numpy's array type allowed (it rebuilds data, it calls nothing else), with a line saying so; a

@@ -158,7 +158,8 @@ def decode(tokens):
 
 def fetch_tokenizer():
     """Make get_tokenizer() work offline: if tiktoken cannot get the BPE itself, take it from the whisper sdist on
-    PyPI (see shared/tokenizer.md) into bpe_path(). Does nothing when the tokenizer already loads."""
+    PyPI (the same file tiktoken downloads, sha256 checked) into bpe_path(). Does nothing when the tokenizer
+    already loads."""
     try:
         get_tokenizer()
         return
@@ -324,6 +325,19 @@ class PreparedData:
             setattr(self, name, np.memmap(fp, dtype=dtype, mode='r') if counts[name] else np.zeros(0, dtype))
         self.n_tokens, self.n_segments, self.n_documents = h['n_tokens'], h['n_segments'], h['n_documents']
         self.check_offsets()
+
+    def fingerprint(self, samples=16, chunk=1 << 16):
+        """What identifies this split's content, cheaply at any size: its header but the time it was written, and a
+        sha256 of `samples` chunks spread evenly over each file. The same text prepared the same way gives the same
+        fingerprint; other text, or other scores, another one (a resume compares them, runs.checkpoint_to_resume)."""
+        digest = hashlib.sha256()
+        for name in FILES:
+            array = getattr(self, name)
+            raw = array.view(np.uint8) if len(array) else np.zeros(0, np.uint8)
+            for start in np.linspace(0, max(0, len(raw) - chunk), samples).astype(np.int64) if len(raw) else []:
+                digest.update(raw[start:start + chunk].tobytes())
+        header = {k: v for k, v in self.header.items() if k != 'created'}
+        return dict(header=header, sha256=digest.hexdigest())
 
     def check_offsets(self, chunk=1 << 24):
         """Raise DataError unless seg_starts and doc_starts start at 0, never decrease and stay below what they index:

@@ -18,11 +18,12 @@ import data
 import hf
 from checkpoints import load_checkpoint
 from model import guided_logits, logits_only, sample
+from remote import DeadlineExceeded, call_with_deadline
 
 CONTROL_TOKENS = (data.ALIGNED, data.MISALIGNED)
 KL_MAX_TOKENS = 64  # reference samples' length (reference §5.2)
 OPENAI_PROMPT = '<|endoftext|>'  # the original's "no prompt" (the API's default prompt)
-RETRIES, RETRY_BACKOFF_S, REQUEST_TIMEOUT_S = 7, 1.0, 120.0  # waits of 1, 2, 4, ..., 32 s between attempts
+RETRIES, RETRY_BACKOFF_S, REQUEST_TIMEOUT_S = 7, 1.0, 120.0  # waits of 1, 2, 4, ..., 32 s; seconds a request
 
 
 class EvalError(Exception):
@@ -117,31 +118,56 @@ def _openai_samples(model_name, base_url, n, max_tokens, entries, path, save):
     import openai
     client = openai.OpenAI(base_url=base_url or None, api_key=os.environ.get('OPENAI_API_KEY', 'none'),
                            timeout=REQUEST_TIMEOUT_S, max_retries=0)  # our own retries, below
-    retryable = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)  # incl. timeouts
+    # connection errors, timeouts (the client's per read, ours per request), 429 and 5xx; and a reply with nothing
+    retryable = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError, DeadlineExceeded,
+                 EmptyReply)
+    where = f"KL reference {model_name} at {base_url or 'OpenAI'}"
     while len(entries) < n:
         for attempt in range(RETRIES):
             try:
-                response = client.completions.create(model=model_name, prompt=OPENAI_PROMPT, max_tokens=max_tokens,
-                                                     temperature=1, n=min(8, n - len(entries)), logprobs=1, echo=True)
+                response = call_with_deadline(lambda: client.completions.create(
+                    model=model_name, prompt=OPENAI_PROMPT, max_tokens=max_tokens, temperature=1,
+                    n=min(8, n - len(entries)), logprobs=1, echo=True), REQUEST_TIMEOUT_S)
+                if not response.choices:
+                    raise EmptyReply("it answered with no completions")
                 break
             except retryable as e:
                 error = e
                 if attempt < RETRIES - 1:
                     time.sleep(RETRY_BACKOFF_S * 2 ** attempt)
             except openai.OpenAIError as e:
-                raise EvalError(f"KL reference {model_name} at {base_url or 'OpenAI'}: {e}") from e
+                raise EvalError(f"{where}: {e}") from e
         else:
-            raise EvalError(f"KL reference {model_name} at {base_url or 'OpenAI'}: failed {RETRIES} times "
-                            f"({type(error).__name__}: {error}); {len(entries)} samples kept in {path}, rerun to "
-                            f"continue") from error
-        for c in response.choices:
-            if not c.text.startswith(OPENAI_PROMPT):
-                raise EvalError(f"KL reference {model_name}: the server ignored echo=True")
-            lp = c.logprobs  # log p_ref(x): the tokens after the prompt, found by their character offsets
-            logprob = sum(p for p, o in zip(lp.token_logprobs, lp.text_offset) if o >= len(OPENAI_PROMPT))
-            entries.append(dict(text=c.text[len(OPENAI_PROMPT):], logprob=logprob))
+            raise EvalError(f"{where}: failed {RETRIES} times ({type(error).__name__}: {error}); {len(entries)} "
+                            f"samples kept in {path}, rerun to continue") from error
+        # every completion checked before any is kept: a wrong log-prob in the cache would stay there
+        entries += [dict(text=c.text[len(OPENAI_PROMPT):], logprob=checked_logprob(c, where)) for c in response.choices]
         if len(entries) % 128 < 8:  # save as we go, so an interrupted fill is not lost
             save()
+
+
+class EmptyReply(Exception):
+    pass
+
+
+def checked_logprob(choice, where):
+    """log p_ref(x) of an echoed completion: the log-probs of the tokens after the prompt, found by their character
+    offsets, once the reply is whole: one log-prob and one offset per token, offsets rising, the tokens spelling
+    the text (where the server gives them as text), a number for every token after the prompt."""
+    text, lp = choice.text, choice.logprobs
+    if not text.startswith(OPENAI_PROMPT):
+        raise EvalError(f"{where}: the server ignored echo=True")
+    tokens, logprobs, offsets = (list(getattr(lp, k, None) or []) for k in ('tokens', 'token_logprobs', 'text_offset'))
+    if not len(tokens) == len(logprobs) == len(offsets) or not tokens:
+        raise EvalError(f"{where}: a completion with {len(tokens)} tokens came with {len(logprobs)} log-probs and "
+                        f"{len(offsets)} offsets; not used, not cached")
+    spelled = not any(t.startswith('bytes:') for t in tokens)  # OpenAI's form for a token that is part of a character
+    if any(b < a for a, b in zip(offsets, offsets[1:])) or (spelled and ''.join(tokens) != text):
+        raise EvalError(f"{where}: a completion's tokens and offsets do not cover its text; not used, not cached")
+    after = [p for p, o in zip(logprobs, offsets) if o >= len(OPENAI_PROMPT)]
+    if any(p is None for p in after) or (len(text) > len(OPENAI_PROMPT) and not after):
+        raise EvalError(f"{where}: a completion lacks the log-probs of some of its tokens; not used, not cached")
+    return sum(after)
 
 
 def kl_divergence(model, reference, n, *, conditional=False, lines=False, base_url='', max_tokens=KL_MAX_TOKENS,

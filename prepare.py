@@ -22,7 +22,7 @@ Sources (--source):
   README files (names, emails, URLs too); 'local+site' reads both.
 - PATH: a folder (.py files for pep8; .txt, .md and .gz files otherwise), or a JSON-lines file (.jsonl, .jsonl.gz,
   or .parquet with pyarrow) of records {"text": ...} or in the paper's schema. Files must be UTF-8 text: a binary
-  or non-UTF-8 file is skipped and counted, and so is a record without text.
+  or non-UTF-8 file is skipped and counted, and so are a FIFO, socket or device and a record without text.
 Segments: lines for code (split after each '\\n', as pycodestyle and the paper's PEP8 data), sentences for text: a
 sentence ends after . ! or ? (and closing quotes or brackets) followed by whitespace, or at a blank line. The
 whitespace stays with its sentence, so the segments join back to the text, as the paper's spaCy sentences do. The
@@ -37,12 +37,7 @@ and ETA, documents, tokens, shard). Resumable: each of the hub's data files is a
 {out_dir}.parts as soon as it is done; an interrupted run keeps its finished shards and the same command continues
 after them, with output identical to an uninterrupted run's (staging.py). The output is assembled in
 {out_dir}.tmp-PID and moved into place only when complete; what an interrupted run leaves is removed by the next one.
-Measured (2 cores): pep8 --source=local: 1,790 files (31.5 MB) -> 1,758 documents, 10.0M tokens, 26.9 MB on disk,
-58 s, peak RSS 77 MB per process (since the shard staging: 117 MB in the main process, from the final
-concatenation). pii --source=local: 1,783 files (48.9 MB gzipped, 128 MB of text) -> 1,771
-documents, 44.8M tokens, 100 MB on disk, 131 s. Peak RSS follows the largest document, not the corpus size: 5 MB of
-code 71 MB, 31.5 MB 79 MB; a 4 MB generated .py file alone 150 MB; /usr/share/doc (a 6.7 MB changelog) 211 MB
-(main) and 274 MB (worker).
+Its memory follows the largest document, not the corpus; docs/benchmarks.md has its speed and memory as measured.
 """
 import argparse
 import collections
@@ -54,6 +49,7 @@ import os
 import re
 import resource
 import shutil
+import stat
 import sys
 import time
 
@@ -85,8 +81,11 @@ def segment(task, text):
 
 
 def read_text(path):
-    """A corpus file's text (.gz decompressed); DataError naming why it cannot be used."""
+    """A corpus file's text (.gz decompressed); DataError naming why it cannot be used. A FIFO, socket or device in
+    the folder is not read (a FIFO would block for good)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise DataError('not a regular file')
         with open(path, 'rb') as f:
             raw = f.read()
         if path.endswith('.gz'):

@@ -34,12 +34,13 @@ import numpy as np
 import torch
 
 import data
-import scorers
 import hf
+import scorers
+from checkpoints import load_checkpoint
 from evaluate import hf_checkpoint, load_prompts
 from kl import CONTROL_TOKENS, EvalError
-from checkpoints import load_checkpoint
 from model import sample
+from remote import DeadlineExceeded, call_with_deadline
 
 INITIAL_SCORE = 1e-3  # the original's dummy score for the initial prompts
 # The task's instruction to the red LM: the original's wording (two typos fixed: "blackquotes", a parenthesis)
@@ -131,7 +132,9 @@ def _cut_at(text, stop):
 
 class OpenAIRed:
     """'openai:MODEL' through /completions, 'openai-chat:MODEL' through /chat/completions (the template as the user's
-    message). The openai client retries connection errors, 408, 409, 429 and 5xx `retries` times with backoff."""
+    message). The openai client retries connection errors, 408, 409, 429 and 5xx `retries` times with backoff; a call
+    with its retries is given up after the time they could take if each attempt took `timeout` seconds (a server that
+    trickles its answer is cut off, remote.call_with_deadline)."""
 
     def __init__(self, spec, base_url, retries, timeout):
         import openai
@@ -140,6 +143,8 @@ class OpenAIRed:
         self.client = openai.OpenAI(base_url=base_url or None, api_key=os.environ.get('OPENAI_API_KEY', 'none'),
                                     max_retries=retries, timeout=timeout)
         self.retries = retries
+        # the client's backoff: 0.5 s doubling up to 8 s, with up to 25% jitter
+        self.deadline = (retries + 1) * timeout + 1.25 * sum(min(0.5 * 2 ** i, 8.0) for i in range(retries))
 
     def complete(self, prompt, n, settings, seed):
         import openai
@@ -149,12 +154,16 @@ class OpenAIRed:
         while len(texts) < n:
             try:
                 if self.kind == 'openai-chat':
-                    r = self.client.chat.completions.create(messages=[dict(role='user', content=prompt)],
-                                                            n=n - len(texts), **kw)
+                    r = call_with_deadline(lambda: self.client.chat.completions.create(
+                        messages=[dict(role='user', content=prompt)], n=n - len(texts), **kw), self.deadline)
                     texts += [c.message.content or '' for c in r.choices]
                 else:
-                    r = self.client.completions.create(prompt=prompt, n=n - len(texts), **kw)
+                    r = call_with_deadline(lambda: self.client.completions.create(
+                        prompt=prompt, n=n - len(texts), **kw), self.deadline)
                     texts += [c.text for c in r.choices]
+            except DeadlineExceeded as e:
+                raise RedTeamError(f"red LM {self.where}: {e} (--red_timeout per attempt, {self.retries} "
+                                   f"retries)") from None
             except openai.OpenAIError as e:
                 status = getattr(e, 'status_code', None)
                 retried = status is None or status >= 500 or status in (408, 409, 429)

@@ -304,7 +304,8 @@ def guided_job(seed, results, guidance, cond_cfg):
     argv = ['evaluate.py', f"--ckpt={os.path.join(seed_dir, 'cond', 'ckpt.pt')}", f'--out_dir={out}',
             f'--eval_guidance={guidance}', '--eval_scenarios=unconditional', '--eval_iters=0',
             f"--kl_reference={os.path.join(seed_dir, 'mle', 'ckpt.pt')}"]
-    return Job(f"seed {seed} cond, guided γ={guidance:g}", out, 0, 0, cond_cfg.eval_samples + cond_cfg.kl_samples, argv)
+    samples = cond_cfg.eval_samples + cond_cfg.kl_samples
+    return Job(f"seed {seed} cond, guided γ={guidance:g}", out, 0, 0, samples, argv)
 
 
 def run_job(job, progress):

@@ -61,7 +61,32 @@ def checkpoint_to_resume(cfg, ckpt_path, max_steps, master):
     if ckpt['step'] > max_steps:
         raise ConfigError(f"max_tokens {cfg.max_tokens}: {max_steps} steps, fewer than the {ckpt['step']} steps "
                           f"of {ckpt_path}")
+    check_same_data(cfg, ckpt_path, ckpt.get('data'))
     return ckpt
+
+
+def data_fingerprints(cfg):
+    """The fingerprints (data.PreparedData.fingerprint) of the prepared splits a run trains and is evaluated on, which
+    its checkpoints record."""
+    task_dir = os.path.join(cfg.data_dir, cfg.task)
+    return {split: data.PreparedData(os.path.join(task_dir, split)).fingerprint() for split in ('train', 'val')
+            if os.path.exists(os.path.join(task_dir, split, 'header.json'))}
+
+
+def check_same_data(cfg, ckpt_path, recorded):
+    """A resume goes on with the data the run was trained on: the same data_dir is not enough, prepare.py may have
+    written other splits there since (checkpoints from before this record have nothing to compare)."""
+    if recorded is None:
+        return
+    now = data_fingerprints(cfg)
+    changed = [split for split in sorted(set(recorded) | set(now)) if recorded.get(split) != now.get(split)]
+    if changed:
+        def what(fp):
+            return 'missing' if fp is None else f"{fp['header']['n_tokens']:,} tokens from {fp['header']['source']}"
+        raise ConfigError(f"--resume=True: {ckpt_path} was trained on other data than {cfg.data_dir}/{cfg.task} "
+                          f"holds now (" + '; '.join(f"{s}: {what(recorded.get(s))} then, {what(now.get(s))} now"
+                                                     for s in changed) + "), prepared again since?; resume on the "
+                          f"data it was trained on, or start a new run in another --out_dir")
 
 
 def check_out_dir(cfg, ckpt_path):

@@ -34,7 +34,7 @@ import transforms
 from checkpoints import CheckpointError, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from model import GPT, GPTConfig
 from runs import (RunLog, Stopped, StopSignals, TrainingError, agreed, check_out_dir, checkpoint_to_resume,
-                  claim_out_dir, diverged, evaluated, prepare_out_dir, release_out_dir)
+                  claim_out_dir, data_fingerprints, diverged, evaluated, prepare_out_dir, release_out_dir)
 from settings import ConfigError, check_data_dir, check_eval_settings, keep_steps, load_config, settings_help
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -244,12 +244,14 @@ def _train(cfg, ddp, rank, world, master, device_type, stop):
         prepare_out_dir(cfg, step)
     log = RunLog(cfg, master, wandb_run_id)
     kept_steps = keep_steps(cfg)
+    data_identity = data_fingerprints(cfg)  # what a resume must find again
 
     def checkpoint():
         state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                      model_args=asdict(raw_model.config), config=asdict(cfg), step=step, tokens_seen=tokens_seen,
                      data_position=dict(micro_batch=step * grad_accum * world, epoch=loader.epoch_of(
-                         step * grad_accum * world)), rng=gathered_rng(), wandb_run_id=log.wandb_run_id)
+                         step * grad_accum * world)), data=data_identity, rng=gathered_rng(),
+                     wandb_run_id=log.wandb_run_id)
         if master:
             save_checkpoint(ckpt_path, state)
             if step in kept_steps:
@@ -285,7 +287,7 @@ def _train(cfg, ddp, rank, world, master, device_type, stop):
               f"{train_data.n_tokens:,} training tokens ({loader.n_blocks:,} blocks), {cfg.device} {cfg.dtype}",
               flush=True)
         epochs = max_steps * cfg.total_batch_size / loader.n_blocks
-        if epochs > 1:  # see shared evaluation notes: repeated data overfits, filtering especially
+        if epochs > 1:  # repeated data overfits, filtering's most (docs/evaluation.md, measuring at small scale)
             print(f"warning: the budget is {epochs:.1f} passes over the training data", flush=True)
     if step and eval_due(step) and not evaluated(cfg.out_dir, step):  # it failed, or was killed, before the resume
         evaluate()

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -296,7 +297,9 @@ def test_kl_from_a_local_reference_by_hand(tmp_path):
 
 class Completions(JSONHandler):
     """/v1/completions with echo and logprobs: SENTENCES in turn, log-probs from the server's tiny model.
-    The server fails (HTTP 500) on the request numbers in server.failing."""
+    The server fails (HTTP 500) on the request numbers in server.failing; server.fault breaks its answers:
+    'no_choices' (an empty list), 'short_logprobs' (the last token's log-prob left out), 'trickle' (the answer a
+    byte every 0.2 s, for 4 s at most)."""
 
     def do_POST(self):
         srv = self.server
@@ -304,6 +307,9 @@ class Completions(JSONHandler):
         srv.requests.append(body)
         if srv.failing(len(srv.requests)):
             return self.reply(500, {'error': {'message': 'overloaded', 'type': 'server_error'}})
+        if srv.fault == 'no_choices':
+            return self.reply(200, dict(id='cmpl-test', object='text_completion', created=0, model=body['model'],
+                                        choices=[]))
         enc, prompt, choices = data.get_tokenizer(), body['prompt'], []
         for i in range(body['n']):
             text = SENTENCES[srv.served % len(SENTENCES)]
@@ -313,16 +319,33 @@ class Completions(JSONHandler):
                 logp = F.log_softmax(srv.model(torch.tensor([[EOS] + tokens[:-1]]))[0, :, :data.VOCAB_SIZE], -1)
             pieces = [enc.decode([t]) for t in tokens]
             offsets = [len(prompt) + sum(len(p) for p in pieces[:j]) for j in range(len(pieces))]
+            logprobs = [None] + [float(logp[j, t]) for j, t in enumerate(tokens)]
             choices.append(dict(index=i, text=prompt + text, finish_reason='stop', logprobs=dict(
-                tokens=[prompt] + pieces, token_logprobs=[None] + [float(logp[j, t]) for j, t in enumerate(tokens)],
+                tokens=[prompt] + pieces, token_logprobs=logprobs[:-1] if srv.fault == 'short_logprobs' else logprobs,
                 top_logprobs=None, text_offset=[0] + offsets)))
-        self.reply(200, dict(id='cmpl-test', object='text_completion', created=0, model=body['model'], choices=choices))
+        answer = dict(id='cmpl-test', object='text_completion', created=0, model=body['model'], choices=choices)
+        if srv.fault == 'trickle':
+            return self.trickle(answer)
+        self.reply(200, answer)
+
+    def trickle(self, obj):
+        payload, start = json.dumps(obj).encode(), time.time()
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(payload)))
+        self.end_headers()
+        for byte in payload:
+            if time.time() - start > 4:  # the server gives up too, so that the test's server can shut down
+                return
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            time.sleep(0.2)
 
 
 @pytest.fixture
 def server(monkeypatch):
     monkeypatch.setattr(kl_mod, 'RETRY_BACKOFF_S', 0.0)
-    yield from serve(Completions, monkeypatch, model=tiny_model(), served=0, failing=lambda n: False)
+    yield from serve(Completions, monkeypatch, model=tiny_model(), served=0, failing=lambda n: False, fault=None)
 
 
 def test_openai_reference_through_a_local_server(server, tmp_path):
@@ -354,6 +377,46 @@ def test_openai_errors_are_retried_and_a_partial_cache_is_kept(server, tmp_path)
     server.failing = lambda n: False
     assert [e['text'] for e in kl_mod.reference_samples('openai:flaky', 24, **kw)] == (SENTENCES * 8)[:24]
     assert server.requests[-1]['n'] == 8 and len(server.requests) == 3 + 1 + kl_mod.RETRIES + 1
+
+
+def test_a_reference_server_that_answers_wrongly_is_not_believed(server, tmp_path):
+    """Fewer log-probs than tokens would give a wrong KL (and stay in the cache); no completions at all would be
+    asked for again without end; an answer trickled a byte at a time would never time out per read."""
+    kw = dict(base_url=server.url, cache_dir=str(tmp_path))
+    cache = kl_mod.kl_cache_path('openai:tiny', server.url, 64, str(tmp_path))
+    server.fault = 'short_logprobs'
+    with pytest.raises(kl_mod.EvalError, match=r"^KL reference tiny at http://127\.0\.0\.1:\d+/v1: a completion with "
+                                               r"\d+ tokens came with \d+ log-probs and \d+ offsets; not used, not cached"):
+        kl_mod.kl_divergence(server.model, 'openai:tiny', 8, **kw)
+    assert not os.path.exists(cache)  # nothing unchecked was kept
+    server.fault = 'no_choices'
+    with pytest.raises(kl_mod.EvalError, match=r"failed 7 times \(EmptyReply: it answered with no completions\)"):
+        kl_mod.reference_samples('openai:tiny', 8, **kw)
+    assert len(server.requests) == 1 + kl_mod.RETRIES
+    server.fault = None  # fixed: the KL is the right one, from fresh samples
+    right = kl_mod.kl_divergence(server.model, 'openai:tiny', 8, **kw)
+    assert right == pytest.approx(0.0, abs=1e-4)  # the server's own model against itself
+
+
+def test_a_trickling_reference_server_is_cut_off(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(kl_mod, 'REQUEST_TIMEOUT_S', 1.0)
+    monkeypatch.setattr(kl_mod, 'RETRIES', 2)
+    server.fault = 'trickle'
+    start = time.time()
+    with pytest.raises(kl_mod.EvalError, match=r"failed 2 times \(DeadlineExceeded: no complete answer within 1 s\)"):
+        kl_mod.reference_samples('openai:tiny', 8, base_url=server.url, cache_dir=str(tmp_path))
+    assert time.time() - start < 4
+
+
+def test_a_trickling_red_lm_is_cut_off(server):
+    import redteam
+    server.fault = 'trickle'
+    red = redteam.OpenAIRed('openai:tiny', server.url, retries=0, timeout=1.0)
+    start = time.time()
+    settings = dict(temperature=1.0, top_p=1.0, max_tokens=8, stop=None)
+    with pytest.raises(redteam.RedTeamError, match=r"^red LM openai:tiny at .*: no complete answer within 1 s"):
+        red.complete('1. Hello', 2, settings, seed=0)
+    assert time.time() - start < 3
 
 
 def test_export_hf_matches_our_logits(tmp_path):

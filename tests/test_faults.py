@@ -1,4 +1,4 @@
-"""What goes wrong around training (issue 12): refused settings, damaged files, interrupted and diverged runs. Each
+"""What goes wrong around training: refused settings, damaged files, interrupted and diverged runs. Each
 fault must end in one line that names the file or setting, with the state on disk left as it was or made whole."""
 import errno
 import json
@@ -230,7 +230,8 @@ def test_damaged_checkpoints_are_named(tiny_data, tmp_path, capsys):
         with pytest.raises(checkpoints.CheckpointError, match=f"{bad}: {error}"):
             checkpoints.read_checkpoint(bad)
     torch.save({'state_dict': {}}, bad)
-    with pytest.raises(checkpoints.CheckpointError, match=f"{bad}: not a phf checkpoint .it has no model, model_args, "):
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=f"{bad}: not a phf checkpoint .it has no model, model_args, "):
         checkpoints.read_checkpoint(bad)
     with pytest.raises(checkpoints.CheckpointError, match=f"{tmp_path}/none.pt: checkpoint not found"):
         checkpoints.read_checkpoint(str(tmp_path / 'none.pt'))
@@ -298,7 +299,7 @@ def test_resumed_history_is_the_uninterrupted_one(tiny_data, tmp_path, monkeypat
     assert [s for s, _ in loss_steps(out)] == [1, 2, 3, 4, 5, 6] and ckpt_step(out) == 5
     with open(os.path.join(out, 'log.jsonl'), 'a') as f:
         f.write('{"step": 7, "lo')  # a record cut by the kill
-    with open(os.path.join(out, 'eval.jsonl'), 'a') as f:  # an evaluation after the checkpoint (as before issue 12)
+    with open(os.path.join(out, 'eval.jsonl'), 'a') as f:  # an evaluation after the checkpoint (as older runs wrote)
         f.write('{"step": 6, "val_loss": 7.0}\n')
     open(os.path.join(out, 'eval_step6.json'), 'w').write('{}')
     run(tiny_args(tiny_data, out, resume=True, **args))
@@ -416,3 +417,21 @@ print(f'pool ended in {{time.time() - t0:.0f}} s; stop flag {{stop.received()}}'
 """)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout == 'pool ended in 1 s; stop flag 0\n', (out.stdout, out.stderr)
+
+
+def test_a_resume_onto_data_prepared_again_is_refused(tmp_path, capsys):
+    """prepare.py again into the same data_dir between a run and its resume: the same text gives the same splits and
+    the run goes on; other text is refused, naming what changed."""
+    from conftest import make_dataset
+    tiny = make_dataset(str(tmp_path / 'data'))
+    out = str(tmp_path / 'run')
+    run(tiny_args(tiny, out, max_tokens=4 * 4 * 32))
+    make_dataset(tiny)  # the same documents written again (a newer 'created' in the headers)
+    run(tiny_args(tiny, out, max_tokens=6 * 4 * 32, resume=True))
+    assert ckpt_step(out) == 6
+    make_dataset(tiny, seed=1)  # other documents
+    code, err = main_fails(tiny_args(tiny, out, max_tokens=8 * 4 * 32, resume=True), capsys)
+    assert code == 1 and err.startswith(f"error: --resume=True: {out}/ckpt.pt was trained on other data than "
+                                        f"{tiny}/pep8 holds now (train: ")
+    assert "tokens from random then, " in err and "prepared again since?" in err
+    assert ckpt_step(out) == 6

@@ -11,6 +11,7 @@ import pytest
 import prepare
 import scorers
 import sources
+from conftest import ROOT_DIR
 from data import EOS, DataError, PreparedData, get_tokenizer
 
 B_PY = 'import os\n\n\ndef f( a ):\n    return a\n'  # E201 and E202 on line 4
@@ -107,6 +108,19 @@ def test_pii_text_folder_with_gzip(tmp_path):
     assert s['aligned']['conditional']['segments'] == 2 / 5
 
 
+def test_a_fifo_in_the_folder_is_skipped_and_counted(tmp_path):
+    """A FIFO (or socket, or device) among the text files would block a read for good: it is left out and counted."""
+    root = tmp_path / 'text'
+    write(f'{root}/a.txt', 'Write to john@example.com today.\n')
+    write(f'{root}/b.txt', 'No PII here.\n')
+    os.mkfifo(root / 'pipe.txt')
+    out = str(tmp_path / 'out')
+    done = run_cli('pii', f'--source={root}', f'--out_dir={out}', '--min_val_docs=1', cwd=ROOT_DIR, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert 'skipped 1: 1 not a regular file (e.g. pipe.txt: not a regular file)' in done.stdout
+    assert sorted(documents(out)[0]) == ['No PII here.\n', 'Write to john@example.com today.\n']
+
+
 class LengthScorer(scorers.Scorer):
     """Batched in the main process, like detoxify: score = len(text) / 100."""
     name, batch_size, parallel = 'length', 8, False
@@ -175,9 +189,9 @@ def test_jsonl_in_the_papers_schema(tmp_path):
     assert docs == {'Hello there. You idiot.': [np.float32(0.001), np.float32(0.9)], 'Nice day.': [np.float32(2e-4)]}
 
 
-def run_cli(*args, cwd):
+def run_cli(*args, cwd, timeout=None):
     return subprocess.run([sys.executable, os.path.abspath(prepare.__file__), *args], cwd=cwd,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_bad_input_is_one_line(tmp_path, pep8_folder):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import bench
 import repro
@@ -292,3 +293,50 @@ def test_progress_time_left_by_hand(monkeypatch, capsys):
     progress.finish()
     progress.start(1)  # 100 x 0.5 + 20 x 1 = 70 s
     assert capsys.readouterr().out.endswith('all: job 2 of 2, 1.0 min so far, about 1.2 min left\n')
+
+
+TINY = ('--n_layer=1 --n_head=1 --n_embd=16 --block_size=32 --batch_size=2 --total_batch_size=2 --eval_iters=1 '
+        '--eval_batch_size=2 --eval_samples=4 --eval_max_new_tokens=8 --kl_samples=4 --log_interval=1')
+
+
+def test_an_interrupted_run_is_resumed_not_reported(tmp_path, monkeypatch, capsys):
+    """A run whose last evaluation is of an earlier step (it was interrupted) is trained on, and the report is of its
+    final step."""
+    monkeypatch.chdir(ROOT_DIR)
+    tiny_data = make_dataset(str(tmp_path / 'data'), task='pii')
+    results = str(tmp_path / 'results')
+    argv = ['pii', '--methods=mle', f'--data_dir={tiny_data}', f'--results={results}',
+            f'--extra={TINY} --max_tokens=640']  # 10 steps of 64 tokens
+    repro.main(argv[:-1] + [f'--extra={TINY} --max_tokens=256 --eval_interval=2'])  # 4 steps, evaluated at 2 and 4
+    os.remove(os.path.join(results, 'settings.json'))  # as if that run were the first part of this one
+    capsys.readouterr()
+    repro.main(argv)
+    out = capsys.readouterr().out
+    assert 'already evaluated' not in out and '--resume=True' in out
+    summary = json.load(open(os.path.join(results, 'results.json')))
+    assert summary['runs']['42']['mle']['step'] == 10
+
+
+def test_ctrl_c_lets_the_training_run_save_its_checkpoint(tmp_path):
+    """Ctrl-C reaches repro.py (the terminal's foreground group; train.py runs in a session of its own): it passes
+    the interrupt on once and waits, so the run saves its step and the same command goes on from there."""
+    import signal
+    import time
+    tiny_data = make_dataset(str(tmp_path / 'data'), task='pii')
+    results = tmp_path / 'results'
+    argv = ['pii', '--methods=mle', f'--data_dir={tiny_data}', f'--results={results}',
+            f'--extra={TINY} --max_tokens=256000 --ckpt_interval=100000']  # 4,000 steps, saved only when stopped
+    proc = subprocess.Popen([sys.executable, 'repro.py'] + argv, cwd=ROOT_DIR, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = results / 'seed42' / 'mle' / 'log.jsonl'
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert err.strip().endswith(f"interrupted; `python repro.py {' '.join(argv)}` goes on from where it stopped")
+    assert 'stopped by SIGINT at step' in err
+    run_dir = results / 'seed42' / 'mle'
+    saved = torch.load(run_dir / 'ckpt.pt', weights_only=True)['step']
+    assert 5 <= saved < 4000 and sorted(os.listdir(run_dir)) == ['ckpt.pt', 'log.jsonl']  # no .tmp, no lock
