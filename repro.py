@@ -27,10 +27,12 @@ interrupted one is resumed; a results folder made with other settings is refused
 import argparse
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -73,105 +75,160 @@ class ReproError(Exception):
 STEP_LINE = re.compile(r'step (\d+)/(\d+) ')  # train.py's progress line
 
 
-def run_child(cmd, on_line=lambda line: line):
-    """`python cmd`, its stdout passed through line by line (on_line may add to a line). The child runs in its own
-    session, so that a Ctrl-C here reaches it once, from here: a training run then saves its checkpoint at the end of
-    its step and exits, and this waits for that before going on with the interrupt (a second Ctrl-C stops it at
-    once)."""
-    print('$ ' + ' '.join(cmd), flush=True)
-    child = subprocess.Popen([sys.executable] + cmd, stdout=subprocess.PIPE, text=True, bufsize=1,
-                             start_new_session=True)
-    try:
-        for line in child.stdout:
-            print(on_line(line.rstrip('\n')), flush=True)
-        code = child.wait()
-    except KeyboardInterrupt:
-        stop_child(child)
-        raise
-    if code:  # its own error message is above; what finished is kept
-        raise ReproError(f"{cmd[0]} exited with status {code}; once its cause is fixed, the same repro.py command "
-                         f"goes on from there (finished runs are kept)")
-
-
-def stop_child(child):
-    """Pass an interrupt on to the child and wait for it to exit; each further Ctrl-C is passed on too."""
-    child.send_signal(signal.SIGINT)
-    print(f"\ninterrupted: waiting for {child.args[1]} to save its checkpoint and exit (Ctrl-C again stops it at once)",
-          file=sys.stderr, flush=True)
-    while True:
-        try:
-            for line in child.stdout:
-                print(line.rstrip('\n'), flush=True)
-            child.wait()
-            return
-        except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)
-
-
 @dataclass
 class Job:
-    """One child this call runs: a training run (trained from first_step to final_step, then evaluated) or the
-    evaluation of a trained model (no steps). samples: what its evaluations draw, KL reference samples included."""
+    """One child this call runs: data preparation, a training run (from first_step to final_step, evaluated at the
+    end unless its evaluation is a job of its own), or the evaluation of a trained model. samples: what it draws,
+    KL reference samples included."""
     label: str
-    run_dir: str
-    first_step: int
-    final_step: int
-    samples: int
-    command: list  # the script and its arguments, but --resume and --kl_reference, which run_job decides
+    command: list  # the script and its arguments, but --resume and --kl_reference, which child_argv decides
+    run_dir: str = ''
+    first_step: int = 0
+    final_step: int = 0
+    samples: int = 0
     kl_reference: str = ''
 
 
+def child_argv(job):
+    """A training run is resumed where an interrupted one left its checkpoint; the KL reference is passed once it has
+    been trained."""
+    argv = list(job.command)
+    if argv[0] == 'train.py' and os.path.exists(os.path.join(job.run_dir, 'ckpt.pt')):
+        argv.append('--resume=True')
+    if job.kl_reference and os.path.exists(job.kl_reference):
+        argv.append(f'--kl_reference={job.kl_reference}')
+    return argv
+
+
+def run_stage(jobs, progress, threads=None):
+    """Run a stage's jobs at once, each `python script ...` in a session of its own (so that a Ctrl-C reaches it once,
+    from here: stop_children), with `threads` CPU threads each where given. Their stdout is passed through line by
+    line, prefixed by the job's label when several run, train.py's step lines with the whole call's progress."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)) if threads else None
+    lines, children = queue.Queue(), []
+    progress.start(jobs)
+    for job in jobs:
+        argv = child_argv(job)
+        print('$ ' + ' '.join(argv), flush=True)
+        child = subprocess.Popen([sys.executable] + argv, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                 start_new_session=True, env=env)
+        threading.Thread(target=pump, args=(child, job, lines), daemon=True).start()
+        children.append(child)
+    running = {id(job) for job in jobs}  # whose output has not ended
+    try:
+        pass_through(lines, running, progress, prefix=len(jobs) > 1)
+        codes = [child.wait() for child in children]
+    except KeyboardInterrupt:
+        stop_children(children, lines, running, progress)
+        raise
+    failed = [job.command[0] + (f" ({job.label})" if len(jobs) > 1 else '') + f" exited with status {code}"
+              for job, code in zip(jobs, codes) if code]
+    if failed:  # their own error messages are above; what finished is kept
+        raise ReproError(f"{'; '.join(failed)}; once {'its' if len(failed) == 1 else 'the'} cause is fixed, the same "
+                         f"repro.py command goes on from there (finished runs are kept)")
+
+
+def pump(child, job, lines):
+    for line in child.stdout:
+        lines.put((job, line.rstrip('\n')))
+    lines.put((job, None))  # its output has ended: it is exiting
+
+
+def pass_through(lines, running, progress, prefix):
+    """Print the children's lines as they come, until every one in running has ended its output."""
+    while running:
+        job, line = lines.get()
+        if line is None:
+            running.discard(id(job))
+            progress.finish(job)
+        else:
+            print((f"[{job.label}] " if prefix else '') + progress.on_line(job, line), flush=True)
+
+
+def stop_children(children, lines, running, progress):
+    """Pass an interrupt on to each child still running and wait for them to exit; each further Ctrl-C is passed on
+    too (train.py then stops at once)."""
+    alive = [child for child in children if child.poll() is None]
+    print(f"\ninterrupted: waiting for {', '.join(child.args[1] for child in alive)} to save and exit (Ctrl-C again "
+          f"stops at once)", file=sys.stderr, flush=True)
+    while True:
+        try:
+            for child in alive:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGINT)
+            pass_through(lines, running, progress, prefix=len(children) > 1)
+            for child in alive:
+                child.wait()
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def stop_as_interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
 class Progress:
-    """The whole call's progress, added to each progress line of its children: which job of how many, and about how
-    long the rest takes. A job costs its training steps and its samples at the seconds a step and a sample have taken
-    so far in this call; until a sample has been timed it counts SAMPLE_STEPS steps."""
+    """The whole call's progress, added to each step line of its children: which stage of how many, and about how
+    long the rest takes. A stage's jobs run at once: it lasts as long as its longest job, which costs its training
+    steps at the seconds a step has taken so far in this call with as many jobs at once, and its samples at the
+    seconds a sample took; until a sample has been timed it counts SAMPLE_STEPS steps of one job alone."""
     SAMPLE_STEPS = 0.2  # the demo on CPU: a 1,024-token training step takes about as long as 5 samples drawn and scored
 
-    def __init__(self, jobs, t0):
-        self.jobs, self.t0 = jobs, t0  # the call's start: its data preparation counts in the time so far
-        self.step_s = self.sample_s = None
-        self.current, self.first, self.last = 0, None, None
+    def __init__(self, stages, t0, announce=True):
+        self.stages, self.t0, self.announce = stages, t0, announce  # t0: the call's start (data preparation counts)
+        self.step_s, self.sample_s = {}, None  # seconds a step takes with n jobs at once: step_s[n]
+        self.current, self.timed, self.stage_t0 = -1, {}, time.time()
 
-    def start(self, i):
-        """Job i begins; print where the whole call is."""
-        self.current, self.first, self.last, self.job_t0 = i, None, None, time.time()
-        print(f"== job {i + 1} of {len(self.jobs)}: {self.jobs[i].label}; {self.summary()}", flush=True)
+    def start(self, jobs):
+        """A stage begins: print where the whole call is."""
+        self.current = next(i for i, stage in enumerate(self.stages) if stage is jobs)
+        self.timed, self.stage_t0 = {}, time.time()  # per job: (time, step) of its first and its latest step line
+        if self.announce:
+            labels = ', '.join(job.label for job in jobs)
+            print(f"== stage {self.current + 1} of {len(self.stages)}: {labels}; {self.summary()}", flush=True)
 
-    def on_line(self, line):
+    def on_line(self, job, line):
         m = STEP_LINE.match(line)
-        if m:
-            now, step = time.time(), int(m.group(1))
-            if self.first is None:  # the first line's time also holds the run's start-up: timed from it on
-                self.first = (now, step)
-            elif step > self.first[1]:
-                self.step_s = (now - self.first[0]) / (step - self.first[1])
-            self.last = (now, step)
-            return f"{line} | {self.summary()}"
-        return line
+        if not m:
+            return line
+        now, step = time.time(), int(m.group(1))
+        first, _ = self.timed.get(id(job), ((now, step), None))
+        if step > first[1]:  # the first line's time also holds the run's start-up: timed from it on
+            self.step_s[len(self.stages[self.current])] = (now - first[0]) / (step - first[1])
+        self.timed[id(job)] = (first, (now, step))
+        return f"{line} | {self.summary()}"
 
-    def finish(self):
-        """The current job is done: what it took after its last step was its evaluation, which times a sample."""
-        job = self.jobs[self.current]
-        if job.samples:
-            self.sample_s = (time.time() - (self.last[0] if self.last else self.job_t0)) / job.samples
+    def finish(self, job):
+        """A job's output has ended: what it took after its last step was its evaluation, which times a sample."""
+        if job.samples and job.command[0] != 'prepare.py':
+            last = self.timed.get(id(job), (None, (self.stage_t0, 0)))[1]
+            self.sample_s = (time.time() - last[0]) / job.samples
+
+    def job_left(self, job, step_s, sample_s, now=None):
+        timed = self.timed.get(id(job)) if now else None
+        done = timed[1][1] if timed else job.first_step
+        left = (job.final_step - done) * step_s + job.samples * sample_s
+        if timed and done == job.final_step:  # evaluating: part of its samples may be drawn already
+            left = max(0.0, left - (now - timed[1][0]))
+        return left
 
     def seconds_left(self):
-        """The rest of the current job and the jobs after it; None until a training step has been timed."""
-        if self.step_s is None:
+        """The rest of the current stage and the stages after it; None until a training step has been timed."""
+        if not self.step_s:
             return None
-        sample_s = self.sample_s if self.sample_s is not None else self.SAMPLE_STEPS * self.step_s
-        job = self.jobs[self.current]
-        done = self.last[1] if self.last else job.first_step
-        left = (job.final_step - done) * self.step_s + job.samples * sample_s
-        if self.last and self.last[1] == job.final_step:  # evaluating: part of its samples may be drawn already
-            left = max(0.0, left - (time.time() - self.last[0]))
-        return left + sum((j.final_step - j.first_step) * self.step_s + j.samples * sample_s
-                          for j in self.jobs[self.current + 1:])
+        alone = min(t / n for n, t in self.step_s.items())  # a step with every core (side by side, per job and n)
+        step_s = lambda n: self.step_s.get(n, alone * n)
+        sample_s = self.sample_s if self.sample_s is not None else self.SAMPLE_STEPS * alone
+        now = time.time()
+        return sum(max(self.job_left(job, step_s(len(stage)), sample_s, now if i == self.current else None)
+                       for job in stage) for i, stage in enumerate(self.stages) if i >= self.current)
 
     def summary(self):
         left = self.seconds_left()
         eta = 'the time left is known after the first steps' if left is None else f"about {left / 60:.1f} min left"
-        return f"all: job {self.current + 1} of {len(self.jobs)}, {(time.time() - self.t0) / 60:.1f} min so far, {eta}"
+        return (f"all: stage {self.current + 1} of {len(self.stages)}, {(time.time() - self.t0) / 60:.1f} min so far, "
+                f"{eta}")
 
 
 def read_evals(run_dir):
@@ -253,22 +310,33 @@ def training_argv(task, name, seed, results, train_args, median):
         f"--out_dir={os.path.join(results, f'seed{seed}', name)}", f'--seed={seed}', f'--filter_threshold={median}']
 
 
-def training_job(task, name, seed, results, train_args, median, mle_planned):
-    """The Job of one method's (or variant's) training run with its evaluations; None if it is done. An interrupted
-    run's evaluations are of earlier steps: only one of its final step counts as done."""
+def training_jobs(task, name, seed, results, train_args, median, mle_planned, separate_eval):
+    """(training Job, evaluation Job) of one method's (or variant's) run, either None when done. An interrupted run's
+    evaluations are of earlier steps: only one of its final step counts as done. separate_eval: the run trains
+    without evaluating and evaluate.py evaluates it afterwards (runs trained side by side); else the run evaluates
+    itself at its end (a resumed run that was trained but not evaluated only evaluates)."""
     run_dir = os.path.join(results, f'seed{seed}', name)
     argv = training_argv(task, name, seed, results, train_args, median)
     cfg = load_config(argv)
     final_step = cfg.max_tokens // (cfg.total_batch_size * cfg.block_size)
     if evaluated(run_dir, final_step):
         print(f"{run_dir}: already evaluated, skipping (delete it to re-run)", flush=True)
-        return None
+        return None, None
     # the seed's MLE model is the KL reference of the others
     mle_ckpt = os.path.join(results, f'seed{seed}', 'mle', 'ckpt.pt') if name != 'mle' else ''
     kl = mle_ckpt and (mle_planned or os.path.exists(mle_ckpt))
     samples = cfg.eval_samples * len(evaluate.eval_scenarios(cfg)) + (cfg.kl_samples if kl else 0)
-    return Job(f"seed {seed} {name}", run_dir, last_logged_step(run_dir), final_step, samples,
-               ['train.py'] + argv, kl_reference=mle_ckpt)
+    label, first_step = f"seed {seed} {name}", last_logged_step(run_dir)
+    if not separate_eval:
+        return Job(label, ['train.py'] + argv, run_dir, first_step, final_step, samples, mle_ckpt), None
+    trained = first_step >= final_step and os.path.exists(os.path.join(run_dir, 'ckpt.pt'))
+    train = None if trained else Job(label, ['train.py'] + argv + ['--eval_samples=0', '--eval_iters=0'], run_dir,
+                                     first_step, final_step)
+    evaluation = Job(f"{label}, evaluation", ['evaluate.py', f"--ckpt={os.path.join(run_dir, 'ckpt.pt')}",
+                                             f'--out_dir={run_dir}', f'--eval_samples={cfg.eval_samples}',
+                                             f'--eval_iters={cfg.eval_iters}', f'--kl_samples={cfg.kl_samples}'],
+                     run_dir, samples=samples, kl_reference=mle_ckpt)
+    return train, evaluation
 
 
 GUIDED = 'cond_guided'  # run names cond_guided{γ}: the cond model of the seed, sampled with guidance γ
@@ -303,21 +371,10 @@ def guided_job(seed, results, guidance, cond_cfg):
         return None
     argv = ['evaluate.py', f"--ckpt={os.path.join(seed_dir, 'cond', 'ckpt.pt')}", f'--out_dir={out}',
             f'--eval_guidance={guidance}', '--eval_scenarios=unconditional', '--eval_iters=0',
+            f'--eval_samples={cond_cfg.eval_samples}', f'--kl_samples={cond_cfg.kl_samples}',
             f"--kl_reference={os.path.join(seed_dir, 'mle', 'ckpt.pt')}"]
     samples = cond_cfg.eval_samples + cond_cfg.kl_samples
-    return Job(f"seed {seed} cond, guided γ={guidance:g}", out, 0, 0, samples, argv)
-
-
-def run_job(job, progress):
-    """A training run is resumed where an interrupted one left its checkpoint, and gets its KL reference once that
-    has been trained."""
-    argv = list(job.command)
-    if argv[0] == 'train.py' and os.path.exists(os.path.join(job.run_dir, 'ckpt.pt')):
-        argv.append('--resume=True')
-    if job.kl_reference and os.path.exists(job.kl_reference):
-        argv.append(f'--kl_reference={job.kl_reference}')
-    run_child(argv, progress.on_line)
-    progress.finish()
+    return Job(f"seed {seed} cond, guided γ={guidance:g}", argv, out, samples=samples)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -532,6 +589,8 @@ def main(argv=None):
     p.add_argument('--results', default=None, help='default out/repro/{task}_{size}')
     p.add_argument('--extra', default='', help='more --key=value arguments for train.py, space-separated')
     p.add_argument('--guidance', default='', help='comma-separated γ: also sample each cond model with guidance γ')
+    p.add_argument('--side_by_side', type=int, default=0, help='training runs at once (default: 2 on a CPU with 2 '
+                   'cores or more, each with half of them; 1 on a GPU)')
     args = p.parse_args(argv)
     methods = RUNS if args.methods == 'all' else tuple(args.methods.split(','))
     unknown = set(methods) - set(RUNS)
@@ -551,12 +610,15 @@ def main(argv=None):
     if not os.path.samefile(here, os.getcwd()):  # it runs train.py and config/ by their relative paths
         p.error(f"run it from the repository's folder: cd {here}")
     command = 'python repro.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+    before = signal.signal(signal.SIGTERM, stop_as_interrupted)  # a job scheduler's stop: passed on as a Ctrl-C is
     try:
         run(args, methods, seeds, command)
     except (ReproError, ConfigError) as e:
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # the training run in progress saved a checkpoint
+    except KeyboardInterrupt:  # the training runs in progress saved a checkpoint
         sys.exit(f"interrupted; `{command}` goes on from where it stopped")
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def run(args, methods, seeds, command):
@@ -567,7 +629,9 @@ def run(args, methods, seeds, command):
     split = os.path.join(data_dir, args.task, 'train')
     if not os.path.exists(os.path.join(split, 'header.json')):
         print(f"== preparing the {args.task} data into {data_dir}/{args.task}, then the runs", flush=True)
-        run_child(['prepare.py', args.task, f'--out_dir={os.path.join(data_dir, args.task)}'] + plan['prepare'])
+        prepare = [Job('prepare', ['prepare.py', args.task, f'--out_dir={os.path.join(data_dir, args.task)}'] +
+                       plan['prepare'])]
+        run_stage(prepare, Progress([prepare], t0, announce=False))
     train_data = data.PreparedData(split)
     train_args = SIZES[args.size] + plan['train'] + [f'--data_dir={data_dir}'] + args.extra.split()
     # filtering at the median document score drops about half the documents (reference §1.2)
@@ -577,27 +641,34 @@ def run(args, methods, seeds, command):
     device_type, dtype = training_device_and_dtype(train_args)
     check_settings(results, dict(task=args.task, size=args.size, train_args=train_args, data=train_data.header,
                                  dtype=dtype, device=device_type))
-    jobs = plan_jobs(args, methods, seeds, results, train_args, median)
-    progress = Progress(jobs, t0)
-    for i, job in enumerate(jobs):
-        progress.start(i)
-        run_job(job, progress)
+    # on a CPU two runs train side by side, a thread each per core pair: more tokens/s in all than one at a time
+    side_by_side = args.side_by_side or (2 if device_type == 'cpu' and os.cpu_count() >= 2 else 1)
+    stages = plan_stages(args, methods, seeds, results, train_args, median, side_by_side)
+    progress = Progress(stages, t0)
+    for stage in stages:
+        run_stage(stage, progress, threads=max(1, os.cpu_count() // len(stage)) if len(stage) > 1 else None)
     setting = (f"training tokens {train_data.n_tokens:,} ({train_data.header['source']}); filter threshold (median "
                f"document score) {median:.5g}; this call ran on {devices.describe(device_type)}, training in {dtype}, "
                f"{(time.time() - t0) / 60:.1f} min")
     report(args, methods, seeds, results, command, setting, median)
 
 
-def plan_jobs(args, methods, seeds, results, train_args, median):
-    """What this call still has to run, in order: per seed, each method's training run, then the conditional
-    model's guided evaluations."""
-    jobs = []
+def plan_stages(args, methods, seeds, results, train_args, median, side_by_side):
+    """What this call still has to run, in stages whose jobs run at once: per seed, the methods' training runs,
+    side_by_side at a time (MLE first: the KL reference of the others), each evaluating itself at its end; or, where
+    runs train side by side, evaluated by evaluate.py afterwards, one at a time with every core (the KL reference is
+    trained by then); then the conditional model's guided evaluations."""
+    stages = []
     for seed in seeds:
-        for name in sorted(methods, key=lambda m: m != 'mle'):  # MLE first: the KL reference of the others
-            jobs.append(training_job(args.task, name, seed, results, train_args, median, 'mle' in methods))
+        runs = [training_jobs(args.task, name, seed, results, train_args, median, 'mle' in methods, side_by_side > 1)
+                for name in sorted(methods, key=lambda m: m != 'mle')]
+        trainings = [train for train, _ in runs if train]
+        stages += [trainings[i:i + side_by_side] for i in range(0, len(trainings), side_by_side)]
+        stages += [[evaluation] for _, evaluation in runs if evaluation]
         cond_cfg = load_config([f'config/{args.task}_cond.py'] + train_args)
-        jobs += [guided_job(seed, results, g, cond_cfg) for g in args.guidance if g]  # γ = 0: the cond run
-    return [job for job in jobs if job is not None]
+        guided = [guided_job(seed, results, g, cond_cfg) for g in args.guidance if g]  # γ = 0: the cond run itself
+        stages += [[job] for job in guided if job]
+    return stages
 
 
 def report(args, methods, seeds, results, command, setting, median):

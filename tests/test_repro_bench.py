@@ -81,9 +81,13 @@ def test_repro_bad_input_ends_in_one_line(tmp_path, monkeypatch, capsys):
         repro.main(argv)
     assert not os.path.exists(tmp_path / 'results' / 'seed42')
     argv[-1] = f'--extra=--init_from={tmp_path}/none.pt'  # a setting train.py itself refuses
+    with pytest.raises(SystemExit, match=r"^error: train.py \(seed 42 mle\) exited with status 1; train.py \(seed 42 "
+                                         r"cond\) exited with status 1; once the cause is fixed, the same repro.py "
+                                         r"command goes on from there \(finished runs are kept\)$"):
+        repro.main(argv)  # the two runs train side by side
     with pytest.raises(SystemExit, match=r"^error: train.py exited with status 1; once its cause is fixed, the same "
                                          r"repro.py command goes on from there \(finished runs are kept\)$"):
-        repro.main(argv)
+        repro.main(argv + ['--side_by_side=1'])
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -274,25 +278,40 @@ def test_headline_over_seeds_by_hand():
 
 
 def test_progress_time_left_by_hand(monkeypatch, capsys):
+    """Two runs training side by side, then their evaluations one at a time."""
     clock = [0.0]
     monkeypatch.setattr(repro.time, 'time', lambda: clock[0])
-    jobs = [repro.Job('seed 42 mle', 'a', 0, 100, 10, []), repro.Job('seed 42 cond', 'b', 0, 100, 20, [])]
-    progress = repro.Progress(jobs, t0=0.0)
-    progress.start(0)
-    assert capsys.readouterr().out == ('== job 1 of 2: seed 42 mle; all: job 1 of 2, 0.0 min so far, the time left '
-                                       'is known after the first steps\n')
+    mle, cond = repro.Job('seed 42 mle', ['train.py'], final_step=100), repro.Job('seed 42 cond', ['train.py'],
+                                                                                final_step=100)
+    mle_eval = repro.Job('seed 42 mle, evaluation', ['evaluate.py'], samples=10)
+    cond_eval = repro.Job('seed 42 cond, evaluation', ['evaluate.py'], samples=20)
+    stages = [[mle, cond], [mle_eval], [cond_eval]]
+    progress = repro.Progress(stages, t0=0.0)
+    progress.start(stages[0])
+    assert capsys.readouterr().out == ('== stage 1 of 3: seed 42 mle, seed 42 cond; all: stage 1 of 3, 0.0 min so far, '
+                                       'the time left is known after the first steps\n')
     clock[0] = 5.0
-    assert progress.on_line('step 10/100 loss 9') == ('step 10/100 loss 9 | all: job 1 of 2, 0.1 min so far, the '
-                                                      'time left is known after the first steps')
-    clock[0] = 10.0  # 0.5 s a step; a sample counts 0.2 steps until timed: 80 x 0.5 + 10 x 0.1 + 100 x 0.5 + 20 x 0.1
-    assert progress.on_line('step 20/100 loss 8').endswith('| all: job 1 of 2, 0.2 min so far, about 1.6 min left')
-    assert progress.on_line('eval step 20: val_loss 8') == 'eval step 20: val_loss 8'  # only step lines
-    clock[0] = 50.0
-    progress.on_line('step 100/100 loss 7')
-    clock[0] = 60.0  # its evaluation: 10 s for 10 samples, 1 s a sample
-    progress.finish()
-    progress.start(1)  # 100 x 0.5 + 20 x 1 = 70 s
-    assert capsys.readouterr().out.endswith('all: job 2 of 2, 1.0 min so far, about 1.2 min left\n')
+    assert progress.on_line(mle, 'step 10/100 loss 9') == ('step 10/100 loss 9 | all: stage 1 of 3, 0.1 min so far, '
+                                                           'the time left is known after the first steps')
+    clock[0] = 6.0
+    progress.on_line(cond, 'step 10/100 loss 9')
+    clock[0] = 10.0
+    # 0.5 s a step side by side (0.25 s alone); a sample counts 0.2 steps alone until timed, 0.05 s:
+    # max(80 x 0.5, 90 x 0.5) + 10 x 0.05 + 20 x 0.05 = 46.5 s
+    assert progress.on_line(mle, 'step 20/100 loss 8').endswith('| all: stage 1 of 3, 0.2 min so far, about 0.8 min '
+                                                                'left')
+    assert progress.on_line(mle, 'eval step 20: val_loss 8') == 'eval step 20: val_loss 8'  # only step lines
+    for job, t in ((mle, 55.0), (cond, 58.0)):
+        clock[0] = t
+        progress.on_line(job, 'step 100/100 loss 7')
+        progress.finish(job)
+    clock[0] = 60.0
+    progress.start(stages[1])
+    assert capsys.readouterr().out.endswith('all: stage 2 of 3, 1.0 min so far, about 0.0 min left\n')
+    clock[0] = 70.0  # 10 samples in 10 s: 1 s a sample
+    progress.finish(mle_eval)
+    progress.start(stages[2])  # 20 x 1 s
+    assert capsys.readouterr().out.endswith('all: stage 3 of 3, 1.2 min so far, about 0.3 min left\n')
 
 
 TINY = ('--n_layer=1 --n_head=1 --n_embd=16 --block_size=32 --batch_size=2 --total_batch_size=2 --eval_iters=1 '
@@ -305,8 +324,8 @@ def test_an_interrupted_run_is_resumed_not_reported(tmp_path, monkeypatch, capsy
     monkeypatch.chdir(ROOT_DIR)
     tiny_data = make_dataset(str(tmp_path / 'data'), task='pii')
     results = str(tmp_path / 'results')
-    argv = ['pii', '--methods=mle', f'--data_dir={tiny_data}', f'--results={results}',
-            f'--extra={TINY} --max_tokens=640']  # 10 steps of 64 tokens
+    argv = ['pii', '--methods=mle', f'--data_dir={tiny_data}', f'--results={results}', '--side_by_side=1',
+            f'--extra={TINY} --max_tokens=640']  # 10 steps of 64 tokens; evaluated by train.py itself
     repro.main(argv[:-1] + [f'--extra={TINY} --max_tokens=256 --eval_interval=2'])  # 4 steps, evaluated at 2 and 4
     os.remove(os.path.join(results, 'settings.json'))  # as if that run were the first part of this one
     capsys.readouterr()
