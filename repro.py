@@ -42,16 +42,13 @@ import data
 import devices
 import evaluate
 import stats
+from data import METHODS
 from runs import evaluated, record_step
-from settings import METHODS, ConfigError, load_config
+from settings import ConfigError, eval_scenarios, load_config
 
-SIZES = {
-    # config overlay and --key=value arguments on top of config/{task}_{method}.py
+SIZES = {  # config overlay on top of config/{task}_{method}.py
     'cpu': ['config/cpu_small.py'],
-    'gpu': ['--n_layer=8', '--n_head=8', '--n_embd=512', '--block_size=512', '--batch_size=64',
-            '--total_batch_size=64', '--max_tokens=40_000_000', '--learning_rate=1e-3', '--warmup_frac=0.02',
-            '--eval_interval=400', '--eval_samples=1024', '--kl_samples=1024', '--eval_max_new_tokens=256',
-            '--ckpt_interval=500', '--log_interval=50'],
+    'gpu': ['config/gpu_small.py'],
 }
 TASK_SIZE = {
     # per task and size: prepare.py arguments (only as much text as the budget needs) and more training arguments
@@ -279,9 +276,7 @@ def check_settings(results, settings):
             raise ReproError(f"{results} holds runs made with other settings ({changed} differ, see {path}); pass "
                              f"--results=ANOTHER_DIR or delete it")
         return
-    os.makedirs(results, exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(settings, f, indent=1)
+    data.write_json(path, settings, indent=1)
 
 
 # MLE again from other initial weights on the same data order: how far a second run of one recipe moves the figures
@@ -291,7 +286,7 @@ VARIANTS = {  # run name: (its method, its config config/{task}_{name}.py, more 
     'cond_k5': ('cond', 'cond_k5', []),  # K = 5 graded control tokens
     SECOND_MLE: ('mle', 'mle', ['--init_seed_offset=1000']),
 }
-RUNS = METHODS + tuple(VARIANTS)  # what --methods may name
+RUNS = tuple(METHODS) + tuple(VARIANTS)  # what --methods may name
 
 
 def method_of(name):
@@ -325,7 +320,7 @@ def training_jobs(task, name, seed, results, train_args, median, mle_planned, se
     # the seed's MLE model is the KL reference of the others
     mle_ckpt = os.path.join(results, f'seed{seed}', 'mle', 'ckpt.pt') if name != 'mle' else ''
     kl = mle_ckpt and (mle_planned or os.path.exists(mle_ckpt))
-    samples = cfg.eval_samples * len(evaluate.eval_scenarios(cfg)) + (cfg.kl_samples if kl else 0)
+    samples = cfg.eval_samples * len(eval_scenarios(cfg)) + (cfg.kl_samples if kl else 0)
     label, first_step = f"seed {seed} {name}", last_logged_step(run_dir)
     if not separate_eval:
         return Job(label, ['train.py'] + argv, run_dir, first_step, final_step, samples, mle_ckpt), None
@@ -349,15 +344,17 @@ def guided_name(guidance):
 def run_order(name):
     """Runs in METHODS order, after cond its guided evaluations by γ, then its variants."""
     if name.startswith(GUIDED):
-        return METHODS.index('cond'), 1, float(name[len(GUIDED):])
+        return list(METHODS).index('cond'), 1, float(name[len(GUIDED):])
     if name in VARIANTS:
-        return METHODS.index(method_of(name)), 2, list(VARIANTS).index(name)
-    return METHODS.index(name), 0, 0
+        return list(METHODS).index(method_of(name)), 2, list(VARIANTS).index(name)
+    return list(METHODS).index(name), 0, 0
 
 
 def conditional(name):
-    """Whether a run's model is conditional, so that it was also sampled after <|misaligned|>."""
-    return method_of(name) == 'cond'
+    """Whether a run is a conditional model's own, so that it was also sampled after <|misaligned|> (a guided
+    evaluation samples it after <|aligned|> only)."""
+    method = method_of(name)
+    return method in METHODS and METHODS[method].conditional
 
 
 def guided_job(seed, results, guidance, cond_cfg):
@@ -510,7 +507,8 @@ def headline(task, figures):
 def beyond_the_paper(name):
     """Whether a run is one of the techniques beyond the paper (guided sampling, graded tokens, masking): each is also
     compared with conditional training, the paper's best method, over the seeds."""
-    return name.startswith(GUIDED) or (name in VARIANTS and name != SECOND_MLE) or name == 'mask'
+    return name.startswith(GUIDED) or (name in VARIANTS and name != SECOND_MLE) or (
+        name in METHODS and not METHODS[name].in_paper)
 
 
 def fmt_compare(c):
@@ -685,11 +683,11 @@ def report(args, methods, seeds, results, command, setting, median):
               f"{data.TASKS[args.task].hit_threshold}; intervals 95% (Wilson for hit rates, bootstrap for means and "
               f"for the differences from MLE that the verdicts rest on)\n\n")
     verdict_first = verdict + [''] * bool(verdict) + lines
-    with open(os.path.join(results, 'results.md'), 'w') as f:
-        f.write(header + '```\n' + '\n'.join(verdict_first) + '\n```\n\n' + seeds_table(figures, runs) + '\n')
-    with open(os.path.join(results, 'results.json'), 'w') as f:
-        json.dump(dict(task=args.task, size=args.size, filter_threshold=median, figures=figures,
-                       runs={s: {m: r['record'] for m, r in rs.items()} for s, rs in runs.items()}), f, indent=1)
+    data.write_atomically(os.path.join(results, 'results.md'), header + '```\n' + '\n'.join(verdict_first) +
+                          '\n```\n\n' + seeds_table(figures, runs) + '\n')
+    data.write_json(os.path.join(results, 'results.json'), dict(
+        task=args.task, size=args.size, filter_threshold=median, figures=figures,
+        runs={s: {m: r['record'] for m, r in rs.items()} for s, rs in runs.items()}), indent=1)
     label = (lambda s, m: m) if len(seeds) == 1 else (lambda s, m: f'{m}/seed{s}')
     evaluate.plot_runs({label(s, m): r['history'] for s, rs in runs.items() for m, r in rs.items()},
                        os.path.join(results, 'plot'))

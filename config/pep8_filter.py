@@ -1,11 +1,7 @@
 # pep8, filter: MLE on the documents whose score <= filter_threshold (the task's, data.TASKS).
-# GPT-2 small from scratch on codeparrot Python; GPT-2 BPE with space-run tokens (the original: codeparrot's tokenizer).
-# 64 sequences × 1024 tokens = 65,536 tokens per step; 3.3e9 tokens = 50,354 steps.
+# The paper's settings (reference §4); the budget and batch as config/pep8_mle.py.
 task = 'pep8'
 method = 'filter'
 out_dir = 'out/pep8_filter'
-total_batch_size = 64
-batch_size = 16  # per GPU; accumulation makes up the rest
 learning_rate = 8e-4
-max_tokens = 3_300_000_000
 eval_samples = 4096  # every eval_interval steps, as the original

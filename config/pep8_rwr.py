@@ -1,12 +1,8 @@
 # pep8, rwr: reward-weighted regression = AWR with awr_alpha 1 (the value head stays at -0.5).
-# GPT-2 small from scratch on codeparrot Python; GPT-2 BPE with space-run tokens (the original: codeparrot's tokenizer).
-# 64 sequences × 1024 tokens = 65,536 tokens per step; 3.3e9 tokens = 50,354 steps.
+# The paper's settings (reference §4); the budget and batch as config/pep8_mle.py.
 task = 'pep8'
 method = 'rwr'
 out_dir = 'out/pep8_rwr'
-total_batch_size = 64
-batch_size = 16  # per GPU; accumulation makes up the rest
 learning_rate = 1e-3
-max_tokens = 3_300_000_000
 eval_samples = 4096  # every eval_interval steps, as the original
 awr_beta = 10.0

@@ -1,11 +1,6 @@
 # pii, mask: token-level masking, MLE on the tokens of segments scored <= cond_threshold only (data.TASKS).
-# GPT-2 small from scratch on tomekkorbak/pile-pii-scrubadub (reference §4).
-# 64 sequences × 1024 tokens = 65,536 tokens per step; 3.3e9 tokens = 50,354 steps.
+# The paper's settings (reference §4); the budget and batch as config/pii_mle.py.
 task = 'pii'
 method = 'mask'
 out_dir = 'out/pii_mask'
-total_batch_size = 64
-batch_size = 16  # per GPU; accumulation makes up the rest
-learning_rate = 5e-4
-max_tokens = 3_300_000_000
 eval_samples = 4096  # every eval_interval steps, as the original
