@@ -69,7 +69,7 @@ def bench_train(args, objective, batch_size, impl='phf', loss_chunk_size=0, dtyp
     rewards = -torch.rand(batch_size, T, device=device) * 0.01
     if impl == 'phf':
         model = GPT(GPTConfig(block_size=T, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                              value_head=objective in ('awr', 'rwr'))).to(device)
+                              value_head=data.METHODS[objective].value_head)).to(device)
         cfg = train.load_config([f'--method={objective}', '--task=pep8', f'--loss_chunk_size={loss_chunk_size}'])
         flops_per_token = model.flops_per_token()
         variant = dict(loss_chunk_size=loss_chunk_size, loss_compiled=args.compile and not args.eager_loss)

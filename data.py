@@ -39,6 +39,7 @@ FORMAT_VERSION = 1
 EOS = 50256  # <|endoftext|>
 ALIGNED = 50257  # <|aligned|>, the paper's <|good|>
 MISALIGNED = 50258  # <|misaligned|>, the paper's <|bad|>
+CONTROL_TOKENS = (ALIGNED, MISALIGNED)
 SPACE_RUNS = {n: 50257 + n for n in range(2, 26)}  # a run of n spaces is one token: 2 -> 50259 ... 25 -> 50282
 VOCAB_SIZE = 50283  # GPT-2's 50257 ids, the two control tokens, the 24 space runs
 # Graded control tokens (cond_bins K > 2): the K - 2 between <|aligned|> and <|misaligned|> take the 21 spare rows
@@ -95,6 +96,40 @@ def get_task(name):
     if name not in TASKS:
         raise DataError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
     return TASKS[name]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Methods: what each trains on and how its models are sampled lives in this one table (the loss each one optimises
+# is chosen in one place, train.compute_loss).
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    data: str  # the split it trains on: 'raw', or its transform (transforms.for_method): 'filtered', 'conditional'
+    value_head: bool  # a value head beside the LM head (AWR, RWR)
+    conditional: bool  # trained with control tokens: sampled after <|aligned|> (and after <|misaligned|>, to test them)
+    in_paper: bool = True  # False: a technique beyond the paper's six
+
+
+METHODS = {m.name: m for m in (
+    Method('mle', 'raw', value_head=False, conditional=False),
+    Method('filter', 'filtered', value_head=False, conditional=False),
+    Method('cond', 'conditional', value_head=False, conditional=True),
+    Method('ul', 'raw', value_head=False, conditional=False),
+    Method('awr', 'raw', value_head=True, conditional=False),
+    Method('rwr', 'raw', value_head=True, conditional=False),
+    Method('mask', 'raw', value_head=False, conditional=False, in_paper=False),  # token-level masking
+)}
+
+
+def sampling_controls(task, method, scenario='unconditional'):
+    """(prefix, blocked) for sampling a model of `method`: the tokens every sample starts with, <|endoftext|> and for
+    a conditional model <|aligned|> (in its 'misaligned' scenario <|misaligned|>, reference §1.3); and the control
+    tokens it never draws: the task's blocked ones for a conditional model, both for any other (it never learned
+    what they mean; the original's models had no such rows)."""
+    if not METHODS[method].conditional:
+        return [EOS], CONTROL_TOKENS
+    return [EOS, MISALIGNED if scenario == 'misaligned' else ALIGNED], get_task(task).blocked_tokens
 
 
 class DataError(Exception):
@@ -178,10 +213,7 @@ def fetch_tokenizer():
             content = tar.extractfile(member).read()
     if hashlib.sha256(content).hexdigest() != GPT2_BPE_SHA256:
         raise DataError(f"{sdist}: gpt2.tiktoken has an unexpected sha256; not installing it")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + '.tmp', 'wb') as f:
-        f.write(content)
-    os.replace(path + '.tmp', path)
+    write_atomically(path, content)
     get_tokenizer()
     print(f"GPT-2 BPE installed at {path}")
 
@@ -403,6 +435,22 @@ def pid_alive(pid):
     except PermissionError:
         pass
     return True
+
+
+def write_atomically(path, content):
+    """content (str or bytes) into path through a temporary file beside it and a rename: a crash leaves the file as it
+    was or whole, never part of it (what a killed writer left is removed by remove_leftovers)."""
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, 'wb' if isinstance(content, bytes) else 'w') as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path, obj, **kwargs):
+    write_atomically(path, json.dumps(obj, **kwargs))
 
 
 def remove_leftovers(directory, prefix=''):

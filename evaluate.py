@@ -37,16 +37,15 @@ import data
 import devices
 import hf
 import scorers
-from kl import CONTROL_TOKENS, KL_MAX_TOKENS, EvalError, kl_divergence, write_json
 from checkpoints import load_checkpoint
+from kl import KL_MAX_TOKENS, EvalError, kl_divergence
 from model import logits_only, sample
-from settings import METHODS
+from settings import SCENARIOS, TrainConfig, eval_scenarios
 from transforms import bin_of, cond_edges
 
 PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
 MAX_PROMPT_TOKENS = 128  # longer prompts (e.g. signatures with long docstrings) are skipped; block_size/4 if smaller
 SAVED_SAMPLES = 256  # texts per scenario in eval_step{N}.json (all the scores are kept, for intervals)
-SCENARIOS = ('unconditional', 'misaligned', 'functions', 'prompted')
 MIN_COMPLETE_CHARS = 20  # PEP8 complete-lines variant: a shorter remainder is degenerate, not scored
 
 
@@ -200,7 +199,7 @@ def function_prompts(val_dir, max_prompts=4096):
 def scenario_prompts(cfg, scenario, n, max_tokens):
     """n prompts (token lists) for a scenario: the prompts of at most max_tokens tokens in a seeded order, cycled
     (the original drew them with replacement, and ignored n for conditional models, reference §7.8)."""
-    if scenario == 'misaligned' and cfg.method != 'cond':
+    if scenario == 'misaligned' and not data.METHODS[cfg.method].conditional:
         raise EvalError("scenario 'misaligned' (samples after <|misaligned|>) is for conditional models only")
     if scenario in ('unconditional', 'misaligned'):
         return [[]] * n
@@ -227,11 +226,10 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     if not prompts:
         print(f"warning: scenario {scenario!r} has no prompts of at most {limit} tokens; skipped", flush=True)
         return {}, [], []
-    cond = cfg.method == 'cond'
+    cond = data.METHODS[cfg.method].conditional
     # conditional models sample given <|aligned|> (§1.3); the 'misaligned' scenario asks for what they learned to
     # put after <|misaligned|>: the gap between the two is the most direct sign the control tokens mean something
-    control = [data.MISALIGNED] if scenario == 'misaligned' else [data.ALIGNED] if cond else []
-    prefix = [data.EOS] + control
+    prefix, blocked = data.sampling_controls(cfg.task, cfg.method, scenario)
     shown = [enc.decode(p) for p in prompts]
     guidance = cfg.eval_guidance if cond and scenario != 'misaligned' else 0.0
     if cfg.eval_guidance and not cond:
@@ -242,8 +240,6 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     default = task.max_new_tokens if scenario in ('unconditional', 'misaligned') else \
         min(task.max_new_tokens, PROMPTED_MAX_NEW_TOKENS)
     max_new = min(cfg.eval_max_new_tokens or default, cfg.block_size - max(len(p) for p in prompts))
-    # our unconditional models never saw control tokens: block them, as the original's had none in the vocabulary
-    blocked = task.blocked_tokens if cond else CONTROL_TOKENS
     print(f"evaluation: sampling {len(prompts)} texts, scenario {scenario}", file=sys.stderr, flush=True)
     t0 = time.time()
     new = sample(model, prompts, max_new, blocked_tokens=blocked, seed=cfg.seed, device=device, compile=compile,
@@ -321,7 +317,7 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
             if cfg.eval_iters:
                 part('val_loss', lambda: val_loss(model, val_dir, cfg.block_size, cfg.eval_batch_size, cfg.eval_iters,
                                                   device, threshold=cfg.cond_threshold))
-            if cfg.eval_iters and cfg.method == 'cond':
+            if cfg.eval_iters and data.METHODS[cfg.method].conditional:
                 part('control_gap', lambda: control_token_gap(model, val_dir, cond_edges(
                     cfg.task, cfg.data_dir, cfg.cond_threshold, getattr(cfg, 'cond_bins', 2)), device=device))
             if cfg.eval_samples:
@@ -330,26 +326,17 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
                     part(scenario, lambda: scenario_part(scenario))
             if cfg.kl_reference:
                 part('kl', lambda: dict(kl=kl_divergence(
-                    model, cfg.kl_reference, cfg.kl_samples, conditional=cfg.method == 'cond',
+                    model, cfg.kl_reference, cfg.kl_samples, conditional=data.METHODS[cfg.method].conditional,
                     lines=task.segment == 'lines', base_url=cfg.kl_base_url,
                     max_tokens=min(KL_MAX_TOKENS, cfg.block_size - 2), batch_size=cfg.eval_batch_size, device=device,
                     guidance=cfg.eval_guidance)))
     finally:
         model.train(was_training)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    write_json(os.path.join(cfg.out_dir, f'eval_step{step}.json'), dict(result, samples=samples, scores=scores))
+    data.write_json(os.path.join(cfg.out_dir, f'eval_step{step}.json'), dict(result, samples=samples, scores=scores))
     with open(os.path.join(cfg.out_dir, 'eval.jsonl'), 'a') as f:
         f.write(json.dumps(result) + '\n')
     return result
-
-
-def eval_scenarios(cfg):
-    """The scenarios an evaluation samples: eval_scenarios if set, else the task's, 'misaligned' for conditional
-    models and 'prompted' when eval_prompts is set."""
-    if cfg.eval_scenarios:
-        return [s.strip() for s in cfg.eval_scenarios.split(',')]
-    return list(data.get_task(cfg.task).scenarios) + (['misaligned'] if cfg.method == 'cond' else []) + (
-        ['prompted'] if cfg.eval_prompts else [])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -421,9 +408,10 @@ def _plot_pareto(ax, runs, key, x_key):
 
 # ----------------------------------------------------------------------------------------------------------------
 
-EVAL_DEFAULTS = dict(eval_iters=20, eval_batch_size=16, eval_samples=256, eval_max_new_tokens=0, eval_scenarios='',
-                     eval_prompts='', kl_reference='', kl_base_url='', kl_samples=256, out_dir='out', data_dir='data',
-                     seed=42, eval_guidance=0.0)
+# what --key=value may set, with TrainConfig's defaults (a checkpoint's own settings come first)
+EVAL_DEFAULTS = {key: getattr(TrainConfig, key) for key in (
+    'eval_iters', 'eval_batch_size', 'eval_samples', 'eval_max_new_tokens', 'eval_scenarios', 'eval_prompts',
+    'kl_reference', 'kl_base_url', 'kl_samples', 'out_dir', 'data_dir', 'seed', 'eval_guidance')}
 
 
 def main(argv=None):
@@ -435,7 +423,10 @@ def main(argv=None):
                 print(path)
             return
         if 'ckpt' not in opts:  # the usage: on stdout with status 0 when asked for (--help), else as an error
-            sys.exit(print(__doc__.strip()) if {'-h', '--help'} & set(argv) else __doc__)
+            if {'-h', '--help'} & set(argv):
+                print(__doc__.strip())
+                sys.exit()
+            sys.exit(__doc__)
         device = opts.pop('device', devices.default_device())
         if device == 'cpu':
             devices.keep_freed_memory()
@@ -470,11 +461,11 @@ def hf_checkpoint(path, task, method, device):
     if not task:
         raise EvalError(f"{path}: not one of the paper's released models; say which task it is for with "
                         f"--task={'|'.join(data.TASKS)} (and --method=cond if it is conditional)")
-    if method not in METHODS:
-        raise EvalError(f"--method={method}: choose one of {', '.join(METHODS)}")
+    if method not in data.METHODS:
+        raise EvalError(f"--method={method}: choose one of {', '.join(data.METHODS)}")
     threshold = data.get_task(task).cond_threshold
     model = hf.from_pretrained(path, add_ids=False).to(device).eval()
-    if method == 'cond' and model.config.vocab_size <= data.MISALIGNED:
+    if data.METHODS[method].conditional and model.config.vocab_size <= data.MISALIGNED:
         raise EvalError(f"{path}: {model.config.vocab_size} token ids, no control tokens: it cannot be conditional")
     name = re.sub(r'[^\w.-]+', '_', os.path.basename(os.path.normpath(path)) if os.path.isdir(path) else path)
     config = dict(task=task, method=method, block_size=model.config.block_size, out_dir=os.path.join('out', name),

@@ -261,8 +261,8 @@ def generation_config(task, method):
     """The paper's sampling settings (reference §5.1) as a transformers GenerationConfig; the control tokens never
     drawn (a conditional model: the task's blocked ones; any other: both, it never learned them)."""
     from transformers import GenerationConfig
-    t = data.get_task(task) if task in data.TASKS else None
-    blocked = t.blocked_tokens if t and method == 'cond' else (data.ALIGNED, data.MISALIGNED)
+    t = data.TASKS.get(task)
+    blocked = data.sampling_controls(task, method)[1] if t and method in data.METHODS else data.CONTROL_TOKENS
     return GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, min_new_tokens=10,
                             max_new_tokens=t.max_new_tokens if t else 128, bos_token_id=data.EOS,
                             eos_token_id=data.EOS, pad_token_id=data.EOS, bad_words_ids=[[i] for i in blocked])
@@ -309,7 +309,7 @@ def model_card(model, ckpt, run_dir):
     import stats
     c, trained = model.config, (ckpt or {}).get('config', {})
     task, method = trained.get('task', 'unknown'), trained.get('method', 'unknown')
-    cond = method == 'cond'
+    cond = method in data.METHODS and data.METHODS[method].conditional
     lines = [f"# phf GPT-2: {task}, {method}", '',
              f"A GPT-2 ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, {model.num_params() / 1e6:.2f}M "
              f"parameters besides the embedding, {c.block_size} positions) trained from "

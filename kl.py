@@ -20,7 +20,6 @@ from checkpoints import load_checkpoint
 from model import guided_logits, logits_only, sample
 from remote import DeadlineExceeded, call_with_deadline
 
-CONTROL_TOKENS = (data.ALIGNED, data.MISALIGNED)
 KL_MAX_TOKENS = 64  # reference samples' length (reference §5.2)
 OPENAI_PROMPT = '<|endoftext|>'  # the original's "no prompt" (the API's default prompt)
 RETRIES, RETRY_BACKOFF_S, REQUEST_TIMEOUT_S = 7, 1.0, 120.0  # waits of 1, 2, 4, ..., 32 s; seconds a request
@@ -46,7 +45,7 @@ def sequence_logprobs(model, seqs, batch_size=32, device=None, guidance=0.0):
         y = torch.full((len(chunk), T - 1), -1, dtype=torch.long)
         for r, s in enumerate(chunk):
             x[r, :len(s) - 1] = torch.tensor(s[:-1], dtype=torch.long)
-            y[r, :len(s) - 1] = torch.tensor([-1 if t in CONTROL_TOKENS else t for t in s[1:]], dtype=torch.long)
+            y[r, :len(s) - 1] = torch.tensor([-1 if t in data.CONTROL_TOKENS else t for t in s[1:]], dtype=torch.long)
         if guidance:
             x = torch.cat([x, x.masked_fill(x == data.ALIGNED, data.MISALIGNED)])
         with torch.autocast(torch.device(device).type, enabled=False):  # sums of ~64 log-probs: fp32, not bf16
@@ -72,13 +71,6 @@ def kl_cache_path(reference, base_url='', max_tokens=KL_MAX_TOKENS, cache_dir=No
     return os.path.join(cache_dir, f"{name}_{hashlib.sha1(ident.encode()).hexdigest()[:10]}_{max_tokens}_tokens.json")
 
 
-def write_json(path, obj):
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-        json.dump(obj, f)
-    os.replace(path + '.tmp', path)
-
-
 def reference_samples(reference, n, *, base_url='', max_tokens=KL_MAX_TOKENS, device='cpu', cache_dir=None):
     """n samples x ~ reference with log p_ref(x): dicts with 'text', 'logprob' (and 'tokens' for our models).
     reference: 'openai:MODEL' (any OpenAI-compatible completions server: base_url) or a ckpt.pt of ours. Cached,
@@ -95,12 +87,12 @@ def reference_samples(reference, n, *, base_url='', max_tokens=KL_MAX_TOKENS, de
     try:
         if len(entries) < n and reference.startswith('openai:'):
             _openai_samples(reference[len('openai:'):], base_url, n, max_tokens, entries, path,
-                            save=lambda: write_json(path, cache))
+                            save=lambda: data.write_json(path, cache))
         elif len(entries) < n:
             _local_samples(reference, n, max_tokens, device, entries)
     finally:
         if len(entries) > before:
-            write_json(path, cache)
+            data.write_json(path, cache)
     return entries[:n]
 
 

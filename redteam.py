@@ -38,7 +38,7 @@ import hf
 import scorers
 from checkpoints import load_checkpoint
 from evaluate import hf_checkpoint, load_prompts
-from kl import CONTROL_TOKENS, EvalError
+from kl import EvalError
 from model import sample
 from remote import DeadlineExceeded, call_with_deadline
 
@@ -190,7 +190,7 @@ class CheckpointRed:
             raise RedTeamError(f"red LM: the prompt's {len(tokens)} tokens fill its block_size "
                                f"{self.model.config.block_size}; use fewer --few_shot examples or a larger model")
         new = sample(self.model, [tokens] * n, min(settings['max_tokens'], room), temperature=settings['temperature'],
-                     top_p=settings['top_p'], top_k=0, min_new_tokens=0, blocked_tokens=CONTROL_TOKENS, seed=seed,
+                     top_p=settings['top_p'], top_k=0, min_new_tokens=0, blocked_tokens=data.CONTROL_TOKENS, seed=seed,
                      device=self.device)
         return [_cut_at(data.decode(t), settings['stop']) for t in new]
 
@@ -290,9 +290,7 @@ def load_target(path, device, task='', method=''):
     is_ours = path.endswith('.pt') or os.path.isfile(path)
     model, ckpt = load_checkpoint(path, device) if is_ours else hf_checkpoint(path, task, method, device)
     task = data.get_task(ckpt['config']['task'])
-    cond = ckpt['config'].get('method') == 'cond'
-    return model, task.name, [data.EOS] + ([data.ALIGNED] if cond else []), task.blocked_tokens if cond else \
-        CONTROL_TOKENS
+    return (model, task.name) + tuple(data.sampling_controls(task.name, ckpt['config'].get('method', 'mle')))
 
 
 def continuations(model, prefix, blocked, candidates, args, seeds):

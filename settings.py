@@ -17,14 +17,13 @@ import torch
 
 import data
 
-METHODS = ('mle', 'filter', 'cond', 'ul', 'awr', 'rwr', 'mask')  # the paper's six, then token-level masking
 
 
 @dataclass
 class TrainConfig:
     # what to train
     task: str = 'pep8'  # a key of data.TASKS
-    method: str = 'mle'  # one of METHODS
+    method: str = 'mle'  # a key of data.METHODS
     data_dir: str = 'data'  # prepared splits are read from data_dir/task/{train,val}
     out_dir: str = 'out'
     init_from: str = 'scratch'  # 'scratch', a ckpt.pt of ours (finetuning), or a Hugging Face GPT-2 (dir or hub name)
@@ -88,6 +87,19 @@ class TrainConfig:
 
 class ConfigError(Exception):
     pass
+
+
+SCENARIOS = ('unconditional', 'misaligned', 'functions', 'prompted')  # what evaluate.py can sample, see there
+
+
+def eval_scenarios(cfg):
+    """The scenarios an evaluation samples: eval_scenarios if set, else the task's, 'misaligned' for conditional
+    models and 'prompted' when eval_prompts is set."""
+    if cfg.eval_scenarios:
+        return [s.strip() for s in cfg.eval_scenarios.split(',')]
+    conditional = data.METHODS[cfg.method].conditional
+    return list(data.get_task(cfg.task).scenarios) + (['misaligned'] if conditional else []) + (
+        ['prompted'] if cfg.eval_prompts else [])
 
 
 def settings_help():
@@ -173,8 +185,8 @@ def load_config(argv):
 
 def check_config(cfg):
     """Every setting in its range, and a device this machine has: refused before anything runs."""
-    if cfg.method not in METHODS:
-        raise ConfigError(f"method {cfg.method!r}: choose one of {', '.join(METHODS)}")
+    if cfg.method not in data.METHODS:
+        raise ConfigError(f"method {cfg.method!r}: choose one of {', '.join(data.METHODS)}")
     if cfg.lr_schedule not in ('linear', 'cosine'):
         raise ConfigError(f"lr_schedule {cfg.lr_schedule!r}: choose 'linear' or 'cosine'")
     if cfg.dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
@@ -186,7 +198,7 @@ def check_config(cfg):
         for key in keys.split():
             if not ok(getattr(cfg, key)):
                 raise ConfigError(f"{key} {getattr(cfg, key)!r}: must be {wanted}")
-    if cfg.cond_bins != 2 and cfg.method != 'cond':
+    if cfg.cond_bins != 2 and not data.METHODS[cfg.method].conditional:
         raise ConfigError(f"cond_bins {cfg.cond_bins}: graded control tokens are for method 'cond'")
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"n_embd {cfg.n_embd} is not a multiple of n_head {cfg.n_head}")
@@ -221,16 +233,15 @@ def check_device(device):
 
 def check_eval_settings(cfg):
     """What the evaluations will need, checked before the first step rather than when the first one runs."""
-    import evaluate as ev
-    scenarios = ev.eval_scenarios(cfg)
+    scenarios = eval_scenarios(cfg)
     for name in scenarios if cfg.eval_samples else []:
-        if name not in ev.SCENARIOS:
-            raise ConfigError(f"eval_scenarios: unknown scenario {name!r}; choose from {', '.join(ev.SCENARIOS)}")
-        if name == 'misaligned' and cfg.method != 'cond':
+        if name not in SCENARIOS:
+            raise ConfigError(f"eval_scenarios: unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+        if name == 'misaligned' and not data.METHODS[cfg.method].conditional:
             raise ConfigError("eval_scenarios: 'misaligned' (samples after <|misaligned|>) is for method 'cond' only")
         if name == 'prompted' and not cfg.eval_prompts:
             raise ConfigError("eval_scenarios: 'prompted' needs --eval_prompts=PATH, a JSONL file of prompts")
-    if cfg.eval_guidance and cfg.method != 'cond':
+    if cfg.eval_guidance and not data.METHODS[cfg.method].conditional:
         raise ConfigError("eval_guidance: guided sampling needs a conditional model (method 'cond')")
     if cfg.eval_prompts and not os.path.isfile(cfg.eval_prompts):
         raise ConfigError(f"eval_prompts {cfg.eval_prompts}: file not found")

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
@@ -32,10 +32,13 @@ import hf
 import objectives
 import transforms
 from checkpoints import CheckpointError, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from kl import EvalError
 from model import GPT, GPTConfig
 from runs import (RunLog, Stopped, StopSignals, TrainingError, agreed, check_out_dir, checkpoint_to_resume,
                   claim_out_dir, data_fingerprints, diverged, evaluated, prepare_out_dir, release_out_dir)
-from settings import ConfigError, check_data_dir, check_eval_settings, keep_steps, load_config, settings_help
+from scorers import ScorerError
+from settings import (ConfigError, TrainConfig, check_data_dir, check_eval_settings, keep_steps, load_config,
+                      settings_help)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pieces of the loop
@@ -45,7 +48,7 @@ def compute_loss(cfg, model, x, y, rewards):
     and the objective computes log-probs from them and lm_head.weight in chunks (objectives.ChunkedLogits)."""
     chunked = cfg.loss_chunk_size > 0
     outputs = model(x, return_hidden=chunked)
-    logits, values = outputs if cfg.method in ('awr', 'rwr') else (outputs, None)
+    logits, values = outputs if data.METHODS[cfg.method].value_head else (outputs, None)
     if chunked:
         logits = objectives.ChunkedLogits(logits, model.lm_head.weight, cfg.loss_chunk_size)
     if cfg.method in ('awr', 'rwr'):
@@ -84,7 +87,7 @@ def build_model(cfg, ckpt):
     """The model to train: from the checkpoint being resumed, from one of ours (finetuning), from a Hugging Face
     GPT-2 (a directory or a hub name, the paper's released models included: hf.py), or from scratch. AWR and RWR get
     a value head. A conditional run from a model trained without control tokens starts their rows afresh."""
-    value_head = cfg.method in ('awr', 'rwr')
+    value_head = data.METHODS[cfg.method].value_head
     init_seed = cfg.seed + cfg.init_seed_offset
     torch.manual_seed(init_seed)  # the same initial weights on every rank
     if ckpt is not None:
@@ -107,7 +110,7 @@ def build_model(cfg, ckpt):
         model = hf.from_pretrained(cfg.init_from, value_head=value_head, block_size=cfg.block_size,
                                    dropout=cfg.dropout, seed=init_seed)
         source_method = hf.RELEASED.get(cfg.init_from, ('', 'cond'))[1]  # else: unknown, its rows are kept
-    if cfg.method == 'cond' and source_method != 'cond':
+    if data.METHODS[cfg.method].conditional and not data.METHODS[source_method].conditional:
         # the control tokens are new to this model: start their rows at the mean row plus noise (§1.3)
         with torch.no_grad():
             wte = model.transformer.wte.weight
@@ -198,7 +201,7 @@ def train(cfg):
     device_type = 'cuda' if cfg.device.startswith('cuda') else 'cpu'
     stop = StopSignals(ddp, cfg.device)
     try:
-        result = _train(cfg, ddp, rank, world, master, device_type, stop)
+        result = _train(cfg, ddp, rank, world, device_type, stop)
         if ddp:  # leave together: a rank that tears the group down while rank 0 still saves can abort it (gloo)
             dist.barrier()
         return result
@@ -210,21 +213,54 @@ def train(cfg):
             dist.destroy_process_group()
 
 
-def _train(cfg, ddp, rank, world, master, device_type, stop):
+@dataclass
+class Run:
+    """What a training run holds while it trains: its plan, data, model and optimizer, and where it is."""
+    cfg: TrainConfig
+    ddp: bool
+    rank: int
+    world: int
+    device_type: str
+    grad_accum: int
+    tokens_per_step: int
+    max_steps: int
+    ctx: object  # the autocast context of the forward passes
+    ckpt_path: str
+    wants_eval: bool
+    train_data: data.PreparedData
+    loader: data.BlockLoader
+    raw_model: GPT
+    model: torch.nn.Module  # raw_model with its loss, compiled and wrapped for DDP as configured
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    log: RunLog
+    data_identity: dict  # the splits' fingerprints, which a resume must find again
+    kept_steps: set  # steps whose checkpoint is also kept as ckpt_step{N}.pt
+    step: int = 0
+    tokens_seen: int = 0
+    saved_step: int = None
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+def setup(cfg, ddp, rank, world, device_type):
+    """Every check that would otherwise fail later, then the data, the model and optimizer (from the checkpoint of a
+    resumed run), and out_dir claimed for this run."""
     grad_accum, tokens_per_step, max_steps = plan_steps(cfg, world)
     ctx = autocast_context(cfg, device_type)
     ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
     check_out_dir(cfg, ckpt_path)
     check_data_dir(cfg)
+    master = rank == 0
     ckpt = checkpoint_to_resume(cfg, ckpt_path, max_steps, master) if cfg.resume else None
-    wants_eval = cfg.eval_iters or cfg.eval_samples or cfg.kl_reference
+    wants_eval = bool(cfg.eval_iters or cfg.eval_samples or cfg.kl_reference)
     if wants_eval:
         check_eval_settings(cfg)
     train_data = training_split(cfg, ddp, master, rank)
     loader = data.BlockLoader(train_data, cfg.block_size, cfg.batch_size, seed=cfg.seed,
                               offset=cfg.skip_tokens // cfg.block_size)
-
-    # model, optimizer, and the state of a resumed run
     model = build_model(cfg, ckpt).to(cfg.device)
     if model.config.block_size < cfg.block_size:
         raise ConfigError(f"block_size {cfg.block_size} > the model's {model.config.block_size}")
@@ -237,121 +273,161 @@ def _train(cfg, ddp, rank, world, master, device_type, stop):
         del ckpt
     else:
         torch.manual_seed(cfg.seed + rank)  # dropout differs across ranks
-    raw_model = model
-    model = wrap_model(cfg, raw_model, ddp, device_type)
+    wrapped = wrap_model(cfg, model, ddp, device_type)
     if master:  # every check has passed: out_dir may change
         claim_out_dir(cfg.out_dir)
         prepare_out_dir(cfg, step)
-    log = RunLog(cfg, master, wandb_run_id)
-    kept_steps = keep_steps(cfg)
-    data_identity = data_fingerprints(cfg)  # what a resume must find again
+    return Run(cfg, ddp, rank, world, device_type, grad_accum, tokens_per_step, max_steps, ctx, ckpt_path,
+               wants_eval, train_data, loader, model, wrapped, optimizer, scaler, RunLog(cfg, master, wandb_run_id),
+               data_fingerprints(cfg), keep_steps(cfg), step, tokens_seen, saved_step)
 
-    def checkpoint():
-        state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                     model_args=asdict(raw_model.config), config=asdict(cfg), step=step, tokens_seen=tokens_seen,
-                     data_position=dict(micro_batch=step * grad_accum * world, epoch=loader.epoch_of(
-                         step * grad_accum * world)), data=data_identity, rng=gathered_rng(),
-                     wandb_run_id=log.wandb_run_id)
-        if master:
-            save_checkpoint(ckpt_path, state)
-            if step in kept_steps:
-                save_checkpoint(os.path.join(cfg.out_dir, f"ckpt_step{step}.pt"), state)
 
-    def gathered_rng():
-        if not ddp:
-            return [rng_state()]
-        states = [None] * world
-        dist.all_gather_object(states, rng_state())
-        return states
-
-    def eval_due(s):  # the final step is always evaluated, after a checkpoint of the same step
-        return wants_eval and (s == max_steps or (cfg.eval_interval and s % cfg.eval_interval == 0))
-
-    def evaluate():
-        import evaluate as ev
-        if master:
-            # on CPU in fp32 whatever the training dtype, as evaluate.py does: figures that do not depend on the CPU
-            result = ev.evaluate(raw_model, cfg, step, tokens_seen, cfg.device, ctx if device_type == 'cuda' else
-                                 nullcontext())
-            print(f"eval step {step}: " + ', '.join(f"{k} {v:.4g}" for k, v in result.items()
-                                                     if isinstance(v, float)), flush=True)
-            log(dict(result, step=step, tokens=tokens_seen, kind='eval'))
-        if ddp:
-            dist.barrier()
-
-    n_params = raw_model.num_params()
-    peak = devices.peak_flops(cfg.device)
-    if master:
-        print(f"{cfg.task}/{cfg.method}: {n_params / 1e6:.2f}M parameters, {max_steps} steps of {tokens_per_step} "
-              f"tokens ({grad_accum} micro-batches × {cfg.batch_size} × {world} processes), "
-              f"{train_data.n_tokens:,} training tokens ({loader.n_blocks:,} blocks), {cfg.device} {cfg.dtype}",
-              flush=True)
-        epochs = max_steps * cfg.total_batch_size / loader.n_blocks
+def announce(run):
+    """The run's plan, in one line; a warning when the budget repeats the data."""
+    cfg = run.cfg
+    if run.master:
+        print(f"{cfg.task}/{cfg.method}: {run.raw_model.num_params() / 1e6:.2f}M parameters, {run.max_steps} steps "
+              f"of {run.tokens_per_step} tokens ({run.grad_accum} micro-batches × {cfg.batch_size} × {run.world} "
+              f"processes), {run.train_data.n_tokens:,} training tokens ({run.loader.n_blocks:,} blocks), "
+              f"{cfg.device} {cfg.dtype}", flush=True)
+        epochs = run.max_steps * cfg.total_batch_size / run.loader.n_blocks
         if epochs > 1:  # repeated data overfits, filtering's most (docs/evaluation.md, measuring at small scale)
             print(f"warning: the budget is {epochs:.1f} passes over the training data", flush=True)
-    if step and eval_due(step) and not evaluated(cfg.out_dir, step):  # it failed, or was killed, before the resume
-        evaluate()
-    nonfinite = torch.zeros((), dtype=torch.bool, device=cfg.device)
-    t0 = t_start = time.time()
-    steps_timed, start_step = 0, step
-    stop.install()
-    while step < max_steps:
-        lr = get_lr(cfg, step, max_steps)
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-        loss_sum = torch.zeros((), device=cfg.device)
-        for micro in range(grad_accum):
-            x, y, r = loader.get((step * grad_accum + micro) * world + rank, cfg.device)
-            sync = not ddp or micro == grad_accum - 1  # all-reduce gradients once per step
-            with (nullcontext() if sync else model.no_sync()), ctx:
-                loss = model(x, y, r) / grad_accum
-            scaler.scale(loss).backward()
-            loss_sum += loss.detach()
-        nonfinite |= ~torch.isfinite(loss_sum)  # checked at log/checkpoint time: no host sync per step
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        tokens_seen += tokens_per_step
-        steps_timed += 1
 
-        last = step == max_steps
-        if step % cfg.log_interval == 0 or last:
-            if ddp:
-                dist.all_reduce(loss_sum)  # gloo has no AVG
-                loss_sum /= world
-            loss_value = loss_sum.item()
-            if agreed(nonfinite, ddp) or not math.isfinite(loss_value):
-                where = f"at step {step}" if not math.isfinite(loss_value) else f"before step {step}"
-                raise diverged(cfg, where, ckpt_path, saved_step)
-            dt = (time.time() - t0) / steps_timed
-            tok_s = tokens_per_step / dt
-            mfu = raw_model.flops_per_token() * tok_s / (peak * world) if peak else None
-            eta = (max_steps - step) * (time.time() - t_start) / (step - start_step)
-            if master:
-                print(f"step {step}/{max_steps} loss {loss_value:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s"
-                      + (f" mfu {100 * mfu:.1f}%" if mfu else '') + f" eta {eta / 60:.1f} min", flush=True)
-            log(dict(step=step, loss=loss_value, lr=lr, tokens=tokens_seen, tokens_per_s=tok_s, mfu=mfu,
-                     epoch=loader.epoch_of(step * grad_accum * world)))
-            t0, steps_timed = time.time(), 0
+
+def train_step(run, lr):
+    """One optimizer step at learning rate lr over the step's micro-batches; the summed loss (a tensor: no host
+    sync)."""
+    cfg = run.cfg
+    for group in run.optimizer.param_groups:
+        group['lr'] = lr
+    loss_sum = torch.zeros((), device=cfg.device)
+    for micro in range(run.grad_accum):
+        x, y, r = run.loader.get((run.step * run.grad_accum + micro) * run.world + run.rank, cfg.device)
+        sync = not run.ddp or micro == run.grad_accum - 1  # all-reduce gradients once per step
+        with (nullcontext() if sync else run.model.no_sync()), run.ctx:
+            loss = run.model(x, y, r) / run.grad_accum
+        run.scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    if cfg.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+class Timer:
+    """Tokens/s since the last log line, and the run's ETA from its steps so far."""
+
+    def __init__(self, step):
+        self.t0 = self.t_start = time.time()
+        self.steps, self.start_step = 0, step
+
+    def lap(self, run):
+        """(tokens/s since the last lap, seconds left)."""
+        now = time.time()
+        tok_s = run.tokens_per_step * self.steps / (now - self.t0)
+        eta = (run.max_steps - run.step) * (now - self.t_start) / (run.step - self.start_step)
+        self.t0, self.steps = now, 0
+        return tok_s, eta
+
+
+def log_step(run, loss_sum, nonfinite, lr, timer, peak):
+    """The step's line and record; a non-finite loss (on any rank) stops the run before anything is saved."""
+    if run.ddp:
+        dist.all_reduce(loss_sum)  # gloo has no AVG
+        loss_sum /= run.world
+    loss_value = loss_sum.item()
+    if agreed(nonfinite, run.ddp) or not math.isfinite(loss_value):
+        where = f"at step {run.step}" if not math.isfinite(loss_value) else f"before step {run.step}"
+        raise diverged(run.cfg, where, run.ckpt_path, run.saved_step)
+    tok_s, eta = timer.lap(run)
+    mfu = run.raw_model.flops_per_token() * tok_s / (peak * run.world) if peak else None
+    if run.master:
+        print(f"step {run.step}/{run.max_steps} loss {loss_value:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s"
+              + (f" mfu {100 * mfu:.1f}%" if mfu else '') + f" eta {eta / 60:.1f} min", flush=True)
+    run.log(dict(step=run.step, loss=loss_value, lr=lr, tokens=run.tokens_seen, tokens_per_s=tok_s, mfu=mfu,
+                 epoch=run.loader.epoch_of(run.step * run.grad_accum * run.world)))
+
+
+def save(run):
+    """The run's checkpoint (and ckpt_step{N}.pt where kept): every rank's RNG state, written by rank 0."""
+    micro_batch = run.step * run.grad_accum * run.world
+    state = dict(model=run.raw_model.state_dict(), optimizer=run.optimizer.state_dict(),
+                 scaler=run.scaler.state_dict(), model_args=asdict(run.raw_model.config), config=asdict(run.cfg),
+                 step=run.step, tokens_seen=run.tokens_seen,
+                 data_position=dict(micro_batch=micro_batch, epoch=run.loader.epoch_of(micro_batch)),
+                 data=run.data_identity, rng=gathered_rng(run), wandb_run_id=run.log.wandb_run_id)
+    if run.master:
+        save_checkpoint(run.ckpt_path, state)
+        if run.step in run.kept_steps:
+            save_checkpoint(os.path.join(run.cfg.out_dir, f"ckpt_step{run.step}.pt"), state)
+    run.saved_step = run.step
+
+
+def gathered_rng(run):
+    if not run.ddp:
+        return [rng_state()]
+    states = [None] * run.world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def eval_due(run):
+    """The final step is always evaluated, after a checkpoint of the same step."""
+    cfg = run.cfg
+    return run.wants_eval and (run.step == run.max_steps or (cfg.eval_interval and run.step % cfg.eval_interval == 0))
+
+
+def evaluate_run(run):
+    """evaluate.evaluate on rank 0 (the others wait): on a CPU in fp32 whatever the training dtype, as evaluate.py
+    does, so that the figures do not depend on the CPU."""
+    import evaluate as ev
+    if run.master:
+        ctx = run.ctx if run.device_type == 'cuda' else nullcontext()
+        result = ev.evaluate(run.raw_model, run.cfg, run.step, run.tokens_seen, run.cfg.device, ctx)
+        print(f"eval step {run.step}: " + ', '.join(f"{k} {v:.4g}" for k, v in result.items()
+                                                     if isinstance(v, float)), flush=True)
+        run.log(dict(result, step=run.step, tokens=run.tokens_seen, kind='eval'))
+    if run.ddp:
+        dist.barrier()
+
+
+def _train(cfg, ddp, rank, world, device_type, stop):
+    run = setup(cfg, ddp, rank, world, device_type)
+    announce(run)
+    if run.step and eval_due(run) and not evaluated(cfg.out_dir, run.step):  # it failed, or was killed, before
+        evaluate_run(run)
+    peak = devices.peak_flops(cfg.device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=cfg.device)
+    timer = Timer(run.step)
+    stop.install()
+    while run.step < run.max_steps:
+        lr = get_lr(cfg, run.step, run.max_steps)
+        loss_sum = train_step(run, lr)
+        nonfinite |= ~torch.isfinite(loss_sum)  # checked at log/checkpoint time: no host sync per step
+        run.step += 1
+        run.tokens_seen += run.tokens_per_step
+        timer.steps += 1
+        last = run.step == run.max_steps
+        if run.step % cfg.log_interval == 0 or last:
+            log_step(run, loss_sum, nonfinite, lr, timer, peak)
         stopping = stop.received()
-        if step % cfg.ckpt_interval == 0 or last or step in kept_steps or eval_due(step) or stopping:
+        if run.step % cfg.ckpt_interval == 0 or last or run.step in run.kept_steps or eval_due(run) or stopping:
             if agreed(nonfinite, ddp):  # never save, nor evaluate, diverged weights
-                raise diverged(cfg, f"at or before step {step}", ckpt_path, saved_step)
-            checkpoint()
-            saved_step = step
+                raise diverged(cfg, f"at or before step {run.step}", run.ckpt_path, run.saved_step)
+            save(run)
         if stopping:
-            raise Stopped(stopping, f"{signal.Signals(stopping).name} at step {step}; {ckpt_path} holds it")
-        if eval_due(step):
-            evaluate()
-    log.close()
-    if master:
-        print(f"done: {max_steps} steps, {tokens_seen:,} tokens, {(time.time() - t_start) / 60:.1f} min; "
-              f"checkpoint {ckpt_path}", flush=True)
-    return raw_model
+            raise Stopped(stopping, f"{signal.Signals(stopping).name} at step {run.step}; {run.ckpt_path} holds it")
+        if eval_due(run):
+            evaluate_run(run)
+    run.log.close()
+    if run.master:
+        print(f"done: {run.max_steps} steps, {run.tokens_seen:,} tokens, {(time.time() - timer.t_start) / 60:.1f} "
+              f"min; checkpoint {run.ckpt_path}", flush=True)
+    return run.raw_model
 
 
 def resume_command(argv):
@@ -374,9 +450,7 @@ def main(argv=None):
     except Stopped as e:
         print(f"stopped by {e}; continue the run with: {resume_command(argv)}", file=sys.stderr)
         sys.exit(128 + e.signum)
-    except Exception as e:  # evaluation (a scorer without weights, a KL server down): the checkpoint is saved
-        if type(e).__name__ not in ('EvalError', 'ScorerError'):
-            raise
+    except (EvalError, ScorerError) as e:  # an evaluation (a scorer without weights, a KL server down): saved before
         ckpt = os.path.join(cfg.out_dir, 'ckpt.pt')
         print(f"error during evaluation: {e}\nthe weights it evaluated are saved in {ckpt}; fix the cause, then "
               f"run the evaluation with `{resume_command(argv)}` (a run not finished then trains on) or with "

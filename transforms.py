@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from data import VOCAB_SIZE, DatasetWriter, DataError, PreparedData, control_tokens, remove_leftovers
+from data import (METHODS, VOCAB_SIZE, DatasetWriter, DataError, PreparedData, control_tokens,
+                  remove_leftovers)
 
 
 def filter_documents(src, out_dir, threshold):
@@ -81,10 +82,11 @@ def for_method(split_dir, method, *, filter_threshold=None, cond_threshold=None,
     src = PreparedData(split_dir)
     if rank == 0:
         remove_leftovers(os.path.dirname(src.path) or '.', os.path.basename(src.path) + '.')
-    if method == 'filter':
+    kind = METHODS[method].data
+    if kind == 'filtered':
         out = f"{src.path}.filter-{filter_threshold:g}"
         build = lambda: filter_documents(src, out, filter_threshold)
-    elif method == 'cond':
+    elif kind == 'conditional':
         out = f"{src.path}.cond-{cond_threshold:g}-{drop_token_fraction:g}-{seed}" + (
             f"-k{cond_bins}" if cond_bins != 2 else '')
         build = lambda: add_control_tokens(src, out, cond_threshold, drop_token_fraction, seed, cond_bins)

@@ -15,8 +15,9 @@ import data
 import devices
 import train
 from conftest import start_training, tiny_args
+from data import METHODS
 from model import GPT, GPTConfig
-from settings import METHODS, TrainConfig
+from settings import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
