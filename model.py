@@ -327,37 +327,54 @@ def sample(model, prompts, max_new_tokens, *, temperature=0.7, top_p=0.9, top_k=
         _compiled_decode_step = _compiled_decode_step or torch.compile(_decode_step, fullgraph=True)
         step = _compiled_decode_step
     slots = torch.arange(max_len, device=device)
+    draw = lambda logits, t: pick(logits, bias_no_eos if t < min_new_tokens else bias, temperature, top_k, top_p, gen)
     out = []
     for i in range(0, len(prompts), B):
         chunk = prompts[i:i + B]
         rows = chunk + [[eos_id]] * (B - len(chunk))  # a full last batch keeps the decode step's shapes static
         if guided:
             rows += negative_prompts[i:i + B] + [[eos_id]] * (B - len(chunk))
-        idx = torch.tensor([[eos_id] * (P - len(p)) + list(p) for p in rows], device=device)
-        pad = P - torch.tensor([len(p) for p in rows], device=device)
-        real = slots >= pad[:, None]  # (B, max_len) cache slots holding this row's tokens, not its padding
-        # prefill: a prompt token sees its row's earlier real tokens; padding sees only itself (SDPA returns NaN
-        # for a query that sees nothing, and NaN keys would poison the cache)
-        q = slots[:P, None]
-        mask = (slots <= q) & (real[:, None, :] | (slots == q))  # (B, P, max_len)
-        pos = (slots[:P] - pad[:, None]).clamp(min=0)
-        logits = logits_only(model(idx, cache=cache, input_pos=slots[:P], attn_mask=mask[:, None], pos=pos,
-                                   last_only=True))
-        logits = guide(logits[:, -1].float())
-        new = torch.full((B, max_new_tokens), eos_id, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        input_pos, pos = slots[P:P + 1].clone(), (P - pad)[:, None]
-        for t in range(max_new_tokens):
-            tok = pick(logits, bias_no_eos if t < min_new_tokens else bias, temperature, top_k, top_p, gen)
-            tok = tok.masked_fill(done, eos_id)
-            new[:, t] = tok
-            done |= tok == eos_id
-            if t == max_new_tokens - 1 or (t % 16 == 15 and done.all()):
-                break
-            mask = (real & (slots <= input_pos))[:, None, None, :]
-            logits = guide(step(model, cache, tok.repeat(2 if guided else 1)[:, None], input_pos, mask, pos))
-            input_pos += 1
-            pos += 1
+        logits, real, pad = prefill(model, cache, rows, P, slots, eos_id)
+        new = decode(model, step, cache, guide(logits), real, pad, P, slots, max_new_tokens, draw, guide,
+                     2 if guided else 1, eos_id)
         for row in new[:len(chunk)].tolist():
             out.append(row[:row.index(eos_id)] if eos_id in row else row)
     return out
+
+
+def prefill(model, cache, rows, P, slots, eos_id):
+    """Run the prompts (rows, left-padded to P tokens) into the cache: (the last position's logits in fp32, which
+    cache slots hold each row's real tokens (B, max_len), each row's padding length (B,))."""
+    device = slots.device
+    idx = torch.tensor([[eos_id] * (P - len(p)) + list(p) for p in rows], device=device)
+    pad = P - torch.tensor([len(p) for p in rows], device=device)
+    real = slots >= pad[:, None]  # (B, max_len) cache slots holding this row's tokens, not its padding
+    # a prompt token sees its row's earlier real tokens; padding sees only itself (SDPA returns NaN for a query that
+    # sees nothing, and NaN keys would poison the cache)
+    q = slots[:P, None]
+    mask = (slots <= q) & (real[:, None, :] | (slots == q))  # (B, P, max_len)
+    pos = (slots[:P] - pad[:, None]).clamp(min=0)
+    logits = logits_only(model(idx, cache=cache, input_pos=slots[:P], attn_mask=mask[:, None], pos=pos,
+                               last_only=True))
+    return logits[:, -1].float(), real, pad
+
+
+def decode(model, step, cache, logits, real, pad, P, slots, max_new_tokens, draw, guide, twins, eos_id):
+    """Draw up to max_new_tokens tokens a row (draw(logits, t)) after a prefill, one decode step each, feeding each
+    token to its row (and, guided, to the row's negative twin: twins = 2); finished rows keep emitting EOS. The new
+    tokens (B, max_new_tokens)."""
+    B = logits.size(0)
+    new = torch.full((B, max_new_tokens), eos_id, device=logits.device)
+    done = torch.zeros(B, dtype=torch.bool, device=logits.device)
+    input_pos, pos = slots[P:P + 1].clone(), (P - pad)[:, None]
+    for t in range(max_new_tokens):
+        tok = draw(logits, t).masked_fill(done, eos_id)
+        new[:, t] = tok
+        done |= tok == eos_id
+        if t == max_new_tokens - 1 or (t % 16 == 15 and done.all()):  # a host sync every 16 tokens, not every one
+            break
+        mask = (real & (slots <= input_pos))[:, None, None, :]
+        logits = guide(step(model, cache, tok.repeat(twins)[:, None], input_pos, mask, pos))
+        input_pos += 1
+        pos += 1
+    return new

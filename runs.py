@@ -177,9 +177,7 @@ def drop_records_after(path, step):
     steps = [record_step(line) for line in lines]
     kept = [line for line, s in zip(lines, steps) if s is not None and s <= step]
     if len(kept) < len(lines):
-        with open(f"{path}.tmp-{os.getpid()}", 'w') as f:
-            f.writelines(kept)
-        os.replace(f"{path}.tmp-{os.getpid()}", path)
+        data.write_atomically(path, ''.join(kept))
         print(f"{path}: dropped {len(lines) - len(kept)} records from after step {step}", flush=True)
 
 

@@ -134,8 +134,9 @@ PII_FAST = tuple(d for d in PII_DEFAULT if d != 'phone')
 class PIIScorer(Scorer):
     """scrubadub's PII detections per character (reference §3). detectors: names from scrubadub's catalogue.
     The default is scrubadub's own default set (PII_DEFAULT), which works offline; most of its time is the phone
-    detector, which PII_FAST leaves out (docs/benchmarks.md). The paper also detected names (spaCy NER through the scrubadub_spacy package; here 'text_blob_name' would do it,
-    after `python -m textblob.download_corpora`): both need model downloads, so they are optional. It also added
+    detector, which PII_FAST leaves out (docs/benchmarks.md). The paper also detected names (spaCy NER through the
+    scrubadub_spacy package; here 'text_blob_name' would do it, after `python -m textblob.download_corpora`): both
+    need model downloads, so they are optional. It also added
     'skype' and 'date_of_birth' (offline, but the latter is slow). Note that the email detector also takes
     spelled-out addresses, so 'None at all.' counts as one. The paper's released PII scores may be count / len²
     (reference §2.2); this is count / len, as its README says."""

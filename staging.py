@@ -14,12 +14,12 @@ import os
 import shutil
 import sys
 
-from data import DataError, DatasetWriter, PreparedData, pid_alive
+from data import DataError, DatasetWriter, PreparedData, pid_alive, write_json
 
 SPLITS = ('train', 'val')
 
 
-def remove_leftovers(out_dir):
+def remove_interrupted_outputs(out_dir):
     """Remove the staging and set-aside directories of interrupted runs (whose process is gone)."""
     parent, base = os.path.split(os.path.abspath(out_dir))
     for name in os.listdir(parent) if os.path.isdir(parent) else []:
@@ -29,7 +29,7 @@ def remove_leftovers(out_dir):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
-def check_out_dir(out_dir):
+def check_replaceable(out_dir):
     """out_dir is replaced as a whole: refuse one that holds anything but a previous prepare.py output."""
     if os.path.isdir(out_dir):
         foreign = [n for n in sorted(os.listdir(out_dir))
@@ -84,11 +84,8 @@ class Parts:
             return None
 
     def record(self):
-        with open(self.manifest + '.tmp', 'w') as f:
-            json.dump(dict(settings=self.settings, done=self.done, totals=self.totals, pid=os.getpid()), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(self.manifest + '.tmp', self.manifest)  # the commit point of a shard
+        # the commit point of a shard
+        write_json(self.manifest, dict(settings=self.settings, done=self.done, totals=self.totals, pid=os.getpid()))
 
     def part(self, i, split):
         return os.path.join(self.dir, f"{i:05d}", split)

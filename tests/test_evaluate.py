@@ -385,8 +385,9 @@ def test_a_reference_server_that_answers_wrongly_is_not_believed(server, tmp_pat
     kw = dict(base_url=server.url, cache_dir=str(tmp_path))
     cache = kl_mod.kl_cache_path('openai:tiny', server.url, 64, str(tmp_path))
     server.fault = 'short_logprobs'
-    with pytest.raises(kl_mod.EvalError, match=r"^KL reference tiny at http://127\.0\.0\.1:\d+/v1: a completion with "
-                                               r"\d+ tokens came with \d+ log-probs and \d+ offsets; not used, not cached"):
+    with pytest.raises(kl_mod.EvalError, match=r"^KL reference tiny at http://127\.0\.0\.1:\d+/v1: a completion "
+                                               r"with \d+ tokens came with \d+ log-probs and \d+ offsets; not used, "
+                                               r"not cached"):
         kl_mod.kl_divergence(server.model, 'openai:tiny', 8, **kw)
     assert not os.path.exists(cache)  # nothing unchecked was kept
     server.fault = 'no_choices'

@@ -168,7 +168,7 @@ def test_evaluate_a_released_conditional_model_by_hub_name(tmp_path, monkeypatch
     with open(path) as f:
         cache = json.load(f)
     cache['samples'][0]['tokens'] = entries[0]['tokens']
-    kl.write_json(path, cache)
+    data.write_json(path, cache)
     capsys.readouterr()
     ev.main(['--ckpt=tomekkorbak/boring_mcclintock', f'--data_dir={tmp_path}/data', f'--out_dir={tmp_path}/out',
              '--eval_samples=4', '--eval_iters=1', '--eval_batch_size=2', '--eval_max_new_tokens=8', '--device=cpu',
