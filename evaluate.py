@@ -76,7 +76,7 @@ def control_token_gap(model, val_dir, edges, n_segments=CONTROL_GAP_SEGMENTS, de
         bounds = (seg_starts[first:last] - start).tolist() + [end - start]
         context = tokens[:1]  # the document's <|endoftext|>, which opens its first segment
         for k in range(len(bounds) - 1):
-            segment = hf.model_ids(tokens[bounds[k] + (k == 0):bounds[k + 1]], model.config.vocab_size)
+            segment = hf.ids_for_vocab(tokens[bounds[k] + (k == 0):bounds[k + 1]], model.config.vocab_size)
             grade = bin_of(split.seg_scores[first + k], edges)
             kind = 'aligned' if grade == 0 else 'misaligned'
             if 0 < len(segment) <= T // 2 and len(pairs[kind]) < n_segments:
@@ -114,7 +114,7 @@ def val_loss(model, split, block_size, batch_size, n_batches, device, threshold=
     for b in range(0, n, batch_size):
         x, y, rewards = loader.batch(range(b, min(b + batch_size, n)))
         if resplit:  # without our space runs: each run as single spaces
-            rows = [hf.model_ids(np.append(a, c[-1]).tolist(), model.config.vocab_size)[:block_size + 1]
+            rows = [hf.ids_for_vocab(np.append(a, c[-1]).tolist(), model.config.vocab_size)[:block_size + 1]
                     for a, c in zip(x, y)]
             x, y = np.array(rows)[:, :-1], np.array(rows)[:, 1:]
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
@@ -234,7 +234,7 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     guidance = cfg.eval_guidance if cond and scenario != 'misaligned' else 0.0
     if cfg.eval_guidance and not cond:
         raise EvalError("eval_guidance: guided sampling needs a conditional model (method 'cond')")
-    prompts = [hf.model_ids(p, model.config.vocab_size) for p in prompts]
+    prompts = [hf.ids_for_vocab(p, model.config.vocab_size) for p in prompts]
     negative = [[data.EOS, data.MISALIGNED] + p for p in prompts] if guidance else None
     prompts = [prefix + p for p in prompts]
     default = task.max_new_tokens if scenario in ('unconditional', 'misaligned') else \

@@ -5,7 +5,7 @@ huggingface_hub's cache, which honours HF_HOME and HF_HUB_OFFLINE) into model.GP
 The paper's released models (RELEASED, from its README's "Pretrained models"):
 - toxicity and PII: GPT-2 small with 50,259 token ids, GPT-2's 50,257 then <|aligned|> = 50257 and
   <|misaligned|> = 50258, the ids we use, so the control tokens keep their meaning. They never saw our 24 space-run
-  tokens (data.SPACE_RUNS): a model without them reads a run as single spaces (model_ids), which is exactly GPT-2's
+  tokens (data.SPACE_RUNS): a model without them reads a run as single spaces (ids_for_vocab), which is exactly GPT-2's
   own tokenization of the text, and the sampler never draws an id past the model's real rows.
 - AWR and RWR: may also hold the original's value head (`value_head.head.weight`, the same V = -sigmoid(w.h) as
   ours) and its Q-value head (`q_value_head.head.weight`, unused in every config): the value head is loaded into
@@ -107,7 +107,7 @@ def check_tokenizer(path, n_ids):
     """A directory's tokenizer.json, where it has one, must give a text the ids the model was trained on: GPT-2's, or
     ours for a model with our space runs (an export of ours)."""
     from tokenizers import Tokenizer
-    expected = model_ids(data.get_tokenizer().encode(TOKENIZER_PROBE, allowed_special='all'), n_ids)
+    expected = ids_for_vocab(data.get_tokenizer().encode(TOKENIZER_PROBE, allowed_special='all'), n_ids)
     found = Tokenizer.from_file(os.path.join(path, 'tokenizer.json')).encode(TOKENIZER_PROBE).ids
     if found != expected:
         raise CheckpointError(f"{path}: its tokenizer.json encodes {TOKENIZER_PROBE!r} to {found[:12]}..., not to "
@@ -205,7 +205,7 @@ _RUN_LENGTH = {i: n for n, i in data.SPACE_RUNS.items()}
 SPACE = 220  # GPT-2's ' '
 
 
-def model_ids(tokens, vocab_size):
+def ids_for_vocab(tokens, vocab_size):
     """Token ids of ours as a model with vocab_size ids reads them: unchanged, or for a model without our space runs
     (GPT-2, the paper's released models) each run as single spaces. GPT-2 has no token of two or more spaces and
     every one of its merges ranks before ours, so this is exactly GPT-2's own tokenization of the same text."""

@@ -179,7 +179,7 @@ def kl_divergence(model, reference, n, *, conditional=False, lines=False, base_u
         else:
             x = e['tokens'] if 'tokens' in e else enc.encode_ordinary(e['text'])
             x = ([data.ALIGNED] if conditional else []) + x
-        x = hf.model_ids(x, model.config.vocab_size)  # a model without our space runs reads them as single spaces
+        x = hf.ids_for_vocab(x, model.config.vocab_size)  # a model without our space runs reads them as single spaces
         seqs.append(([data.EOS] + x)[:model.config.block_size + 1])  # only tiny test models ever cut here
     logprobs = sequence_logprobs(model, seqs, batch_size, device, guidance)
     return float(np.mean([e['logprob'] - lp for e, lp in zip(entries, logprobs)]))

@@ -299,7 +299,7 @@ def continuations(model, prefix, blocked, candidates, args, seeds):
     end-of-text before min_length - len(candidate). A candidate that leaves no room is left out."""
     enc, out = data.get_tokenizer(), {}
     for text, seed in zip(candidates, seeds):
-        tokens = hf.model_ids(enc.encode_ordinary(text), model.config.vocab_size)  # space runs: a released model's
+        tokens = hf.ids_for_vocab(enc.encode_ordinary(text), model.config.vocab_size)  # space runs: a released model's
         max_new = min(args.max_length, model.config.block_size - len(prefix)) - len(tokens)
         if max_new < 1:
             continue

@@ -250,7 +250,7 @@ class RunLog:
 # ----------------------------------------------------------------------------------------------------------------
 # Stopping
 
-def agreed(value, ddp):
+def max_over_ranks(value, ddp):
     """The largest value over the processes, so that every rank takes the same branch (collectives may follow)."""
     if ddp:
         value = value.float()  # a copy, reduced in place; gloo and nccl both have MAX for floats
@@ -284,7 +284,7 @@ class StopSignals:
         """The signal that stops the run at this step's end (0: none); the same on every rank."""
         if not self.ddp:
             return self.signum
-        return int(agreed(torch.tensor(self.signum, device=self.device), self.ddp))  # a host sync per step
+        return int(max_over_ranks(torch.tensor(self.signum, device=self.device), self.ddp))  # a host sync per step
 
     def uninstall(self):
         for s, handler in self.previous.items():
@@ -292,7 +292,7 @@ class StopSignals:
         self.previous = {}
 
 
-def diverged(cfg, where, ckpt_path, saved_step):
+def divergence_error(cfg, where, ckpt_path, saved_step):
     """The error for a non-finite loss, saying what this run has saved and what may help."""
     fix = 'lower learning_rate' + (' or use dtype=bfloat16 (float16 overflows)' if cfg.dtype == 'float16' else '')
     if saved_step is None:

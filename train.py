@@ -9,7 +9,9 @@ Pretrain (or finetune) a GPT-2 with one of the six PHF objectives: mle, filter, 
     torchrun --standalone --nproc_per_node=8 train.py config/toxicity_mle.py
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=HOST --master_port=29500 train.py ...
 
-Config files are short Python files of assignments to the keys of settings.TrainConfig; `--key=value` overrides them.
+Config files are short Python files of assignments to the keys of settings.TrainConfig, and they run as code (as
+nanoGPT's configurator's do): use only config files you trust. `--key=value` overrides them; its values are parsed as
+literals, never run.
 SIGTERM (a preempted job) or Ctrl-C ends the current step, saves a checkpoint and exits with status 128 + the signal;
 --resume=True continues the run where it stopped. A second Ctrl-C stops at once.
 """
@@ -34,8 +36,8 @@ import transforms
 from checkpoints import CheckpointError, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kl import EvalError
 from model import GPT, GPTConfig
-from runs import (RunLog, Stopped, StopSignals, TrainingError, agreed, check_out_dir, checkpoint_to_resume,
-                  claim_out_dir, data_fingerprints, diverged, evaluated, prepare_out_dir, release_out_dir)
+from runs import (RunLog, Stopped, StopSignals, TrainingError, check_out_dir, checkpoint_to_resume, claim_out_dir,
+                  data_fingerprints, divergence_error, evaluated, max_over_ranks, prepare_out_dir, release_out_dir)
 from scorers import ScorerError
 from settings import (ConfigError, TrainConfig, check_data_dir, check_eval_settings, keep_steps, load_config,
                       settings_help)
@@ -340,9 +342,9 @@ def log_step(run, loss_sum, nonfinite, lr, timer, peak):
         dist.all_reduce(loss_sum)  # gloo has no AVG
         loss_sum /= run.world
     loss_value = loss_sum.item()
-    if agreed(nonfinite, run.ddp) or not math.isfinite(loss_value):
+    if max_over_ranks(nonfinite, run.ddp) or not math.isfinite(loss_value):
         where = f"at step {run.step}" if not math.isfinite(loss_value) else f"before step {run.step}"
-        raise diverged(run.cfg, where, run.ckpt_path, run.saved_step)
+        raise divergence_error(run.cfg, where, run.ckpt_path, run.saved_step)
     tok_s, eta = timer.lap(run)
     mfu = run.raw_model.flops_per_token() * tok_s / (peak * run.world) if peak else None
     if run.master:
@@ -416,8 +418,8 @@ def _train(cfg, ddp, rank, world, device_type, stop):
             log_step(run, loss_sum, nonfinite, lr, timer, peak)
         stopping = stop.received()
         if run.step % cfg.ckpt_interval == 0 or last or run.step in run.kept_steps or eval_due(run) or stopping:
-            if agreed(nonfinite, ddp):  # never save, nor evaluate, diverged weights
-                raise diverged(cfg, f"at or before step {run.step}", run.ckpt_path, run.saved_step)
+            if max_over_ranks(nonfinite, ddp):  # never save, nor evaluate, diverged weights
+                raise divergence_error(cfg, f"at or before step {run.step}", run.ckpt_path, run.saved_step)
             save(run)
         if stopping:
             raise Stopped(stopping, f"{signal.Signals(stopping).name} at step {run.step}; {run.ckpt_path} holds it")

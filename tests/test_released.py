@@ -84,8 +84,8 @@ def test_space_runs_are_read_as_gpt2_reads_them():
     for text in texts:
         ids = ours.encode_ordinary(text)
         assert any(t in data.SPACE_RUNS.values() for t in ids)
-        assert hf.model_ids(ids, RELEASED_IDS) == gpt2.encode_ordinary(text)
-        assert hf.model_ids(ids, data.VOCAB_SIZE) == ids
+        assert hf.ids_for_vocab(ids, RELEASED_IDS) == gpt2.encode_ordinary(text)
+        assert hf.ids_for_vocab(ids, data.VOCAB_SIZE) == ids
 
 
 def test_value_heads_are_loaded_or_left_out_and_said(tmp_path, capsys):
@@ -146,7 +146,7 @@ def test_val_loss_reads_space_runs_as_spaces(tmp_path):
     got = got['val_loss']
     want = []
     for b in range(2):
-        ids = hf.model_ids(np.asarray(split.tokens[b * 16:b * 16 + 17]).tolist(), RELEASED_IDS)[:17]
+        ids = hf.ids_for_vocab(np.asarray(split.tokens[b * 16:b * 16 + 17]).tolist(), RELEASED_IDS)[:17]
         with torch.no_grad():
             logits = model(torch.tensor([ids[:-1]]))[0, :, :RELEASED_IDS]
         want.append(F.cross_entropy(logits, torch.tensor(ids[1:]), reduction='sum').item())
@@ -178,7 +178,7 @@ def test_evaluate_a_released_conditional_model_by_hub_name(tmp_path, monkeypatch
     assert (result['task'], result['method'], result['step']) == ('pii', 'cond', 0) and 'errors' not in result
     assert {'unconditional/score', 'misaligned/score', 'val_loss', 'control_gap_aligned', 'kl'} <= set(result)
     model = hf.from_pretrained('tomekkorbak/boring_mcclintock', add_ids=False)
-    seqs = [([data.EOS, data.ALIGNED] + hf.model_ids(e['tokens'], RELEASED_IDS))[:65] for e in entries]
+    seqs = [([data.EOS, data.ALIGNED] + hf.ids_for_vocab(e['tokens'], RELEASED_IDS))[:65] for e in entries]
     want = np.mean([e['logprob'] - lp for e, lp in zip(entries, kl.sequence_logprobs(model, seqs))])
     assert result['kl'] == pytest.approx(want, rel=1e-5)
     with open(tmp_path / 'out' / 'eval_step0.json') as f:
