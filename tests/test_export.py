@@ -108,11 +108,12 @@ def test_pipeline_generates_what_phf_generates(exported):
 
 
 def test_lm_eval_loglikelihoods_equal_phf(exported):
-    """lm-evaluation-harness's Hugging Face model (lm_eval.models.huggingface.HFLM) scores a request (context,
-    continuation) as: both encoded by the tokenizer without special tokens, the context's trailing spaces moved to
-    the continuation, the model run on context + continuation but the last token, and the log-softmax of the
-    continuation's positions gathered and summed. lm_eval itself is not installed here: it pulls about 30 packages
-    (datasets, pandas, aiohttp, sacrebleu, ...) into CI; this test takes the same transformers path it takes."""
+    """lm-evaluation-harness's Hugging Face model (lm_eval.models.huggingface.HFLM, a causal model) scores a request
+    (context, continuation) as: the context's trailing whitespace moved to the continuation, context + continuation
+    encoded whole and split after the context's own tokens, the model run on all but the last token, and the
+    log-softmax of the continuation's positions gathered and summed. lm_eval is not installed here: it pulls about 30
+    packages (datasets, pandas, aiohttp, sacrebleu, ...) into CI; this test takes its path with transformers, and the
+    same requests through HFLM itself gave the same figures (docs/export.md)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model, out = exported
     tok, theirs = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out).eval()
@@ -120,16 +121,17 @@ def test_lm_eval_loglikelihoods_equal_phf(exported):
     requests = [('def f(x):\n', '        return  x'), ('My e-mail is  ', 'jane@example.com'),
                 ('<|endoftext|><|aligned|>Hello', ' world')]
     for context, continuation in requests:
-        spaces = len(context) - len(context.rstrip(' '))
-        context, continuation = context[:len(context) - spaces], ' ' * spaces + continuation
+        n = len(context) - len(context.rstrip())
+        context, continuation = (context[:-n], context[-n:] + continuation) if n else (context, continuation)
+        whole = tok(context + continuation, add_special_tokens=False)['input_ids']
         ctx = tok(context, add_special_tokens=False)['input_ids']
-        cont = tok(continuation, add_special_tokens=False)['input_ids']
-        inp = torch.tensor([(ctx + cont)[:-1]])
+        cont = whole[len(ctx):]
+        inp = torch.tensor([whole[:-1]])
         with torch.no_grad():
             logp = F.log_softmax(theirs(inp).logits[0, -len(cont):].double(), -1)
         lm_eval = logp.gather(-1, torch.tensor(cont)[:, None]).sum().item()
-        ids = enc.encode(context, allowed_special='all') + enc.encode(continuation, allowed_special='all')
-        assert ids == ctx + cont
+        ids = enc.encode(context + continuation, allowed_special='all')
+        assert ids == whole and enc.encode(context, allowed_special='all') == ctx
         with torch.no_grad():
             ours_logp = F.log_softmax(model(torch.tensor([ids[:-1]]))[0, -len(cont):, :data.VOCAB_SIZE].double(), -1)
         phf = ours_logp.gather(-1, torch.tensor(cont)[:, None]).sum().item()
