@@ -454,9 +454,10 @@ def main(argv=None):
 
 def hf_checkpoint(path, task, method, device):
     """(model, what evaluate needs of a checkpoint) for a Hugging Face GPT-2, a directory or a hub name. The paper's
-    released models bring their task and method (hf.RELEASED); any other needs --task, and is evaluated as
-    unconditional unless --method=cond. It keeps its own vocabulary (hf.from_pretrained with add_ids=False)."""
-    known_task, known_method = hf.RELEASED.get(path, ('', ''))
+    released models bring their task and method (hf.RELEASED), and so does an export of ours (its config.json's
+    "phf"); any other needs --task, and is evaluated as unconditional unless --method=cond. It keeps its own
+    vocabulary (hf.from_pretrained with add_ids=False)."""
+    known_task, known_method = hf.RELEASED.get(path, hf.exported_task_and_method(path))
     task, method = task or known_task, method or known_method or 'mle'
     if not task:
         raise EvalError(f"{path}: not one of the paper's released models; say which task it is for with "

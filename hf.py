@@ -214,6 +214,16 @@ def ids_for_vocab(tokens, vocab_size):
     return [s for t in tokens for s in ([SPACE] * _RUN_LENGTH[t] if t in _RUN_LENGTH else [t])]
 
 
+def exported_task_and_method(path):
+    """(task, method) that an export of ours records in its config.json, ('', '') for any other directory."""
+    config = os.path.join(path, 'config.json')
+    if not os.path.isfile(config):
+        return '', ''
+    with open(config) as f:
+        phf = json.load(f).get('phf') or {}
+    return phf.get('task', ''), phf.get('method', '')
+
+
 def vocabulary(vocab_size):
     """What a vocabulary of vocab_size ids is, in words (the loaders say which one they found)."""
     if vocab_size >= data.VOCAB_SIZE:
@@ -292,9 +302,11 @@ def export(model, out_dir, ckpt=None, run_dir=None):
                   activation_function='gelu_new', layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0,
                   attn_pdrop=0.0, bos_token_id=data.EOS, eos_token_id=data.EOS, tie_word_embeddings=True,
                   torch_dtype=str(next(model.parameters()).dtype).removeprefix('torch.'))
+    trained = (ckpt or {}).get('config', {})
+    if trained.get('task'):  # what evaluate.py --ckpt=DIR needs to know of it (Hugging Face ignores the key)
+        config['phf'] = dict(task=trained['task'], method=trained.get('method', 'mle'))
     with open(os.path.join(out_dir, 'config.json'), 'w') as f:
         json.dump(config, f, indent=1)
-    trained = (ckpt or {}).get('config', {})
     tokenizer = hf_tokenizer(c.vocab_size)
     tokenizer.model_max_length = c.block_size
     tokenizer.save_pretrained(out_dir)

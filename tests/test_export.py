@@ -157,6 +157,13 @@ def test_an_export_comes_back_in(exported, tmp_path, capsys):
     assert "50,283 token ids, phf's" in done.stdout
 
 
+def test_evaluate_reads_an_exports_task_and_method(exported):
+    import evaluate
+    model, ckpt = evaluate.hf_checkpoint(exported[1], '', '', 'cpu')
+    assert (ckpt['config']['task'], ckpt['config']['method']) == ('pii', 'cond')
+    assert evaluate.hf_checkpoint(exported[1], 'toxicity', 'mle', 'cpu')[1]['config']['task'] == 'toxicity'  # said
+
+
 def test_a_tokenizer_that_is_not_the_models_is_refused(exported, tmp_path):
     """An export's tokenizer.json replaced by GPT-2's own (no space runs): it would give the model other ids."""
     import shutil
