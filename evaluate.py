@@ -10,7 +10,8 @@ LM, validation loss, the control-token gap, plots, and export to Hugging Face fo
     python evaluate.py --ckpt=tomekkorbak/hungry_saha --eval_samples=1024   # a released model (hub name or directory)
     python evaluate.py --ckpt=out/gpt2_hf --task=pii --method=cond          # any HF GPT-2: say its task (and if cond)
 
-train.py calls evaluate() every eval_interval steps with the same eval_* and kl_* fields of its config.
+train.py calls evaluate() every eval_interval steps with its TrainConfig, which builds on settings.EvalConfig; here
+an EvalConfig is made of the checkpoint's settings and the --key=value overrides.
 
 Metrics, per scenario S: S/score (the paper's misalignment score: the mean), S/score_max@25, S/num_hits (share above
 the task's threshold), S/distinct-1 and -2, S/length (characters), S/truncated (share that hit the token budget),
@@ -26,8 +27,8 @@ import sys
 import textwrap
 import time
 from contextlib import nullcontext
+from dataclasses import fields
 from functools import lru_cache
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -38,9 +39,9 @@ import devices
 import hf
 import scorers
 from checkpoints import load_checkpoint
-from kl import KL_MAX_TOKENS, EvalError, kl_divergence
+from kl import KL_MAX_TOKENS, kl_divergence
 from model import logits_only, sample
-from settings import SCENARIOS, TrainConfig, eval_scenarios
+from settings import SCENARIOS, EvalConfig, EvalError, eval_config, eval_scenarios
 from transforms import bin_of, cond_edges
 
 PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
@@ -279,10 +280,10 @@ def _scores(scorer, texts):
 
 def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), scorer=None):
     """Metrics of a model at a step; appends them to cfg.out_dir/eval.jsonl and writes eval_step{step}.json (with
-    samples and every score). cfg: settings.TrainConfig or any object with its task, method, data_dir, out_dir,
-    block_size, seed, eval_* and kl_* fields. scorer: any object with .score(texts) (default: the task's, from
-    scorers.py). A part that fails (a scorer without weights, a KL server down, a missing file) is recorded in
-    result['errors'] with a warning, and the other parts are still computed and written."""
+    samples and every score). cfg: a settings.EvalConfig, or the TrainConfig that builds on it. scorer: any object
+    with .score(texts) (default: the task's, from scorers.py). A part that fails (a scorer without weights, a KL
+    server down, a missing file) is recorded in result['errors'] with a warning, and the other parts are still
+    computed and written."""
     task = data.get_task(cfg.task)
     device, val_dir = torch.device(device), os.path.join(cfg.data_dir, cfg.task, 'val')
     result, samples, scores = dict(step=step, tokens_seen=tokens_seen, task=cfg.task, method=cfg.method), {}, {}
@@ -307,7 +308,7 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
 
     def scenario_part(scenario):
         metrics, samples[scenario], scores[scenario] = generate_and_score(model, cfg, scenario, scorer, device,
-                                                                          getattr(cfg, 'compile', None))
+                                                                          cfg.compile)
         return metrics
 
     was_training = model.training
@@ -319,7 +320,7 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
                                                   device, threshold=cfg.cond_threshold))
             if cfg.eval_iters and data.METHODS[cfg.method].conditional:
                 part('control_gap', lambda: control_token_gap(model, val_dir, cond_edges(
-                    cfg.task, cfg.data_dir, cfg.cond_threshold, getattr(cfg, 'cond_bins', 2)), device=device))
+                    cfg.task, cfg.data_dir, cfg.cond_threshold, cfg.cond_bins), device=device))
             if cfg.eval_samples:
                 part('scorer', load_scorer)
                 for scenario in eval_scenarios(cfg) if scorer is not None else []:
@@ -408,10 +409,10 @@ def _plot_pareto(ax, runs, key, x_key):
 
 # ----------------------------------------------------------------------------------------------------------------
 
-# what --key=value may set, with TrainConfig's defaults (a checkpoint's own settings come first)
-EVAL_DEFAULTS = {key: getattr(TrainConfig, key) for key in (
-    'eval_iters', 'eval_batch_size', 'eval_samples', 'eval_max_new_tokens', 'eval_scenarios', 'eval_prompts',
-    'kl_reference', 'kl_base_url', 'kl_samples', 'out_dir', 'data_dir', 'seed', 'eval_guidance')}
+# the fields of EvalConfig that --key=value may set over a checkpoint's own (not what the model is: task, method, ...)
+OVERRIDABLE = ('eval_iters', 'eval_batch_size', 'eval_samples', 'eval_max_new_tokens', 'eval_scenarios',
+               'eval_prompts', 'kl_reference', 'kl_base_url', 'kl_samples', 'out_dir', 'data_dir', 'seed',
+               'eval_guidance')
 
 
 def main(argv=None):
@@ -439,17 +440,16 @@ def main(argv=None):
             hf.export(model, opts['export_hf'], ckpt, os.path.dirname(path) if os.path.isfile(path) else None)
             print(f"wrote {opts['export_hf']}: {', '.join(sorted(os.listdir(opts['export_hf'])))}")
             return
-        cfg = dict(EVAL_DEFAULTS, **ckpt['config'])
-        cfg.update(parse_overrides(opts))
+        cfg = eval_config(ckpt['config'], **parse_overrides(opts))
         use_bf16 = device.startswith('cuda') and torch.cuda.is_bf16_supported()
         ctx = torch.autocast('cuda', dtype=torch.bfloat16) if use_bf16 else nullcontext()
-        result = evaluate(model, SimpleNamespace(**cfg), ckpt['step'], ckpt['tokens_seen'], device, ctx)
+        result = evaluate(model, cfg, ckpt['step'], ckpt['tokens_seen'], device, ctx)
         print(json.dumps(result, indent=1))
     except (EvalError, data.DataError, scorers.ScorerError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     if result.get('errors'):
-        sys.exit(f"error: {', '.join(result['errors'])} failed (the rest is in {cfg['out_dir']}/eval.jsonl)")
+        sys.exit(f"error: {', '.join(result['errors'])} failed (the rest is in {cfg.out_dir}/eval.jsonl)")
 
 
 def hf_checkpoint(path, task, method, device):
@@ -475,13 +475,13 @@ def hf_checkpoint(path, task, method, device):
 
 
 def parse_overrides(opts):
-    """{key: value} from --key=value texts, typed as EVAL_DEFAULTS; EvalError names a bad key or value."""
-    values = {}
+    """{key: value} from --key=value texts, typed as EvalConfig's fields; EvalError names a bad key or value."""
+    types, values = {f.name: f.type for f in fields(EvalConfig)}, {}
     for key, text in opts.items():
-        if key not in EVAL_DEFAULTS:
-            raise EvalError(f"--{key}: unknown; the keys are {', '.join(EVAL_DEFAULTS)}, device, ckpt, export_hf "
+        if key not in OVERRIDABLE:
+            raise EvalError(f"--{key}: unknown; the keys are {', '.join(OVERRIDABLE)}, device, ckpt, export_hf "
                             f"(and task, method for a Hugging Face model)")
-        kind = type(EVAL_DEFAULTS[key])
+        kind = types[key]
         try:
             values[key] = kind(text)
         except ValueError:

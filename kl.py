@@ -19,14 +19,11 @@ import hf
 from checkpoints import load_checkpoint
 from model import guided_logits, logits_only, sample
 from remote import DeadlineExceeded, call_with_deadline
+from settings import EvalError
 
 KL_MAX_TOKENS = 64  # reference samples' length (reference §5.2)
 OPENAI_PROMPT = '<|endoftext|>'  # the original's "no prompt" (the API's default prompt)
 RETRIES, RETRY_BACKOFF_S, REQUEST_TIMEOUT_S = 7, 1.0, 120.0  # waits of 1, 2, 4, ..., 32 s; seconds a request
-
-
-class EvalError(Exception):
-    """An evaluation that cannot run (a bad scenario, a reference API that keeps failing); says what to do."""
 
 
 @torch.no_grad()

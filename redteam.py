@@ -38,9 +38,9 @@ import hf
 import scorers
 from checkpoints import load_checkpoint
 from evaluate import hf_checkpoint, load_prompts
-from kl import EvalError
 from model import sample
 from remote import DeadlineExceeded, call_with_deadline
+from settings import EvalError
 
 INITIAL_SCORE = 1e-3  # the original's dummy score for the initial prompts
 # The task's instruction to the red LM: the original's wording (two typos fixed: "blackquotes", a parenthesis)

@@ -1,7 +1,9 @@
 """
-Training settings: TrainConfig (every setting, with its default), read from config files and --key=value arguments,
-each checked (type, range, device, evaluation settings, data folder) before any training time is spent.
-Config files are short Python files of assignments to the keys of TrainConfig, applied left to right.
+Settings: EvalConfig (what an evaluation reads) and TrainConfig, which builds on it with every training setting, each
+with its default; read from config files and --key=value arguments, each checked (type, range, device, evaluation
+settings, data folder) before any training time is spent. evaluate.py builds an EvalConfig from a checkpoint's
+settings. Config files are short Python files of assignments to the keys of TrainConfig, applied left to right; they
+run as code.
 """
 import ast
 import inspect
@@ -18,30 +20,47 @@ import torch
 import data
 
 
-
 @dataclass
-class TrainConfig:
-    # what to train
+class EvalConfig:
+    # the run evaluated (a checkpoint brings these)
     task: str = 'pep8'  # a key of data.TASKS
     method: str = 'mle'  # a key of data.METHODS
     data_dir: str = 'data'  # prepared splits are read from data_dir/task/{train,val}
     out_dir: str = 'out'
+    block_size: int = 1024
+    cond_threshold: Optional[float] = None  # None: the task's; also mask's (a token counts iff its segment's <= this)
+    cond_bins: int = 2  # cond: control tokens for this many score bins (2: the paper's; transforms.grade_edges)
+    seed: int = 42  # the data order, dropout, and (with init_seed_offset 0) the initial weights; samples
+    compile: Optional[bool] = None  # None: on for CUDA; compiles the model and the loss as one graph
+    # evaluation
+    eval_iters: int = 20  # validation batches
+    eval_batch_size: int = 16
+    eval_samples: int = 256  # samples per scenario; 0: validation loss only
+    eval_max_new_tokens: int = 0  # 0: the task's
+    eval_scenarios: str = ''  # comma-separated; '': the task's
+    eval_prompts: str = ''  # JSONL of prompts for a prompted scenario
+    kl_reference: str = ''  # '', a ckpt.pt of ours, or 'openai:MODEL'
+    kl_base_url: str = ''
+    kl_samples: int = 256
+    eval_guidance: float = 0.0  # conditional models: sample with guidance γ away from <|misaligned|> (model.sample)
+
+
+@dataclass
+class TrainConfig(EvalConfig):
+    # what to train (task, method, data_dir, out_dir: in EvalConfig)
     init_from: str = 'scratch'  # 'scratch', a ckpt.pt of ours (finetuning), or a Hugging Face GPT-2 (dir or hub name)
     resume: bool = False  # continue the run in out_dir from its ckpt.pt
     overwrite: bool = False  # a fresh run into an out_dir that holds a run deletes that run first (else: refused)
     skip_tokens: int = 0  # start this far into the data order (finetuning continues where pretraining stopped)
-    # model
+    # model (block_size: in EvalConfig)
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-    block_size: int = 1024
     dropout: float = 0.0
     bias: bool = True
-    # method hyperparameters; None takes the task's value from data.TASKS
+    # method hyperparameters; None takes the task's value from data.TASKS (cond_threshold, cond_bins: in EvalConfig)
     filter_threshold: Optional[float] = None
-    cond_threshold: Optional[float] = None  # also mask's: a token counts iff its segment's score <= this
     drop_token_fraction: Optional[float] = None
-    cond_bins: int = 2  # cond: control tokens for this many score bins (2: the paper's; transforms.grade_edges)
     ul_threshold: Optional[float] = None
     ul_soft: Optional[bool] = None
     ul_alpha: float = 1.0
@@ -60,33 +79,32 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     grad_clip: float = 1.0
-    # system
+    # system (seed, compile: in EvalConfig)
     device: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
     dtype: str = 'auto'  # float32, bfloat16, float16; 'auto': bf16 on a GPU (else fp16), a CPU with native bf16; fp32
-    compile: Optional[bool] = None  # None: on for CUDA; compiles the model and the loss as one graph
     loss_chunk_size: int = 0  # 0: plain logits; N: log-probs N tokens at a time, never the whole (B, T, vocab) logits
-    seed: int = 42  # the data order, dropout, and (with init_seed_offset 0) the initial weights
     init_seed_offset: int = 0  # initial weights from seed + this: a second run of a recipe on the same data order
-    # logging, evaluation, checkpoints
+    # logging, evaluation (what is evaluated: EvalConfig), checkpoints
     log_interval: int = 10
     ckpt_interval: int = 1000
     keep_ckpt_steps: str = ''  # comma-separated steps whose checkpoint is also kept as ckpt_step{N}.pt
     eval_interval: int = 1000  # 0: evaluate only at the end
-    eval_iters: int = 20  # validation batches
-    eval_batch_size: int = 16
-    eval_samples: int = 256  # samples per scenario; 0: validation loss only
-    eval_max_new_tokens: int = 0  # 0: the task's
-    eval_scenarios: str = ''  # comma-separated; '': the task's
-    eval_prompts: str = ''  # JSONL of prompts for a prompted scenario
-    kl_reference: str = ''  # '', a ckpt.pt of ours, or 'openai:MODEL'
-    kl_base_url: str = ''
-    kl_samples: int = 256
-    eval_guidance: float = 0.0  # conditional models: sample with guidance γ away from <|misaligned|> (model.sample)
     wandb_project: str = ''  # log to wandb too: config, curve, metrics, sample tables (runs.RunLog)
 
 
 class ConfigError(Exception):
     pass
+
+
+class EvalError(Exception):
+    """An evaluation that cannot run (a bad scenario, a reference API that keeps failing); says what to do."""
+
+
+def eval_config(settings, **overrides):
+    """The EvalConfig of a run from its settings (a checkpoint's config: training settings too, which are left out;
+    those it lacks, an older checkpoint's, take their defaults), then overrides."""
+    known = {f.name for f in fields(EvalConfig)}
+    return EvalConfig(**{**{k: v for k, v in settings.items() if k in known}, **overrides})
 
 
 SCENARIOS = ('unconditional', 'misaligned', 'functions', 'prompted')  # what evaluate.py can sample, see there
@@ -103,9 +121,12 @@ def eval_scenarios(cfg):
 
 
 def settings_help():
-    """Every setting with its type, default and comment: TrainConfig's own lines, as `train.py --help` prints them."""
-    source = inspect.getsource(TrainConfig)
-    return textwrap.dedent(source[source.index('\n', source.index('class ')) + 1:].rstrip())
+    """Every setting with its type, default and comment: EvalConfig's lines, then TrainConfig's, as `train.py --help`
+    prints them."""
+    def body(cls):
+        source = inspect.getsource(cls)
+        return textwrap.dedent(source[source.index('\n', source.index('class ')) + 1:].rstrip())
+    return body(EvalConfig) + '\n' + body(TrainConfig)
 
 
 # The range of every numeric setting, checked by load_config: keys, test, what the test asks for

@@ -34,13 +34,12 @@ import hf
 import objectives
 import transforms
 from checkpoints import CheckpointError, read_checkpoint, rng_state, save_checkpoint, set_rng_state
-from kl import EvalError
 from model import GPT, GPTConfig
 from runs import (RunLog, Stopped, StopSignals, TrainingError, check_out_dir, checkpoint_to_resume, claim_out_dir,
                   data_fingerprints, divergence_error, evaluated, max_over_ranks, prepare_out_dir, release_out_dir)
 from scorers import ScorerError
-from settings import (ConfigError, TrainConfig, check_data_dir, check_eval_settings, keep_steps, load_config,
-                      settings_help)
+from settings import (ConfigError, EvalError, TrainConfig, check_data_dir, check_eval_settings, keep_steps,
+                      load_config, settings_help)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pieces of the loop

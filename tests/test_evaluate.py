@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from conftest import JSONHandler, serve
 from data import ALIGNED, EOS, MISALIGNED
 from hf import export
 from model import GPT, GPTConfig, pick, sample
+from settings import EvalConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = [
@@ -213,7 +213,7 @@ def eval_cfg(tmp_path, **kw):
                eval_guidance=0.0)
     cfg.update(kw)
     cfg.setdefault('cond_threshold', data.TASKS[cfg['task']].cond_threshold)  # as train.py's config resolves it
-    return SimpleNamespace(**cfg)
+    return EvalConfig(**cfg)
 
 
 def save_ckpt(model, path, **config):
@@ -530,3 +530,15 @@ def test_cli_names_a_bad_value():
         ev.parse_overrides({'kl_samples': '-3'})
     assert ev.parse_overrides({'eval_samples': '12', 'kl_reference': 'x.pt'}) == dict(eval_samples=12,
                                                                                       kl_reference='x.pt')
+
+
+def test_eval_config_of_a_checkpoint_keeps_only_what_an_evaluation_reads():
+    from settings import TrainConfig, eval_config
+    # an older checkpoint's settings: training keys (left out), no cond_bins (its default, 2), a removed key
+    settings = dict(task='pii', method='cond', block_size=128, cond_threshold=0.0, n_layer=4, learning_rate=1e-3,
+                    eval_samples=64, a_removed_setting=1)
+    cfg = eval_config(settings, eval_samples=8, out_dir='elsewhere')
+    assert cfg == EvalConfig(task='pii', method='cond', block_size=128, cond_threshold=0.0, eval_samples=8,
+                             out_dir='elsewhere')
+    assert cfg.cond_bins == 2 and not hasattr(cfg, 'n_layer')
+    assert isinstance(TrainConfig(), EvalConfig)  # train.py's evaluations read the same fields
