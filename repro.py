@@ -19,7 +19,7 @@ figures as far as the methods differ). Every step line carries the whole call's 
 Results go to out/repro/{task}_{size}/ (--results=DIR for another): results.md (the verdicts and the table),
 results.json, plot_score_vs_tokens.png and plot_pareto.png (score against KL from the MLE model of the same seed),
 settings.json, and each run's directory seed{S}/{method} (guided evaluations of the conditional model:
-seed{S}/cond_guided{γ}; VARIANTS: cond_k5 is conditional training with K = 5 graded control tokens, mle_reinit MLE
+seed{S}/cond_guided{γ}; RUN_SPECS: cond_k5 is conditional training with K = 5 graded control tokens, mle_reinit MLE
 again from other initial weights). With several seeds, each method's per-seed differences from MLE (and from
 mle_reinit, where it ran) get a paired t interval. A run trained and evaluated to its last step is skipped; an
 interrupted one is resumed; a results folder made with other settings is refused.
@@ -279,23 +279,50 @@ def check_settings(results, settings):
     data.write_json(path, settings, indent=1)
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a seed: what repro.py trains (or samples again) and how the report names and compares it."""
+    name: str  # its folder seed{S}/{name}, and what --methods and the report call it
+    method: str  # a key of data.METHODS
+    config: str  # trained from config/{task}_{config}.py
+    train_args: tuple = ()  # and these train.py arguments
+    in_paper: bool = True  # False: also compared with cond, the paper's best method
+    guidance: float = 0.0  # not 0: not trained; the seed's cond model sampled again with guidance γ (evaluate.py)
+
+
 # MLE again from other initial weights on the same data order: how far a second run of one recipe moves the figures
 # (an A/A baseline), and a second baseline for the other methods
 SECOND_MLE = 'mle_reinit'
-VARIANTS = {  # run name: (its method, its config config/{task}_{name}.py, more train.py arguments)
-    'cond_k5': ('cond', 'cond_k5', []),  # K = 5 graded control tokens
-    SECOND_MLE: ('mle', 'mle', ['--init_seed_offset=1000']),
-}
-RUNS = tuple(METHODS) + tuple(VARIANTS)  # what --methods may name
+RUN_SPECS = tuple(RunSpec(name, name, name, in_paper=m.in_paper) for name, m in METHODS.items()) + (
+    RunSpec('cond_k5', 'cond', 'cond_k5', in_paper=False),  # K = 5 graded control tokens
+    RunSpec(SECOND_MLE, 'mle', 'mle', ('--init_seed_offset=1000',)),
+)
+RUNS = tuple(spec.name for spec in RUN_SPECS)  # what --methods may name
+GUIDED = 'cond_guided'  # run names cond_guided{γ}: the cond model of the seed, sampled with guidance γ
+
+
+def guided_spec(guidance):
+    return RunSpec(f'{GUIDED}{guidance:g}', 'cond', 'cond', in_paper=False, guidance=guidance)
+
+
+def run_spec(name):
+    """The RunSpec a run's name stands for (its folder and the report's keys are named so)."""
+    specs = {spec.name: spec for spec in RUN_SPECS}
+    if name in specs:
+        return specs[name]
+    if name.startswith(GUIDED):
+        return guided_spec(float(name[len(GUIDED):]))
+    raise ReproError(f"{name}: not a run repro.py makes; the runs are {', '.join(RUNS)} and {GUIDED}{{γ}}")
 
 
 def method_of(name):
-    return VARIANTS[name][0] if name in VARIANTS else name
+    return run_spec(name).method
 
 
 def config_and_args(name):
     """(the name in config/{task}_{name}.py, more train.py arguments) for a method or variant."""
-    return VARIANTS[name][1:] if name in VARIANTS else (name, [])
+    spec = run_spec(name)
+    return spec.config, list(spec.train_args)
 
 
 def training_argv(task, name, seed, results, train_args, median):
@@ -334,27 +361,21 @@ def training_jobs(task, name, seed, results, train_args, median, mle_planned, se
     return train, evaluation
 
 
-GUIDED = 'cond_guided'  # run names cond_guided{γ}: the cond model of the seed, sampled with guidance γ
-
-
-def guided_name(guidance):
-    return f'{GUIDED}{guidance:g}'
-
-
 def run_order(name):
     """Runs in METHODS order, after cond its guided evaluations by γ, then its variants."""
-    if name.startswith(GUIDED):
-        return list(METHODS).index('cond'), 1, float(name[len(GUIDED):])
-    if name in VARIANTS:
-        return list(METHODS).index(method_of(name)), 2, list(VARIANTS).index(name)
+    spec = run_spec(name)
+    if spec.guidance:
+        return list(METHODS).index(spec.method), 1, spec.guidance
+    if name not in METHODS:
+        return list(METHODS).index(spec.method), 2, RUNS.index(name)
     return list(METHODS).index(name), 0, 0
 
 
 def conditional(name):
     """Whether a run is a conditional model's own, so that it was also sampled after <|misaligned|> (a guided
     evaluation samples it after <|aligned|> only)."""
-    method = method_of(name)
-    return method in METHODS and METHODS[method].conditional
+    spec = run_spec(name)
+    return METHODS[spec.method].conditional and not spec.guidance
 
 
 def guided_job(seed, results, guidance, cond_cfg):
@@ -362,7 +383,7 @@ def guided_job(seed, results, guidance, cond_cfg):
     (evaluate.py): its unconditional scenario and KL from the seed's MLE model, no validation loss (the weights are
     cond's); None if it is done."""
     seed_dir = os.path.join(results, f'seed{seed}')
-    out = os.path.join(seed_dir, guided_name(guidance))
+    out = os.path.join(seed_dir, guided_spec(guidance).name)
     if os.path.exists(os.path.join(out, 'eval.jsonl')):
         print(f"{out}: already evaluated, skipping (delete it to re-run)", flush=True)
         return None
@@ -427,8 +448,9 @@ def verdict_lines(task, seed, runs):
 
 def run_label(run_name, scenario):
     """(method, what its samples come after) as the report shows them."""
-    if run_name.startswith(GUIDED):
-        return 'cond', f"<|aligned|> γ={run_name[len(GUIDED):]}"
+    spec = run_spec(run_name)
+    if spec.guidance:
+        return spec.method, f"<|aligned|> γ={spec.guidance:g}"
     if scenario == 'misaligned':
         return run_name, '<|misaligned|>'
     return run_name, '<|aligned|>' if conditional(run_name) else 'unconditional'
@@ -507,8 +529,7 @@ def headline(task, figures):
 def beyond_the_paper(name):
     """Whether a run is one of the techniques beyond the paper (guided sampling, graded tokens, masking): each is also
     compared with conditional training, the paper's best method, over the seeds."""
-    return name.startswith(GUIDED) or (name in VARIANTS and name != SECOND_MLE) or (
-        name in METHODS and not METHODS[name].in_paper)
+    return not run_spec(name).in_paper
 
 
 def fmt_compare(c):
@@ -672,7 +693,7 @@ def plan_stages(args, methods, seeds, results, train_args, median, side_by_side)
 def report(args, methods, seeds, results, command, setting, median):
     """results.md (the verdict, each run's lines, the table over seeds), results.json and the plots, from what the
     runs' directories hold; the verdicts printed too."""
-    runs = collect(results, seeds, list(methods) + [guided_name(g) for g in args.guidance if g])
+    runs = collect(results, seeds, list(methods) + [guided_spec(g).name for g in args.guidance if g])
     lines, figures = [], {}
     for seed in seeds:
         seed_lines, figures[seed] = verdict_lines(args.task, seed, runs[seed])

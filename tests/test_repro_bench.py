@@ -359,3 +359,13 @@ def test_ctrl_c_lets_the_training_run_save_its_checkpoint(tmp_path):
     run_dir = results / 'seed42' / 'mle'
     saved = torch.load(run_dir / 'ckpt.pt', weights_only=True)['step']
     assert 5 <= saved < 4000 and sorted(os.listdir(run_dir)) == ['ckpt.pt', 'log.jsonl']  # no .tmp, no lock
+
+
+def test_run_specs_by_name():
+    assert repro.run_spec('mle_reinit') == repro.RunSpec('mle_reinit', 'mle', 'mle', ('--init_seed_offset=1000',))
+    guided = repro.run_spec('cond_guided1.5')
+    assert (guided.method, guided.guidance, guided.in_paper) == ('cond', 1.5, False)
+    assert repro.guided_spec(2.0).name == 'cond_guided2'
+    assert not repro.conditional('cond_guided2') and repro.conditional('cond_k5')
+    with pytest.raises(repro.ReproError, match="cond_k3: not a run repro.py makes"):
+        repro.run_spec('cond_k3')
