@@ -50,7 +50,7 @@ def checkpoint_to_resume(cfg, ckpt_path, max_steps, master):
     saved = ckpt['config']
     changed = {k: (saved[k], v) for k, v in asdict(cfg).items()
                if k in saved and saved[k] != v and k not in ('resume', 'overwrite', 'out_dir')}
-    fixed = [k for k in changed if k in FIXED_ON_RESUME]
+    fixed = [k for k in FIXED_ON_RESUME if k in changed]  # in the order of the table
     if fixed:
         raise ConfigError(f"--resume=True: {ckpt_path} was trained with " + ', '.join(
             f"{k}={changed[k][0]!r} (now {changed[k][1]!r})" for k in fixed) + "; these cannot change in a run in "
