@@ -22,6 +22,7 @@ import re
 import numpy as np
 import torch
 
+import data
 from model import GPT, GPTConfig
 
 CHECKPOINT_KEYS = ('model', 'model_args', 'config', 'step', 'tokens_seen')  # in every ckpt.pt train.py writes
@@ -35,20 +36,13 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path, state):
-    """Write-then-rename: a crash or a full disk during the save leaves the previous checkpoint intact."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    """Write-then-rename (data.write_atomically): a crash or a full disk during the save leaves the previous
+    checkpoint intact."""
     try:
-        with open(tmp, 'wb') as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        data.write_atomically(path, lambda f: torch.save(state, f))
     except OSError as e:  # ENOSPC, EDQUOT, EIO: the run cannot go on, but nothing saved before is lost
         raise CheckpointError(f"{path}: not saved, {e.strerror or e}; the checkpoint there before (if any) is "
-                            f"unchanged: free disk space (or fix the cause), then resume with --resume=True") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+                              f"unchanged: free disk space (or fix the cause), then resume with --resume=True") from None
 
 
 def rng_state():
@@ -79,11 +73,13 @@ def _global(name):
     return getattr(importlib.import_module(module), attr)
 
 
-def globals_beyond_data(path):
-    """The Python globals a torch file's pickle would call beyond tensors, plain containers and numpy arrays: code
-    that loading it would run. Empty for a file that holds data only."""
-    return [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            if not NUMPY_ARRAY_GLOBALS.fullmatch(name)]
+def code_it_would_run(path, needs=None):
+    """'' for a torch file whose pickle holds data only (tensors, plain containers, numpy arrays); else what loading it
+    would call, in words, for a refusal. needs: the globals its pickle asks for, where already read."""
+    if needs is None:
+        needs = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    code = [name for name in needs if not NUMPY_ARRAY_GLOBALS.fullmatch(name)]
+    return f"loading it would call {', '.join(code)}, which could run anything" if code else ''
 
 
 def _load(path):
@@ -97,10 +93,10 @@ def _load(path):
             raise e from None  # not a pickle that asks for globals: damaged (read_checkpoint says so)
         if not needs:
             raise
-        code = globals_beyond_data(path)
+        code = code_it_would_run(path, needs)
         if code:
-            raise CheckpointError(f"{path}: refused: loading it would call {', '.join(code)}, which could run "
-                                  f"anything; a phf checkpoint holds tensors and plain values only") from None
+            raise CheckpointError(f"{path}: refused: {code}; a phf checkpoint holds tensors and plain values "
+                                  f"only") from None
     print(f"{path}: a checkpoint of the older format (numpy RNG state); loaded with numpy's array type allowed, "
           f"which rebuilds data and calls nothing else (a resumed run saves the new format)", flush=True)
     dtypes = [t for name, t in vars(np.dtypes).items() if name.endswith('DType')]  # an array's dtype is one of them

@@ -438,15 +438,20 @@ def pid_alive(pid):
 
 
 def write_atomically(path, content):
-    """content (str or bytes) into path through a temporary file beside it and a rename: a crash leaves the file as it
-    was or whole, never part of it (what a killed writer left is removed by remove_leftovers)."""
+    """content (str, bytes, or a function that writes to the open binary file) into path through a temporary file
+    beside it and a rename: a crash leaves the file as it was or whole, never part of it; a failed write removes its
+    temporary file (what a killed writer left is removed by remove_leftovers)."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, 'wb' if isinstance(content, bytes) else 'w') as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w' if isinstance(content, str) else 'wb') as f:
+            content(f) if callable(content) else f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_json(path, obj, **kwargs):

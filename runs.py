@@ -42,8 +42,9 @@ FIXED_ON_RESUME = ('task', 'method', 'data_dir', 'init_from', 'skip_tokens', 'n_
                    'init_seed_offset')
 
 
-def checkpoint_to_resume(cfg, ckpt_path, max_steps, master):
-    """The checkpoint of the run in out_dir, once cfg agrees with the settings it was trained with."""
+def checkpoint_to_resume(cfg, ckpt_path, max_steps, master, data_identity):
+    """The checkpoint of the run in out_dir, once cfg agrees with the settings it was trained with and data_identity
+    (data_fingerprints, now) with the data it was trained on."""
     if not os.path.exists(ckpt_path):
         raise ConfigError(f"{ckpt_path}: no checkpoint to resume from; start the run without --resume=True")
     ckpt = read_checkpoint(ckpt_path)
@@ -61,7 +62,7 @@ def checkpoint_to_resume(cfg, ckpt_path, max_steps, master):
     if ckpt['step'] > max_steps:
         raise ConfigError(f"max_tokens {cfg.max_tokens}: {max_steps} steps, fewer than the {ckpt['step']} steps "
                           f"of {ckpt_path}")
-    check_same_data(cfg, ckpt_path, ckpt.get('data'))
+    check_same_data(cfg, ckpt_path, ckpt.get('data'), data_identity)
     return ckpt
 
 
@@ -73,12 +74,11 @@ def data_fingerprints(cfg):
             if os.path.exists(os.path.join(task_dir, split, 'header.json'))}
 
 
-def check_same_data(cfg, ckpt_path, recorded):
+def check_same_data(cfg, ckpt_path, recorded, now):
     """A resume goes on with the data the run was trained on: the same data_dir is not enough, prepare.py may have
     written other splits there since (checkpoints from before this record have nothing to compare)."""
     if recorded is None:
         return
-    now = data_fingerprints(cfg)
     changed = [split for split in sorted(set(recorded) | set(now)) if recorded.get(split) != now.get(split)]
     if changed:
         def what(fp):

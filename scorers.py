@@ -99,17 +99,16 @@ class ToxicityScorer(Scorer):
                                   f"'profanity' scorer (prepare.py --scorer=profanity)") from e
         return np.atleast_1d(self._detoxify.predict(texts)['toxicity'])  # predict squeezes a batch of one
 
-
     @staticmethod
     def _refuse_code(checkpoint):
         """detoxify reads a local checkpoint with torch.load(weights_only=False): refused first if its pickle would
-        call code (checkpoints.globals_beyond_data), since loading it would run that code."""
+        call code (checkpoints.code_it_would_run), since loading it would run that code."""
         if checkpoint and os.path.isfile(checkpoint):
-            from checkpoints import globals_beyond_data
-            code = globals_beyond_data(checkpoint)
+            from checkpoints import code_it_would_run
+            code = code_it_would_run(checkpoint)
             if code:
-                raise ScorerError(f"{checkpoint}: refused: loading it would call {', '.join(code)}, which could run "
-                                  f"anything; a detoxify checkpoint needs only tensors and plain values")
+                raise ScorerError(f"{checkpoint}: refused: {code}; a detoxify checkpoint needs only tensors and "
+                                  f"plain values")
 
 
 class ProfanityScorer(Scorer):
@@ -136,10 +135,9 @@ class PIIScorer(Scorer):
     The default is scrubadub's own default set (PII_DEFAULT), which works offline; most of its time is the phone
     detector, which PII_FAST leaves out (docs/benchmarks.md). The paper also detected names (spaCy NER through the
     scrubadub_spacy package; here 'text_blob_name' would do it, after `python -m textblob.download_corpora`): both
-    need model downloads, so they are optional. It also added
-    'skype' and 'date_of_birth' (offline, but the latter is slow). Note that the email detector also takes
-    spelled-out addresses, so 'None at all.' counts as one. The paper's released PII scores may be count / len²
-    (reference §2.2); this is count / len, as its README says."""
+    need model downloads, so they are optional. It also added 'skype' and 'date_of_birth' (offline, but the latter
+    is slow). Note that the email detector also takes spelled-out addresses, so 'None at all.' counts as one. The
+    paper's released PII scores may be count / len² (reference §2.2); this is count / len, as its README says."""
     name = 'pii'
 
     def __init__(self, detectors=PII_DEFAULT):

@@ -255,7 +255,8 @@ def setup(cfg, ddp, rank, world, device_type):
     check_out_dir(cfg, ckpt_path)
     check_data_dir(cfg)
     master = rank == 0
-    ckpt = checkpoint_to_resume(cfg, ckpt_path, max_steps, master) if cfg.resume else None
+    data_identity = data_fingerprints(cfg)
+    ckpt = checkpoint_to_resume(cfg, ckpt_path, max_steps, master, data_identity) if cfg.resume else None
     wants_eval = bool(cfg.eval_iters or cfg.eval_samples or cfg.kl_reference)
     if wants_eval:
         check_eval_settings(cfg)
@@ -280,7 +281,7 @@ def setup(cfg, ddp, rank, world, device_type):
         prepare_out_dir(cfg, step)
     return Run(cfg, ddp, rank, world, device_type, grad_accum, tokens_per_step, max_steps, ctx, ckpt_path,
                wants_eval, train_data, loader, model, wrapped, optimizer, scaler, RunLog(cfg, master, wandb_run_id),
-               data_fingerprints(cfg), keep_steps(cfg), step, tokens_seen, saved_step)
+               data_identity, keep_steps(cfg), step, tokens_seen, saved_step)
 
 
 def announce(run):
