@@ -298,6 +298,7 @@ RUN_SPECS = tuple(RunSpec(name, name, name, in_paper=m.in_paper) for name, m in 
     RunSpec(SECOND_MLE, 'mle', 'mle', ('--init_seed_offset=1000',)),
 )
 RUNS = tuple(spec.name for spec in RUN_SPECS)  # what --methods may name
+SPEC_OF_RUN = {spec.name: spec for spec in RUN_SPECS}
 GUIDED = 'cond_guided'  # run names cond_guided{γ}: the cond model of the seed, sampled with guidance γ
 
 
@@ -307,9 +308,8 @@ def guided_spec(guidance):
 
 def run_spec(name):
     """The RunSpec a run's name stands for (its folder and the report's keys are named so)."""
-    specs = {spec.name: spec for spec in RUN_SPECS}
-    if name in specs:
-        return specs[name]
+    if name in SPEC_OF_RUN:
+        return SPEC_OF_RUN[name]
     if name.startswith(GUIDED):
         return guided_spec(float(name[len(GUIDED):]))
     raise ReproError(f"{name}: not a run repro.py makes; the runs are {', '.join(RUNS)} and {GUIDED}{{γ}}")
