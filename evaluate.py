@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 import data
 import devices
+import heldout
 import hf
 import scorers
 from checkpoints import load_checkpoint
@@ -287,6 +288,7 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
     task = data.get_task(cfg.task)
     device, val_dir = torch.device(device), os.path.join(cfg.data_dir, cfg.task, 'val')
     result, samples, scores = dict(step=step, tokens_seen=tokens_seen, task=cfg.task, method=cfg.method), {}, {}
+    heldout_sums = {}  # per-document sums of the held-out gap, for intervals (heldout.gap_interval)
     if cfg.eval_guidance:
         result['guidance'] = cfg.eval_guidance
 
@@ -306,11 +308,24 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
             scorer = _scorer_cache[task.scorer]
         return {}
 
+    def heldout_part():
+        split, threshold = data.PreparedData(val_dir), cfg.cond_threshold
+        threshold = task.cond_threshold if threshold is None else threshold
+        ids = data.control_tokens(cfg.cond_bins)  # best first
+        controls = dict(heldout=ids[0], heldout_misaligned=ids[-1]) if conditional else dict(heldout=None)
+        metrics = {}
+        for prefix, control in controls.items():
+            figures, heldout_sums[prefix] = heldout.heldout_gap(model, split, cfg.eval_heldout_tokens, threshold,
+                                                                control, cfg.eval_batch_size, device)
+            metrics.update({f'{prefix}/{k}': v for k, v in figures.items()})
+        return metrics
+
     def scenario_part(scenario):
         metrics, samples[scenario], scores[scenario] = generate_and_score(model, cfg, scenario, scorer, device,
                                                                           cfg.compile)
         return metrics
 
+    conditional = data.METHODS[cfg.method].conditional
     was_training = model.training
     model.eval()
     try:
@@ -318,7 +333,10 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
             if cfg.eval_iters:
                 part('val_loss', lambda: val_loss(model, val_dir, cfg.block_size, cfg.eval_batch_size, cfg.eval_iters,
                                                   device, threshold=cfg.cond_threshold))
-            if cfg.eval_iters and data.METHODS[cfg.method].conditional:
+            # not for a model without our space runs, whose re-split tokens no longer match the segments' scores
+            if cfg.eval_iters and cfg.eval_heldout_tokens and model.config.vocab_size >= data.VOCAB_SIZE:
+                part('heldout', heldout_part)
+            if cfg.eval_iters and conditional:
                 part('control_gap', lambda: control_token_gap(model, val_dir, cond_edges(
                     cfg.task, cfg.data_dir, cfg.cond_threshold, cfg.cond_bins), device=device))
             if cfg.eval_samples:
@@ -327,14 +345,15 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
                     part(scenario, lambda: scenario_part(scenario))
             if cfg.kl_reference:
                 part('kl', lambda: dict(kl=kl_divergence(
-                    model, cfg.kl_reference, cfg.kl_samples, conditional=data.METHODS[cfg.method].conditional,
+                    model, cfg.kl_reference, cfg.kl_samples, conditional=conditional,
                     lines=task.segment == 'lines', base_url=cfg.kl_base_url,
                     max_tokens=min(KL_MAX_TOKENS, cfg.block_size - 2), batch_size=cfg.eval_batch_size, device=device,
                     guidance=cfg.eval_guidance)))
     finally:
         model.train(was_training)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    data.write_json(os.path.join(cfg.out_dir, f'eval_step{step}.json'), dict(result, samples=samples, scores=scores))
+    data.write_json(os.path.join(cfg.out_dir, f'eval_step{step}.json'), dict(result, samples=samples, scores=scores,
+                                                                            heldout=heldout_sums))
     with open(os.path.join(cfg.out_dir, 'eval.jsonl'), 'a') as f:
         f.write(json.dumps(result) + '\n')
     return result
@@ -410,8 +429,8 @@ def _plot_pareto(ax, runs, key, x_key):
 # ----------------------------------------------------------------------------------------------------------------
 
 # the fields of EvalConfig that --key=value may set over a checkpoint's own (not what the model is: task, method, ...)
-OVERRIDABLE = ('eval_iters', 'eval_batch_size', 'eval_samples', 'eval_max_new_tokens', 'eval_scenarios',
-               'eval_prompts', 'kl_reference', 'kl_base_url', 'kl_samples', 'out_dir', 'data_dir', 'seed',
+OVERRIDABLE = ('eval_iters', 'eval_heldout_tokens', 'eval_batch_size', 'eval_samples', 'eval_max_new_tokens',
+               'eval_scenarios', 'eval_prompts', 'kl_reference', 'kl_base_url', 'kl_samples', 'out_dir', 'data_dir', 'seed',
                'eval_guidance')
 
 

@@ -33,7 +33,8 @@ class EvalConfig:
     seed: int = 42  # the data order, dropout, and (with init_seed_offset 0) the initial weights; samples
     compile: Optional[bool] = None  # None: on for CUDA; compiles the model and the loss as one graph
     # evaluation
-    eval_iters: int = 20  # validation batches
+    eval_iters: int = 20  # validation batches; 0: no likelihood of val text (val loss, held-out gap, control gap)
+    eval_heldout_tokens: int = 524_288  # the held-out gap (heldout.py) over this many tokens of the val split
     eval_batch_size: int = 16
     eval_samples: int = 256  # samples per scenario; 0: validation loss only
     eval_max_new_tokens: int = 0  # 0: the task's
@@ -133,8 +134,8 @@ def settings_help():
 RANGES = (
     ('n_layer n_head n_embd block_size batch_size total_batch_size max_tokens log_interval ckpt_interval '
      'eval_batch_size kl_samples', lambda v: v >= 1, 'at least 1'),
-    ('skip_tokens loss_chunk_size eval_interval eval_iters eval_samples eval_max_new_tokens seed init_seed_offset '
-     'learning_rate min_lr weight_decay grad_clip ul_alpha', lambda v: v >= 0, '0 or more'),
+    ('skip_tokens loss_chunk_size eval_interval eval_iters eval_heldout_tokens eval_samples eval_max_new_tokens seed '
+     'init_seed_offset learning_rate min_lr weight_decay grad_clip ul_alpha', lambda v: v >= 0, '0 or more'),
     ('dropout drop_token_fraction warmup_frac awr_alpha', lambda v: 0 <= v <= 1, 'between 0 and 1'),
     ('beta1 beta2', lambda v: 0 <= v < 1, 'at least 0 and below 1'),
     ('awr_beta awr_clip_weight_max', lambda v: v > 0, 'above 0'),
