@@ -108,6 +108,12 @@ def eval_config(settings, **overrides):
     return EvalConfig(**{**{k: v for k, v in settings.items() if k in known}, **overrides})
 
 
+def steps_in_budget(cfg):
+    """The optimizer steps of a training run: as many whole steps of total_batch_size × block_size tokens as
+    max_tokens holds."""
+    return cfg.max_tokens // (cfg.total_batch_size * cfg.block_size)
+
+
 SCENARIOS = ('unconditional', 'misaligned', 'functions', 'prompted')  # what evaluate.py can sample, see there
 
 

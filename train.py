@@ -39,7 +39,7 @@ from runs import (RunLog, Stopped, StopSignals, TrainingError, check_out_dir, ch
                   data_fingerprints, divergence_error, evaluated, max_over_ranks, prepare_out_dir, release_out_dir)
 from scorers import ScorerError
 from settings import (ConfigError, EvalError, TrainConfig, check_data_dir, check_eval_settings, keep_steps,
-                      load_config, settings_help)
+                      load_config, settings_help, steps_in_budget)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pieces of the loop
@@ -131,7 +131,7 @@ def plan_steps(cfg, world):
                           f"{cfg.batch_size} × {world} processes")
     grad_accum = cfg.total_batch_size // (cfg.batch_size * world)
     tokens_per_step = cfg.total_batch_size * cfg.block_size
-    max_steps = cfg.max_tokens // tokens_per_step
+    max_steps = steps_in_budget(cfg)
     if max_steps < 1:
         raise ConfigError(f"max_tokens {cfg.max_tokens} is less than one step of {tokens_per_step} tokens")
     return grad_accum, tokens_per_step, max_steps
@@ -347,11 +347,11 @@ def log_step(run, loss_sum, nonfinite, lr, timer, peak):
         raise divergence_error(run.cfg, where, run.ckpt_path, run.saved_step)
     tok_s, eta = timer.lap(run)
     mfu = run.raw_model.flops_per_token() * tok_s / (peak * run.world) if peak else None
-    if run.master:
-        print(f"step {run.step}/{run.max_steps} loss {loss_value:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s"
-              + (f" mfu {100 * mfu:.1f}%" if mfu else '') + f" eta {eta / 60:.1f} min", flush=True)
     run.log(dict(step=run.step, loss=loss_value, lr=lr, tokens=run.tokens_seen, tokens_per_s=tok_s, mfu=mfu,
                  epoch=run.loader.epoch_of(run.step * run.grad_accum * run.world)))
+    if run.master:  # after the record: repro.py reads the step from log.jsonl when it sees this line
+        print(f"step {run.step}/{run.max_steps} loss {loss_value:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s"
+              + (f" mfu {100 * mfu:.1f}%" if mfu else '') + f" eta {eta / 60:.1f} min", flush=True)
 
 
 def save(run):
