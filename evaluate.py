@@ -430,8 +430,8 @@ def _plot_pareto(ax, runs, key, x_key):
 
 # the fields of EvalConfig that --key=value may set over a checkpoint's own (not what the model is: task, method, ...)
 OVERRIDABLE = ('eval_iters', 'eval_heldout_tokens', 'eval_batch_size', 'eval_samples', 'eval_max_new_tokens',
-               'eval_scenarios', 'eval_prompts', 'kl_reference', 'kl_base_url', 'kl_samples', 'out_dir', 'data_dir', 'seed',
-               'eval_guidance')
+               'eval_scenarios', 'eval_prompts', 'kl_reference', 'kl_base_url', 'kl_samples', 'out_dir', 'data_dir',
+               'seed', 'eval_guidance')
 
 
 def main(argv=None):

@@ -366,7 +366,8 @@ def mean_cell(evals, key, spec):
 def seeds_table(figures, runs):
     """Per method and scenario: hit rate and score as mean ± standard deviation over seeds, the per-run intervals,
     how many seeds are below MLE beyond noise, validation loss (all tokens, and those of aligned segments only), the
-    held-out gap (under <|misaligned|> in a conditional model's misaligned row), KL(MLE || model), the samples' distinct bigrams (diversity) and sampling speed, means over seeds."""
+    held-out gap (under <|misaligned|> in a conditional model's misaligned row), KL(MLE || model), the samples'
+    distinct bigrams (diversity) and sampling speed, means over seeds."""
     head = ['method', 'samples after', 'seeds', 'hit rate, mean ± sd', 'score, mean ± sd', 'per-run hit rate [95%]',
             'per-run score [95%]', 'below MLE beyond noise (hits / score)', 'val loss', 'val loss, aligned tokens',
             'held-out gap (all / first 4 tokens)', 'KL(MLE‖model)', 'distinct-2', 'samples/s']
