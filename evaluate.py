@@ -6,7 +6,7 @@ LM, validation loss, the control-token gap, plots, and export to Hugging Face fo
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt --eval_samples=4096 --kl_reference=openai:davinci-002
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt --kl_reference=out/pep8_mle/ckpt.pt   # one of ours as reference
     python evaluate.py --export_hf=out/pep8_cond/hf --ckpt=out/pep8_cond/ckpt.pt   # a Hugging Face model directory
-    python evaluate.py --plot out/pep8_mle out/pep8_cond --out=results/pep8
+    python evaluate.py --plot out/pep8_mle out/pep8_cond --out=out/pep8
     python evaluate.py --ckpt=tomekkorbak/hungry_saha --eval_samples=1024   # a released model (hub name or directory)
     python evaluate.py --ckpt=out/gpt2_hf --task=pii --method=cond          # any HF GPT-2: say its task (and if cond)
 
@@ -27,7 +27,6 @@ import sys
 import textwrap
 import time
 from contextlib import nullcontext
-from dataclasses import fields
 from functools import lru_cache
 
 import numpy as np
@@ -42,7 +41,8 @@ import scorers
 from checkpoints import load_checkpoint
 from kl import KL_MAX_TOKENS, kl_divergence
 from model import logits_only, sample
-from settings import SCENARIOS, EvalConfig, EvalError, eval_config, eval_scenarios
+from settings import (GUIDANCE_PROBLEM, ConfigError, EvalConfig, EvalError, check_eval_config, check_ranges,
+                      eval_config, eval_scenarios, parse_override, scenario_problem)
 from transforms import bin_of, cond_edges
 
 PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
@@ -201,18 +201,12 @@ def function_prompts(val_dir, max_prompts=4096):
 def scenario_prompts(cfg, scenario, n, max_tokens):
     """n prompts (token lists) for a scenario: the prompts of at most max_tokens tokens in a seeded order, cycled
     (the original drew them with replacement, and ignored n for conditional models, reference §7.8)."""
-    if scenario == 'misaligned' and not data.METHODS[cfg.method].conditional:
-        raise EvalError("scenario 'misaligned' (samples after <|misaligned|>) is for conditional models only")
+    if scenario_problem(cfg, scenario):
+        raise EvalError(scenario_problem(cfg, scenario))
     if scenario in ('unconditional', 'misaligned'):
         return [[]] * n
-    if scenario == 'functions':
-        texts = function_prompts(os.path.join(cfg.data_dir, cfg.task, 'val'))
-    elif scenario == 'prompted':
-        if not cfg.eval_prompts:
-            raise EvalError("scenario 'prompted' needs eval_prompts=PATH to a JSONL file of prompts")
-        texts = load_prompts(cfg.eval_prompts)
-    else:
-        raise EvalError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+    texts = function_prompts(os.path.join(cfg.data_dir, cfg.task, 'val')) if scenario == 'functions' else \
+        load_prompts(cfg.eval_prompts)
     enc = data.get_tokenizer()
     prompts = [p for p in (enc.encode_ordinary(t) for t in texts) if len(p) <= max_tokens]
     order = np.random.default_rng(cfg.seed).permutation(len(prompts))
@@ -235,7 +229,7 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     shown = [enc.decode(p) for p in prompts]
     guidance = cfg.eval_guidance if cond and scenario != 'misaligned' else 0.0
     if cfg.eval_guidance and not cond:
-        raise EvalError("eval_guidance: guided sampling needs a conditional model (method 'cond')")
+        raise EvalError(GUIDANCE_PROBLEM)
     prompts = [hf.ids_for_vocab(p, model.config.vocab_size) for p in prompts]
     negative = [[data.EOS, data.MISALIGNED] + p for p in prompts] if guidance else None
     prompts = [prefix + p for p in prompts]
@@ -428,7 +422,9 @@ def _plot_pareto(ax, runs, key, x_key):
 
 # ----------------------------------------------------------------------------------------------------------------
 
-# the fields of EvalConfig that --key=value may set over a checkpoint's own (not what the model is: task, method, ...)
+# the fields of EvalConfig that --key=value may set over a checkpoint's own (not what the model is: task, method, ...),
+# and the command's own keys
+COMMAND_KEYS = ', device, ckpt, export_hf (and task, method for a Hugging Face model)'
 OVERRIDABLE = ('eval_iters', 'eval_heldout_tokens', 'eval_batch_size', 'eval_samples', 'eval_max_new_tokens',
                'eval_scenarios', 'eval_prompts', 'kl_reference', 'kl_base_url', 'kl_samples', 'out_dir', 'data_dir',
                'seed', 'eval_guidance')
@@ -439,7 +435,7 @@ def main(argv=None):
     opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
     try:
         if '--plot' in argv:
-            for path in plot([a for a in argv if not a.startswith('--')], opts.get('out', 'results/plot')):
+            for path in plot([a for a in argv if not a.startswith('--')], opts.get('out', 'out/plot')):
                 print(path)
             return
         if 'ckpt' not in opts:  # the usage: on stdout with status 0 when asked for (--help), else as an error
@@ -447,24 +443,29 @@ def main(argv=None):
                 print(__doc__.strip())
                 sys.exit()
             sys.exit(__doc__)
-        device = opts.pop('device', devices.default_device())
+        path, device = opts.pop('ckpt'), opts.pop('device', devices.default_device())
+        export, task, method = (opts.pop(k, '') for k in ('export_hf', 'task', 'method'))
+        overrides = dict(parse_override(f'--{key}={text}', OVERRIDABLE, COMMAND_KEYS) for key, text in opts.items())
+        check_ranges(EvalConfig(**overrides))  # before the checkpoint loads; the rest once its settings are known
         if device == 'cpu':
             devices.keep_freed_memory()
-        path = opts.pop('ckpt')
         if path.endswith('.pt') or os.path.isfile(path):
+            if task or method:
+                raise EvalError(f"--task and --method are for a Hugging Face model; {path} records its own")
             model, ckpt = load_checkpoint(path, device)
         else:
-            model, ckpt = hf_checkpoint(path, opts.pop('task', ''), opts.pop('method', ''), device)
-        if 'export_hf' in opts:
-            hf.export(model, opts['export_hf'], ckpt, os.path.dirname(path) if os.path.isfile(path) else None)
-            print(f"wrote {opts['export_hf']}: {', '.join(sorted(os.listdir(opts['export_hf'])))}")
+            model, ckpt = hf_checkpoint(path, task, method, device)
+        if export:
+            hf.export(model, export, ckpt, os.path.dirname(path) if os.path.isfile(path) else None)
+            print(f"wrote {export}: {', '.join(sorted(os.listdir(export)))}")
             return
-        cfg = eval_config(ckpt['config'], **parse_overrides(opts))
+        cfg = eval_config(ckpt['config'], **overrides)
+        check_eval_config(cfg)
         use_bf16 = device.startswith('cuda') and torch.cuda.is_bf16_supported()
         ctx = torch.autocast('cuda', dtype=torch.bfloat16) if use_bf16 else nullcontext()
         result = evaluate(model, cfg, ckpt['step'], ckpt['tokens_seen'], device, ctx)
         print(json.dumps(result, indent=1))
-    except (EvalError, data.DataError, scorers.ScorerError, ValueError, OSError) as e:
+    except (ConfigError, EvalError, data.DataError, scorers.ScorerError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     if result.get('errors'):
@@ -491,23 +492,6 @@ def hf_checkpoint(path, task, method, device):
     config = dict(task=task, method=method, block_size=model.config.block_size, out_dir=os.path.join('out', name),
                   cond_threshold=threshold)
     return model, dict(config=config, step=0, tokens_seen=0)
-
-
-def parse_overrides(opts):
-    """{key: value} from --key=value texts, typed as EvalConfig's fields; EvalError names a bad key or value."""
-    types, values = {f.name: f.type for f in fields(EvalConfig)}, {}
-    for key, text in opts.items():
-        if key not in OVERRIDABLE:
-            raise EvalError(f"--{key}: unknown; the keys are {', '.join(OVERRIDABLE)}, device, ckpt, export_hf "
-                            f"(and task, method for a Hugging Face model)")
-        kind = types[key]
-        try:
-            values[key] = kind(text)
-        except ValueError:
-            raise EvalError(f"--{key}={text}: {key} must be {'an integer' if kind is int else kind.__name__}") from None
-        if kind is int and values[key] < 0:
-            raise EvalError(f"--{key}={text}: {key} must be >= 0")
-    return values
 
 
 if __name__ == '__main__':

@@ -453,7 +453,7 @@ def test_plot_and_cli(tmp_path):
     assert json.loads(out.stdout)['step'] == 7 and 'functions/score' in json.loads(out.stdout)
     bad = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={ckpt}', '--eval_smaples=2'], cwd=ROOT,
                          capture_output=True, text=True)
-    assert bad.returncode == 1 and "--eval_smaples: unknown" in bad.stderr
+    assert bad.returncode == 1 and "--eval_smaples=2: unknown key 'eval_smaples'" in bad.stderr
 
 
 def test_control_token_gap_by_hand(tmp_path):
@@ -505,7 +505,7 @@ def test_misaligned_scenario_samples_after_misaligned(tmp_path, monkeypatch):
     assert calls[2] == [[EOS, MISALIGNED]] * 2  # after unconditional and functions, nothing but the control token
     result = ev.evaluate(tiny_model(), eval_cfg(tmp_path, eval_iters=0, eval_samples=2, eval_scenarios='misaligned'),
                          1, 1, 'cpu', scorer=FakeScorer())
-    assert 'for conditional models only' in result['errors']['misaligned']
+    assert "scenario 'misaligned' (samples after <|misaligned|>) is for method 'cond' only" in result['errors']['misaligned']
 
 
 @pytest.mark.parametrize('content,message', [(b'', 'empty file'), (b'PK\x03\x04trunc', 'truncated or corrupt'),
@@ -523,13 +523,25 @@ def test_cli_names_a_bad_checkpoint_or_value(tmp_path, content, message):
         assert 'Traceback' not in out.stderr
 
 
-def test_cli_names_a_bad_value():
-    with pytest.raises(ev.EvalError, match=r'--eval_samples=abc: eval_samples must be an integer'):
-        ev.parse_overrides({'eval_samples': 'abc'})
-    with pytest.raises(ev.EvalError, match=r'--kl_samples=-3: kl_samples must be >= 0'):
-        ev.parse_overrides({'kl_samples': '-3'})
-    assert ev.parse_overrides({'eval_samples': '12', 'kl_reference': 'x.pt'}) == dict(eval_samples=12,
-                                                                                      kl_reference='x.pt')
+def test_cli_takes_settings_parser_and_checks(tmp_path):
+    """evaluate.py's --key=value go through settings' one parser and checks, before the checkpoint is loaded or
+    anything is evaluated."""
+    from settings import ConfigError, parse_override
+    assert parse_override('--eval_samples=12', ev.OVERRIDABLE) == ('eval_samples', 12)
+    assert parse_override('--kl_reference=x.pt', ev.OVERRIDABLE) == ('kl_reference', 'x.pt')
+    with pytest.raises(ConfigError, match=r"^--eval_samples=abc: eval_samples must be int, got 'abc' \(str\)$"):
+        parse_override('--eval_samples=abc', ev.OVERRIDABLE)
+    with pytest.raises(ConfigError, match=r"^--n_layer=2: unknown key 'n_layer'; the keys are eval_iters, "):
+        parse_override('--n_layer=2', ev.OVERRIDABLE, ev.COMMAND_KEYS)
+    path = tmp_path / 'ckpt.pt'
+    torch.save(dict(model={}, step=1), path)  # never read: the arguments are refused first
+    for arg, message in (('--eval_batch_size=0', 'eval_batch_size 0: must be at least 1'),
+                         ('--kl_samples=-3', 'kl_samples -3: must be at least 1'),
+                         ('--bogus=1', "--bogus=1: unknown key 'bogus'; the keys are eval_iters")):
+        out = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={path}', '--device=cpu', arg], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert out.returncode == 1 and out.stderr.startswith(f'error: '), out.stderr
+        assert message in out.stderr and 'Traceback' not in out.stderr
 
 
 def test_eval_config_of_a_checkpoint_keeps_only_what_an_evaluation_reads():
