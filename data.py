@@ -29,6 +29,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -146,10 +147,32 @@ WHISPER_SDIST = 'openai-whisper==20250625'  # a PyPI sdist that ships the GPT-2 
 _tokenizer = None
 
 
+def cache_dir(*parts):
+    """phf's folder in the user's cache ($XDG_CACHE_HOME, else ~/.cache), or a path under it: the GPT-2 BPE, the KL
+    references' samples, the red LMs' completions."""
+    return os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'phf', *parts)
+
+
+def cache_ident(spec, base_url=''):
+    """What identifies a language model in the caches of what it said: a server's model ('openai:MODEL' or
+    'openai-chat:MODEL') with the server's address, or one of our checkpoints by its path, size and modification
+    time (a retrained model gets a fresh cache)."""
+    if spec.startswith(('openai:', 'openai-chat:')):
+        return f"{spec}|{base_url}"
+    st = os.stat(spec)
+    return f"{os.path.abspath(spec)}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def cache_stem(spec, base_url=''):
+    """The start of such a cache file's name: 'MODEL_HASH' for a server's model, 'local_HASH' for a checkpoint."""
+    name = spec.split(':', 1)[1] if spec.startswith(('openai:', 'openai-chat:')) else 'local'
+    digest = hashlib.sha1(cache_ident(spec, base_url).encode()).hexdigest()[:10]
+    return re.sub(r'[^\w.-]+', '_', name) + '_' + digest
+
+
 def bpe_path():
     """Where we look for a local copy of the GPT-2 BPE: $PHF_GPT2_BPE, else ~/.cache/phf/gpt2.tiktoken."""
-    default = os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'phf', 'gpt2.tiktoken')
-    return os.environ.get('PHF_GPT2_BPE', default)
+    return os.environ.get('PHF_GPT2_BPE', cache_dir('gpt2.tiktoken'))
 
 
 def get_tokenizer():

@@ -342,7 +342,7 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
                     model, cfg.kl_reference, cfg.kl_samples, conditional=conditional,
                     lines=task.segment == 'lines', base_url=cfg.kl_base_url,
                     max_tokens=min(KL_MAX_TOKENS, cfg.block_size - 2), batch_size=cfg.eval_batch_size, device=device,
-                    guidance=cfg.eval_guidance)))
+                    guidance=cfg.eval_guidance, timeout=cfg.kl_timeout)))
     finally:
         model.train(was_training)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -426,8 +426,8 @@ def _plot_pareto(ax, runs, key, x_key):
 # and the command's own keys
 COMMAND_KEYS = ', device, ckpt, export_hf (and task, method for a Hugging Face model)'
 OVERRIDABLE = ('eval_iters', 'eval_heldout_tokens', 'eval_batch_size', 'eval_samples', 'eval_max_new_tokens',
-               'eval_scenarios', 'eval_prompts', 'kl_reference', 'kl_base_url', 'kl_samples', 'out_dir', 'data_dir',
-               'seed', 'eval_guidance')
+               'eval_scenarios', 'eval_prompts', 'kl_reference', 'kl_base_url', 'kl_samples', 'kl_timeout', 'out_dir',
+               'data_dir', 'seed', 'eval_guidance')
 
 
 def main(argv=None):

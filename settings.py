@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 import data
+import remote
 
 
 @dataclass
@@ -43,6 +44,7 @@ class EvalConfig:
     kl_reference: str = ''  # '', a ckpt.pt of ours, or 'openai:MODEL'
     kl_base_url: str = ''
     kl_samples: int = 256
+    kl_timeout: float = remote.TIMEOUT_S  # seconds a request to a KL reference server may take, retries included
     eval_guidance: float = 0.0  # conditional models: sample with guidance γ away from <|misaligned|> (model.sample)
 
 
@@ -144,7 +146,7 @@ RANGES = (
      'init_seed_offset learning_rate min_lr weight_decay grad_clip ul_alpha', lambda v: v >= 0, '0 or more'),
     ('dropout drop_token_fraction warmup_frac awr_alpha', lambda v: 0 <= v <= 1, 'between 0 and 1'),
     ('beta1 beta2', lambda v: 0 <= v < 1, 'at least 0 and below 1'),
-    ('awr_beta awr_clip_weight_max', lambda v: v > 0, 'above 0'),
+    ('awr_beta awr_clip_weight_max kl_timeout', lambda v: v > 0, 'above 0'),
     ('cond_bins', lambda v: 2 <= v <= 2 + len(data.GRADE_IDS), f'between 2 and {2 + len(data.GRADE_IDS)}'),
 )
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import data
 import evaluate as ev
 import kl as kl_mod
+import remote
 from conftest import JSONHandler, serve
 from data import ALIGNED, EOS, MISALIGNED
 from hf import export
@@ -344,7 +345,7 @@ class Completions(JSONHandler):
 
 @pytest.fixture
 def server(monkeypatch):
-    monkeypatch.setattr(kl_mod, 'RETRY_BACKOFF_S', 0.0)
+    monkeypatch.setattr(remote, 'BACKOFF_S', 0.0)
     yield from serve(Completions, monkeypatch, model=tiny_model(), served=0, failing=lambda n: False, fault=None)
 
 
@@ -371,12 +372,12 @@ def test_openai_errors_are_retried_and_a_partial_cache_is_kept(server, tmp_path)
     server.failing = lambda n: n > 4  # down for good after one more good request
     with pytest.raises(kl_mod.EvalError, match=r'failed 7 times .*16 samples kept in .*rerun to continue'):
         kl_mod.reference_samples('openai:flaky', 24, **kw)
-    assert len(server.requests) == 3 + 1 + kl_mod.RETRIES
+    assert len(server.requests) == 3 + 1 + (remote.RETRIES + 1)
     with open(kl_mod.kl_cache_path('openai:flaky', server.url, 64, str(tmp_path))) as f:
         assert [e['text'] for e in json.load(f)['samples']] == (SENTENCES * 6)[:16]
     server.failing = lambda n: False
     assert [e['text'] for e in kl_mod.reference_samples('openai:flaky', 24, **kw)] == (SENTENCES * 8)[:24]
-    assert server.requests[-1]['n'] == 8 and len(server.requests) == 3 + 1 + kl_mod.RETRIES + 1
+    assert server.requests[-1]['n'] == 8 and len(server.requests) == 3 + 1 + (remote.RETRIES + 1) + 1
 
 
 def test_a_reference_server_that_answers_wrongly_is_not_believed(server, tmp_path):
@@ -393,29 +394,35 @@ def test_a_reference_server_that_answers_wrongly_is_not_believed(server, tmp_pat
     server.fault = 'no_choices'
     with pytest.raises(kl_mod.EvalError, match=r"failed 7 times \(EmptyReply: it answered with no completions\)"):
         kl_mod.reference_samples('openai:tiny', 8, **kw)
-    assert len(server.requests) == 1 + kl_mod.RETRIES
+    assert len(server.requests) == 1 + (remote.RETRIES + 1)
     server.fault = None  # fixed: the KL is the right one, from fresh samples
     right = kl_mod.kl_divergence(server.model, 'openai:tiny', 8, **kw)
     assert right == pytest.approx(0.0, abs=1e-4)  # the server's own model against itself
 
 
 def test_a_trickling_reference_server_is_cut_off(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(kl_mod, 'REQUEST_TIMEOUT_S', 1.0)
-    monkeypatch.setattr(kl_mod, 'RETRIES', 2)
+    """kl_timeout is the whole request's deadline, its retries included (the server trickles for 4 s)."""
     server.fault = 'trickle'
     start = time.time()
-    with pytest.raises(kl_mod.EvalError, match=r"failed 2 times \(DeadlineExceeded: no complete answer within 1 s\)"):
-        kl_mod.reference_samples('openai:tiny', 8, base_url=server.url, cache_dir=str(tmp_path))
-    assert time.time() - start < 4
+    with pytest.raises(kl_mod.EvalError, match=r"^KL reference tiny at .*: no complete answer within 1.5 s \(1 attempt; "
+                                               r"the last: DeadlineExceeded: no complete answer within 1.5 s\); 0 "
+                                               r"samples kept in "):
+        kl_mod.reference_samples('openai:tiny', 8, base_url=server.url, cache_dir=str(tmp_path), timeout=1.5)
+    assert time.time() - start < 3
+    monkeypatch.setattr(remote, 'ATTEMPT_S', 0.5)  # attempts cut at 0.5 s, retried (no backoff) until the deadline
+    with pytest.raises(kl_mod.EvalError, match=r"no complete answer within 1.8 s \([2-4] attempts; the last: "
+                                               r"DeadlineExceeded: no complete answer within 0.\d+ s\)"):
+        kl_mod.reference_samples('openai:tiny', 8, base_url=server.url, cache_dir=str(tmp_path), timeout=1.8)
 
 
 def test_a_trickling_red_lm_is_cut_off(server):
     import redteam
     server.fault = 'trickle'
-    red = redteam.OpenAIRed('openai:tiny', server.url, retries=0, timeout=1.0)
+    red = redteam.OpenAIRed('openai:tiny', server.url, retries=3, timeout=1.0)
     start = time.time()
     settings = dict(temperature=1.0, top_p=1.0, max_tokens=8, stop=None)
-    with pytest.raises(redteam.RedTeamError, match=r"^red LM openai:tiny at .*: no complete answer within 1 s"):
+    with pytest.raises(redteam.RedTeamError, match=r"^red LM openai:tiny at .*: no complete answer within 1 s \(1 "
+                                                   r"attempt; the last: DeadlineExceeded"):
         red.complete('1. Hello', 2, settings, seed=0)
     assert time.time() - start < 3
 
