@@ -38,7 +38,7 @@ import devices
 import heldout
 import hf
 import scorers
-from checkpoints import load_checkpoint
+from checkpoints import CheckpointError, load_checkpoint
 from kl import KL_MAX_TOKENS, kl_divergence
 from model import logits_only, sample
 from settings import (GUIDANCE_PROBLEM, ConfigError, EvalConfig, EvalError, check_eval_config, check_ranges,
@@ -289,7 +289,7 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
     def part(name, compute):
         try:
             result.update(compute())
-        except (EvalError, data.DataError, scorers.ScorerError, OSError) as e:
+        except (EvalError, data.DataError, scorers.ScorerError, CheckpointError, OSError) as e:
             result.setdefault('errors', {})[name] = f"{type(e).__name__}: {e}"
             print(f"warning: evaluation at step {step}: {name} failed ({e}); the rest is kept", file=sys.stderr,
                   flush=True)

@@ -561,3 +561,22 @@ def test_eval_config_of_a_checkpoint_keeps_only_what_an_evaluation_reads():
                              out_dir='elsewhere')
     assert cfg.cond_bins == 2 and not hasattr(cfg, 'n_layer')
     assert isinstance(TrainConfig(), EvalConfig)  # train.py's evaluations read the same fields
+
+
+def test_a_refused_kl_reference_keeps_the_parts_that_succeeded(tmp_path):
+    """A KL reference that would run code is refused as the part 'kl'; the validation loss and the samples computed
+    before it are written, and evaluate.py says which part failed."""
+    from test_checkpoints import RunsCode
+    cfg = eval_cfg(tmp_path, out_dir=str(tmp_path / 'run'))
+    model = tiny_model()
+    ckpt = save_ckpt(model, tmp_path / 'ckpt.pt', **vars(cfg))
+    crafted = tmp_path / 'crafted.pt'
+    torch.save(dict(model=model.state_dict(), extra=RunsCode(tmp_path / 'code_ran')), crafted)
+    out = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={ckpt}', '--eval_samples=2', '--eval_iters=1',
+                          '--eval_scenarios=unconditional', f'--kl_reference={crafted}', '--device=cpu'], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.endswith(f"error: kl failed (the rest is in {tmp_path}/run/eval.jsonl)\n")
+    with open(tmp_path / 'run' / 'eval.jsonl') as f:
+        record = json.loads(f.read())
+    assert record['errors']['kl'].startswith(f'CheckpointError: {crafted}: refused: loading it would call posix.system')
+    assert record['val_loss'] > 0 and 'unconditional/score' in record and not (tmp_path / 'code_ran').exists()
