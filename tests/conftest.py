@@ -46,13 +46,20 @@ def tiny_args(data_dir, out_dir, **overrides):
 
 def start_training(data_dir, out_dir, log_lines, stderr=None, **overrides):
     """train.py in a child process on the tiny config, returned once out_dir/log.jsonl holds log_lines records (or
-    the child ended, or 120 s passed): for tests that signal or kill a run part way."""
+    the child ended), for tests that signal or kill a run part way. Its stdout is a pipe of 4 KiB that nobody reads
+    until the caller drains it (proc.communicate()): after about 70 step lines the child blocks on its next one, so
+    however slow this process is to send its signal, the run cannot have finished (give it more steps than that)."""
+    import fcntl
     import subprocess
     import time
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
     proc = subprocess.Popen([sys.executable, 'train.py'] + tiny_args(data_dir, out_dir, **overrides), cwd=ROOT_DIR,
-                            stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL, text=True)
+                            stdout=write_end, stderr=stderr or subprocess.DEVNULL, text=True)
+    os.close(write_end)
+    proc.stdout = os.fdopen(read_end)
     log = os.path.join(out_dir, 'log.jsonl')
-    deadline = time.time() + 120
+    deadline = time.time() + 120  # a safety net for a child that hangs; never reached by a run that works
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(log) and len(open(log).readlines()) >= log_lines:
             break
