@@ -354,9 +354,8 @@ def fmt_compare(c):
 # The table over seeds
 
 def mean_cell(evals, key, spec):
-    """The mean of a figure over the runs' evaluations, saying over how many where not all have it (runs evaluated
-    before the figure existed); '–' where none has it (a guided run is the conditional model sampled again, so it
-    has no validation loss of its own)."""
+    """The mean of a figure over the runs' evaluations, saying over how many where not all have it; '–' where none
+    has it (a guided run is the conditional model sampled again, so it has no validation loss of its own)."""
     values = [e[key] for e in evals if key in e]
     if not values:
         return '–'

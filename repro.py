@@ -270,8 +270,6 @@ def check_settings(results, settings):
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        for key in ('dtype', 'device'):  # written before these were recorded
-            old.setdefault(key, settings[key])
         if old != settings:
             changed = ', '.join(k for k in settings if old.get(k) != settings[k])
             raise ReproError(f"{results} holds runs made with other settings ({changed} differ, see {path}); pass "
