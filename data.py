@@ -459,11 +459,12 @@ def write_json(path, obj, **kwargs):
 
 
 def remove_leftovers(directory, prefix=''):
-    """Remove the files and directories named PREFIX*.tmp-PID in directory whose process is gone: what a killed writer
-    left (a transformed split, a checkpoint)."""
+    """Remove the files and directories named PREFIX*.tmp-PID or PREFIX*.old-PID in directory whose process is gone:
+    what a killed writer left (a transformed split, a checkpoint, prepare.py's staged output or the output it was
+    replacing)."""
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-        stem, tmp, pid = name.rpartition('.tmp-')
-        if tmp and stem.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid)):
+        stem, _, pid = name.rpartition('-')
+        if stem.endswith(('.tmp', '.old')) and stem.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid)):
             path = os.path.join(directory, name)
             print(f"removing {path}, left by an interrupted run", file=sys.stderr)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)

@@ -57,9 +57,9 @@ import numpy as np
 from tqdm import tqdm
 
 import scorers
-from data import DataError, PreparedData, get_task, get_tokenizer
+from data import DataError, PreparedData, get_task, get_tokenizer, remove_leftovers
 from sources import key_hash, shard_chunks, source_items
-from staging import Parts, check_replaceable, remove_interrupted_outputs, swap_in
+from staging import Parts, check_replaceable, swap_in
 
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 SENTENCE_END = re.compile(r'[.!?]+["\')\]]*\s+|\n\s*\n')
@@ -287,7 +287,8 @@ def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=No
     check_replaceable(out_dir)
     desc, shards = source_items(task, source)
     processes = processes or os.cpu_count()
-    remove_interrupted_outputs(out_dir)
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    remove_leftovers(parent, base + '.')  # staged outputs and set-aside ones of interrupted runs
     parts = Parts(out_dir, dict(source=desc, shards=[[s.name, s.nbytes] for s in shards], task=task.name,
                                 scorer=scorer_name, scorer_kwargs=scorer_kwargs, rescore=rescore,
                                 val_fraction=val_fraction, min_val_docs=min_val_docs, max_docs=max_docs,

@@ -102,9 +102,9 @@ class ToxicityScorer(Scorer):
     @staticmethod
     def _refuse_code(checkpoint):
         """detoxify reads a local checkpoint with torch.load(weights_only=False): refused first if its pickle would
-        call code (checkpoints.code_it_would_run), since loading it would run that code."""
+        call code (weights.code_it_would_run), since loading it would run that code."""
         if checkpoint and os.path.isfile(checkpoint):
-            from checkpoints import code_it_would_run
+            from weights import code_it_would_run
             code = code_it_would_run(checkpoint)
             if code:
                 raise ScorerError(f"{checkpoint}: refused: {code}; a detoxify checkpoint needs only tensors and "

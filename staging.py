@@ -19,16 +19,6 @@ from data import DataError, DatasetWriter, PreparedData, pid_alive, write_json
 SPLITS = ('train', 'val')
 
 
-def remove_interrupted_outputs(out_dir):
-    """Remove the staging and set-aside directories of interrupted runs (whose process is gone)."""
-    parent, base = os.path.split(os.path.abspath(out_dir))
-    for name in os.listdir(parent) if os.path.isdir(parent) else []:
-        stem, _, pid = name.rpartition('-')
-        if stem in (f"{base}.tmp", f"{base}.old") and pid.isdigit() and not pid_alive(int(pid)):
-            print(f"removing {os.path.join(parent, name)}, left by an interrupted run", file=sys.stderr)
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-
-
 def check_replaceable(out_dir):
     """out_dir is replaced as a whole: refuse one that holds anything but a previous prepare.py output."""
     if os.path.isdir(out_dir):
