@@ -298,6 +298,16 @@ def on_scale_of(description, task_scorer):
     return all(part in ('dataset', task_scorer) for part in parse(description)[0].split('+'))
 
 
+def split_scorer(split_dir, task_scorer):
+    """The description of the scorer a prepared split was scored by (its header), or task_scorer where there is no
+    split there or its header names none (a split written by other code)."""
+    try:
+        with open(os.path.join(split_dir, 'header.json')) as f:
+            return str(json.load(f)['scorer']) or task_scorer
+    except (OSError, ValueError, KeyError, TypeError):
+        return task_scorer
+
+
 def evaluation_scorer(prepared_with, task_scorer):
     """The scorer that judges samples of a model trained on data scored by `prepared_with` (a split's header): for
     data on the task's scale, the task's scorer as the paper evaluated (for toxicity Detoxify('unbiased'), though its
