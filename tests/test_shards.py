@@ -225,7 +225,8 @@ def test_a_rank_that_fails_stops_the_job_with_one_line(tmp_path, hub_cache):
                     env=dict(HF_HOME=str(tmp_path / 'hf'), HF_HUB_OFFLINE='1'))
     errors = [line for line in done.stderr.splitlines() if line.startswith('error:')]
     assert done.returncode != 0 and len(errors) == 1, done.stderr
-    path = f"{tmp_path}/hf/hub/datasets--{repo.replace('/', '--')}/snapshots/{HUB_COMMIT}/data/train-00001-of-00003.jsonl.gz"
+    snapshot = f"{tmp_path}/hf/hub/datasets--{repo.replace('/', '--')}/snapshots/{HUB_COMMIT}"
+    path = f"{snapshot}/data/train-00001-of-00003.jsonl.gz"
     assert errors[0].startswith(f"error: rank {rank}: shard 2 of 3 ({HUB_COMMIT}/data/train-00001-of-00003.jsonl.gz): "
                                 f"{path}: Compressed file ended"), errors[0]
     assert not os.path.exists(tmp_path / 'out')
