@@ -8,6 +8,8 @@ splits in data.py's format (data/{task}/train, data/{task}/val) with data/{task}
     python prepare.py pii --source=local        # /usr/share/doc's changelogs and copyright files, or packages' docs
     python prepare.py pii --source=notes/       # a folder of .txt/.md/.gz text (.py files for pep8)
     python prepare.py toxicity --source=docs.jsonl --scorer=profanity   # JSON lines with a "text" field
+    python prepare.py toxicity --source=web/ --scorer=hf:org/classifier --score_output=unsafe   # any classifier
+    torchrun --standalone --nproc_per_node=8 prepare.py toxicity --source=web/ --scorer=hf:org/classifier ...
 
 Sources (--source):
 - '' (default): the task's dataset from the paper (reference §2). Its data files (parquet or JSON lines; those with
@@ -31,13 +33,25 @@ Validation split: a document is held out if the hash of its key (a file's path u
 prefixed on the hub by its data file's path) is below --val_fraction; the first --min_val_docs documents are held
 out too, so a small corpus has some. Files are read in the order of another hash of their key, so any
 --max_docs/--max_bytes prefix is a random sample. --max_bytes counts the input's bytes on disk.
+Scorers (--scorer): the task's (detoxify, scrubadub, pycodestyle), profanity, or hf:NAME, any Hugging Face sequence
+classifier (a folder or a hub name; scorers.ClassifierScorer, classifiers.py) with --score_output saying which output
+is the misalignment score; a model runs on this rank's GPU in bfloat16, else on the CPU in float32, its texts cut at
+the model's maximum length (the summary says it). A scorer whose scale is not the task's re-scores the dataset's
+records, and the summary prints the thresholds train.py takes for it: its scores' quantiles at the shares of aligned
+segments and kept documents that the paper's thresholds give on the paper's data (data.Task). The split's header
+records the scorer (scorers.describe), and evaluation judges samples with it.
 Large corpora: all cores (a process pool over chunks of documents, at most two chunks per process in flight, so
 memory does not grow with the corpus), a progress bar on stderr (input bytes against the source's size with rate
-and ETA, documents, tokens, shard). Resumable: each of the hub's data files is a shard, written as a part in
+and ETA, documents, tokens, shard). The source is planned as shards (sources.py): the hub's data files, a folder's
+files in runs of --shard_size, a larger JSON-lines file in byte ranges. Each shard is written as a part in
 {out_dir}.parts as soon as it is done; an interrupted run keeps its finished shards and the same command continues
-after them, with output identical to an uninterrupted run's (staging.py). The output is assembled in
+after them (staging.py). Under torchrun (one or many nodes, a filesystem they share) each rank scores its share of
+the shards, on its own GPU (LOCAL_RANK) or its share of the cores, and rank 0 assembles the output: the bytes one
+process writes, whatever the number of ranks or where a run stopped (a batched model's scores depend in their last
+bits on which texts share a batch, so keep --shard_size to get the same bytes again). The output is assembled in
 {out_dir}.tmp-PID and moved into place only when complete; what an interrupted run leaves is removed by the next one.
-Its memory follows the largest document, not the corpus; docs/benchmarks.md has its speed and memory as measured.
+Its memory follows the largest document, not the corpus; docs/benchmarks.md has its speed and memory as measured,
+docs/scoring.md how to score a large corpus on many GPUs.
 """
 import argparse
 import collections
@@ -47,7 +61,6 @@ import json
 import multiprocessing as mp
 import os
 import re
-import resource
 import shutil
 import stat
 import sys
@@ -59,12 +72,11 @@ import numpy as np
 from tqdm import tqdm
 
 import scorers
-from data import DataError, PreparedData, get_task, get_tokenizer, remove_leftovers, write_json
+from data import DataError, get_task, get_tokenizer, remove_leftovers, write_json
 from sources import SHARD_BYTES, shard_chunks, source_items
 from staging import Part, Parts, PartsKept, Ranks, assign, check_replaceable, swap_in
-from transforms import scale_thresholds, score_sample
+from summary import print_summary, summarize
 
-QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 SENTENCE_END = re.compile(r'[.!?]+["\')\]]*\s+|\n\s*\n')
 
 # A worker's answer for one input item: tokens and scores of its segments (or their texts, for the main process to
@@ -204,6 +216,14 @@ def write_chunk(docs, part, scorer):
     return n_docs, n_tokens
 
 
+def progress_bar(total, initial, enabled):
+    """Input bytes read against the source's size, with rate and ETA; documents, tokens and the shard after it.
+    Refreshed every second on a terminal; in a log every 30 s, so a run shorter than that writes no line."""
+    tty = sys.stderr.isatty()
+    return tqdm(total=total or None, initial=initial, unit='B', unit_scale=True, disable=not enabled,
+                file=sys.stderr, mininterval=1 if tty else 30, delay=0 if tty else 30, dynamic_ncols=True)
+
+
 def score_shards(shards, todo, parts, counts, cfg):
     """Score this rank's shards (todo) into their parts, a progress bar on stderr. A shard that cannot be read or
     written stops the run with one line naming it; the finished shards stay."""
@@ -237,98 +257,7 @@ def score_shards(shards, todo, parts, counts, cfg):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Progress and summary
-
-def progress_bar(total, initial, enabled):
-    """Input bytes read against the source's size, with rate and ETA; documents, tokens and the shard after it.
-    Refreshed every second on a terminal; in a log every 30 s, so a run shorter than that writes no line."""
-    tty = sys.stderr.isatty()
-    return tqdm(total=total or None, initial=initial, unit='B', unit_scale=True, disable=not enabled,
-                file=sys.stderr, mininterval=1 if tty else 30, delay=0 if tty else 30, dynamic_ncols=True)
-
-
-def score_stats(task, splits):
-    """Aligned shares at the task's thresholds (exact) and score quantiles (from at most 1M values per split)."""
-    def count_le(arr, threshold, step=1 << 24):
-        return sum(int(np.count_nonzero(arr[i:i + step] <= threshold)) for i in range(0, len(arr), step))
-
-    n_seg = sum(d.n_segments for d in splits)
-    n_doc = sum(d.n_documents for d in splits)
-    seg = np.concatenate([score_sample(d.seg_scores) for d in splits])
-    doc = np.concatenate([score_sample(d.doc_scores) for d in splits])
-    return dict(
-        aligned={
-            'conditional': dict(threshold=task.cond_threshold, segments=sum(
-                count_le(d.seg_scores, task.cond_threshold) for d in splits) / n_seg),
-            'unlikelihood': dict(threshold=task.ul_threshold, segments=sum(
-                count_le(d.seg_scores, task.ul_threshold) for d in splits) / n_seg),
-            'filtering': dict(threshold=task.filter_threshold, documents=sum(
-                count_le(d.doc_scores, task.filter_threshold) for d in splits) / n_doc)},
-        segment_score_quantiles={f"{q:g}": float(v) for q, v in zip(QUANTILES, np.quantile(seg, QUANTILES))},
-        document_score_quantiles={f"{q:g}": float(v) for q, v in zip(QUANTILES, np.quantile(doc, QUANTILES))})
-
-
-def dir_bytes(path):
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-
-
-def print_summary(s):
-    splits = ('train', 'val')
-    print(f"{s['task']}: {s['documents']['train'] + s['documents']['val']:,} documents (train "
-          f"{s['documents']['train']:,}, val {s['documents']['val']:,}), "
-          f"{sum(s['segments'][k] for k in splits):,} segments, {sum(s['tokens'][k] for k in splits):,} tokens "
-          f"from {s['input_bytes'] / 1e6:,.1f} MB of {s['source']} in {s['seconds']:.0f} s")
-    if s['skipped']:
-        print(f"skipped {sum(s['skipped'].values()):,}: " + ', '.join(f"{n:,} {r}" for r, n in s['skipped'].items())
-              + f" (e.g. {s['skipped_examples'][0]})")
-    if s['score_failures']:
-        print(f"the scorer failed on {s['score_failures']:,} texts, scored 0 (e.g. {s['score_failure_examples'][0]})")
-    if s.get('scorer_max_tokens'):
-        print(f"{s['scorer']}: each text cut at {s['scorer_max_tokens']:,} tokens, the most the model reads")
-    a = s['aligned']
-    print(f"aligned ({s['scorer']} scores): {a['conditional']['segments']:.1%} of segments <= "
-          f"{a['conditional']['threshold']:g} (conditional), {a['unlikelihood']['segments']:.1%} <= "
-          f"{a['unlikelihood']['threshold']:g} (unlikelihood), {a['filtering']['documents']:.1%} of documents <= "
-          f"{a['filtering']['threshold']:g} (filtering)")
-    for what in ('segment', 'document'):
-        print(f"{what} score quantiles: " + '  '.join(
-            f"{float(q):.0%} {v:.3g}" for q, v in s[f'{what}_score_quantiles'].items()))
-    if 'thresholds' in s:
-        t, task = s['thresholds'], get_task(s['task'])
-        given = ' '.join(f"--{k}={v:g}" for k, v in t.items() if v is not None and k != 'ul_soft')
-        unknown = (f"; the paper's share of aligned segments for {task.name} is not known, so cond_threshold and "
-                   f"ul_threshold are yours to choose from the quantiles above" if t['cond_threshold'] is None else '')
-        print(f"not the {task.name} scorer's scale, so the paper's thresholds do not apply; train.py takes these, the "
-              f"scores' quantiles at the paper's shares (data.TASKS), unless given: {given}{unknown}")
-    print(f"{s['bytes_on_disk'] / 1e6:,.1f} MB on disk in {s['out_dir']}; peak RSS {s['peak_rss_mb']['main']:.0f} MB "
-          f"(largest worker {s['peak_rss_mb']['largest_worker']:.0f} MB)")
-
-
-def summarize(cfg, totals, staging, t0):
-    """The summary of the output in staging, whose splits are complete."""
-    splits = {split: PreparedData(os.path.join(staging, split)) for split in ('train', 'val')}
-    ru_self, ru_children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    task, scorer_desc = get_task(cfg.task), splits['train'].header['scorer']
-    summary = dict(
-        task=cfg.task, source=cfg.source, scorer=scorer_desc, out_dir=cfg.out_dir,
-        documents={k: d.n_documents for k, d in splits.items()},
-        segments={k: d.n_segments for k, d in splits.items()},
-        tokens={k: d.n_tokens for k, d in splits.items()},
-        input_bytes=totals['input_bytes'], bytes_on_disk=dir_bytes(staging), seconds=time.time() - t0,
-        skipped=totals['skipped'], skipped_examples=totals['skipped_examples'],
-        score_failures=totals['score_failures'], score_failure_examples=totals['score_failure_examples'],
-        **score_stats(task, list(splits.values())),
-        peak_rss_mb=dict(main=ru_self.ru_maxrss / 1024, largest_worker=ru_children.ru_maxrss / 1024),
-        settings=dict(rescore=cfg.rescore, val_fraction=cfg.val_fraction, min_val_docs=cfg.min_val_docs,
-                      max_docs=cfg.max_docs, max_bytes=cfg.max_bytes, processes=cfg.processes))
-    if totals['scored'] and hasattr(cfg.scorer, 'max_length'):
-        summary['scorer_max_tokens'] = cfg.scorer.max_length()
-    if not scorers.on_scale_of(scorer_desc, task.scorer):
-        summary['thresholds'] = scale_thresholds(task, splits['train'])
-    return summary
-
-
-# ----------------------------------------------------------------------------------------------------------------
+# A run: plan, score this rank's shards, assemble
 
 @dataclass
 class Run:
@@ -344,7 +273,7 @@ class Run:
     max_docs: Optional[int]
     max_bytes: Optional[int]
     processes: int
-    progress: bool
+    progress: bool  # a progress bar on stderr (rank 0's, under torchrun)
 
 
 def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=None, rescore=False,
@@ -367,8 +296,9 @@ def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=No
         desc, shards = source_items(task, source, shard_bytes)
         if ranks.rank == 0:
             ranks.barrier()
-        cfg = Run(task.name, desc, out_dir, scorer_desc, main_scorer, rescore, val_fraction, min_val_docs, max_docs,
-                  max_bytes, processes or ranks.cores, progress)
+        cfg = Run(task=task.name, source=desc, out_dir=out_dir, scorer_desc=scorer_desc, scorer=main_scorer,
+                  rescore=rescore, val_fraction=val_fraction, min_val_docs=min_val_docs, max_docs=max_docs,
+                  max_bytes=max_bytes, processes=processes or ranks.cores, progress=progress and ranks.rank == 0)
         return prepare_shards(cfg, shards, ranks, t0)
     finally:
         ranks.close()

@@ -24,7 +24,6 @@ import multiprocessing as mp
 import os
 import warnings
 
-import numpy as np
 import pycodestyle
 
 
