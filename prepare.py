@@ -276,17 +276,19 @@ class Run:
     progress: bool  # a progress bar on stderr (rank 0's, under torchrun)
 
 
-def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=None, rescore=False,
-            val_fraction=0.05, min_val_docs=3, max_docs=None, max_bytes=None, shard_bytes=SHARD_BYTES,
+def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=None, score_dtype='auto',
+            rescore=False, val_fraction=0.05, min_val_docs=3, max_docs=None, max_bytes=None, shard_bytes=SHARD_BYTES,
             processes=None, progress=True):
     """Build {out_dir}/train, {out_dir}/val and {out_dir}/summary.json; returns the summary (None on the ranks but
     0 under torchrun). Continues after the shards that an interrupted run with the same source and settings finished
-    (staging.py). A scorer on another scale than the task's re-scores the dataset's scored records."""
+    (staging.py). A scorer on another scale than the task's re-scores the dataset's scored records. score_dtype: a
+    model scorer's (auto: bfloat16 on a GPU, float32 on a CPU)."""
     t0 = time.time()
     task = get_task(task_name)
     out_dir = (out_dir or os.path.join('data', task.name)).rstrip('/')
     scorer_desc = scorers.describe(scorer or task.scorer, scorer_kwargs)
-    main_scorer = scorers.get_scorer(scorer_desc)  # an unknown name fails here, before any work
+    runtime = dict(dtype=score_dtype) if score_dtype != 'auto' else {}  # how it runs, not what it scores
+    main_scorer = scorers.get_scorer(scorer_desc, **runtime)  # an unknown name fails here, before any work
     rescore = rescore or not scorers.on_scale_of(scorer_desc, task.scorer)
     check_replaceable(out_dir)
     ranks = Ranks()
@@ -380,6 +382,9 @@ def main(argv=None):
                    help="hf:NAME: which output is the misalignment score: a label (its probability; a regression "
                         "output as it is), by name or index; '-LABEL' negates it (higher = better, e.g. -0 for "
                         "FineWeb-Edu's educational score); default: the only output")
+    p.add_argument('--score_dtype', default='auto', choices=('auto', 'float32', 'bfloat16'),
+                   help="a model scorer's precision: auto is bfloat16 on a GPU, float32 (Detoxify.predict's numbers) "
+                        "on a CPU; bfloat16 pays on a CPU with AMX or AVX512-BF16 (docs/benchmarks.md)")
     p.add_argument('--detoxify_model', default='original',
                    help="toxicity scorer model: 'original' scored the paper's training data, 'unbiased' evaluates")
     p.add_argument('--pii_detectors', default=None,
@@ -407,9 +412,9 @@ def main(argv=None):
                 raise DataError(f"--score_output is for --scorer=hf:NAME, not {scorer}")
             kwargs['output'] = args.score_output
         summary = prepare(args.task, args.source, args.out_dir, scorer=scorer, scorer_kwargs=kwargs,
-                          rescore=args.rescore, val_fraction=args.val_fraction, min_val_docs=args.min_val_docs,
-                          max_docs=args.max_docs, max_bytes=args.max_bytes, shard_bytes=args.shard_size,
-                          processes=args.processes)
+                          score_dtype=args.score_dtype, rescore=args.rescore, val_fraction=args.val_fraction,
+                          min_val_docs=args.min_val_docs, max_docs=args.max_docs, max_bytes=args.max_bytes,
+                          shard_bytes=args.shard_size, processes=args.processes)
     except (DataError, scorers.ScorerError) as e:
         sys.exit(f"error: {rank}{e}")
     except KeyboardInterrupt:
