@@ -55,6 +55,10 @@ class Classifier:
                         values.append(0.0)
             for i, v in zip(batch, values):
                 scores[i] = v
+        if len(failed) == len(texts) > 1:  # not a bad text: the model cannot run
+            e = failed[0][1]
+            raise ClassifierError(f"failed on every one of {len(texts)} texts ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200] if str(e) else ''})")
         return scores, sorted(failed, key=lambda f: f[0])
 
     def tokenize(self, texts):
@@ -125,6 +129,10 @@ def build(config, state_dict, tokenizer, output, device=None, dtype='auto'):
     missing = sorted(info['missing_keys'])
     if missing:
         raise ClassifierError(f"the weights lack {', '.join(missing[:3])}: not a trained {type(net).__name__}")
+    if tokenizer.pad_token is None:  # a GPT-style classifier: pad with its end-of-text token, which it then skips
+        tokenizer.pad_token = tokenizer.eos_token
+    if net.config.pad_token_id is None:
+        net.config.pad_token_id = tokenizer.pad_token_id
     device = device or default_device()
     if dtype == 'auto':
         dtype = 'bfloat16' if device.startswith('cuda') else 'float32'

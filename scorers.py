@@ -120,7 +120,10 @@ class ClassifierScorer(Scorer):
             return []
         clf = self.load()
         budget = self.tokens_per_batch or TOKENS_PER_BATCH[clf.device.type]
-        scores, failed = clf.score(texts, budget, self.batch_size)
+        try:
+            scores, failed = clf.score(texts, budget, self.batch_size)
+        except Exception as e:  # classifiers.ClassifierError: the model, not a text
+            raise ScorerError(f"{self.model}: {e}") from None
         for i, e in failed:
             self.failed(texts[i], e, i)
         return scores

@@ -68,8 +68,10 @@ class Ranks:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
         self.cores = max(1, cores // self.local_world)  # this rank's share of the machine's cores
         if self.world > 1:
+            import torch
             import torch.distributed as dist
             dist.init_process_group('gloo', timeout=datetime.timedelta(days=7))
+            torch.set_num_threads(self.cores)  # a model scorer on the CPU (torchrun sets 1 thread a process)
 
     def barrier(self):
         """Wait for every rank. Where one stopped, it said why in one line and torchrun stops the others: this one
@@ -93,8 +95,8 @@ class Ranks:
         dist.all_gather(gathered, digest)
         differ = [r for r, d in enumerate(gathered) if not torch.equal(d, gathered[0])]
         if differ and self.rank == differ[0]:
-            raise DataError(f"rank {self.rank}: the source's shards differ from rank 0's; every rank must see the same "
-                            f"files (a filesystem all nodes share)")
+            raise DataError("the source's shards differ from rank 0's; every rank must see the same files (a "
+                            "filesystem all nodes share)")
         if differ:
             raise SystemExit(1)
 

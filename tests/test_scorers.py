@@ -206,6 +206,28 @@ def test_a_hugging_face_classifier_scores_a_labels_probability(tmp_path):
         [-r for r in raw], abs=1e-6)
 
 
+def test_a_classifier_failing_on_a_text_counts_it_and_on_every_text_stops(tmp_path, monkeypatch):
+    import classifiers
+    from conftest import tiny_classifier
+    folder = str(tmp_path / 'clf')
+    tiny_classifier(folder)
+    s = scorers.get_scorer(f'hf:{folder}', output='rude')
+    texts = ['hello', 'you are an idiot', 'nice day']
+    good = s.score(texts)
+    forward, idiot = classifiers.Classifier.forward, s.load().tokenizer(['idiot'])['input_ids'][0][1]
+
+    def fails_on_idiot(self, ids):
+        if any(idiot in t for t in ids):
+            raise ValueError('no idiots')
+        return forward(self, ids)
+    monkeypatch.setattr(classifiers.Classifier, 'forward', fails_on_idiot)
+    assert s.score(texts) == pytest.approx([good[0], 0.0, good[2]], abs=1e-6)
+    assert s.n_failed == 1 and s.failed_at == [(1, "ValueError: no idiots (text 'you are an idiot')")]
+    with pytest.raises(scorers.ScorerError, match=rf"^{folder}: failed on every one of 2 texts \(ValueError: no "
+                                                  rf"idiots\)$"):
+        s.score(['idiot', 'an idiot'])
+
+
 def test_a_classifier_whose_weights_would_run_code_is_refused(tmp_path):
     import torch
     from conftest import tiny_classifier
