@@ -19,6 +19,17 @@ def test_import_is_cheap():
     assert out.stdout.strip() == '[]'
 
 
+def test_reading_a_scorers_weights_does_not_import_the_model(tmp_path):
+    """The check for code in a torch file lives in weights.py, which a scorer uses without model.py."""
+    path = tmp_path / 'w.pt'
+    out = subprocess.run([sys.executable, '-c', f"import sys, torch, scorers, classifiers, weights; "
+                          f"torch.save({{'w': torch.ones(2)}}, {str(path)!r}); "
+                          f"print(weights.read_weights({str(path)!r}, 'x')['w'].tolist(), "
+                          f"sorted(m for m in ('model', 'checkpoints', 'train') if m in sys.modules))"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '[1.0, 1.0] []'
+
+
 def test_pep8_hand_counted(capsys):
     s = scorers.get_scorer('pep8')
     text = 'import os\ndef f( a ):\n  return a\n'  # E302 E201 E202 on line 2, E111 on line 3
