@@ -131,6 +131,16 @@ def test_a_full_disk_keeps_the_finished_shards(tmp_path, monkeypatch, capsys):
     assert sorted(os.listdir(tmp_path)) == ['out', 'text', 'whole']
 
 
+def test_a_corrupt_parquet_shard_is_one_line_naming_it(tmp_path, hub_cache):
+    from test_hub import parquet
+    repo = prepare.get_task('pii').hf_dataset
+    hub_cache(repo, 'data/train-00000-of-00002.parquet', parquet(sentences_records(0, n=4)))
+    path = hub_cache(repo, 'data/train-00001-of-00002.parquet', b'PAR1 not really parquet PAR1')
+    with pytest.raises(DataError, match=rf"^shard 2 of 2 \({HUB_COMMIT}/data/train-00001-of-00002.parquet\): "
+                                        rf"{path}: not a readable parquet file \("):
+        prepare.prepare('pii', '', str(tmp_path / 'out'), min_val_docs=1, processes=1, progress=False)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Two ranks under torchrun
 
