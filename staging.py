@@ -129,6 +129,8 @@ class Part:
 
     def add_document(self, nbytes, segments, scores, doc_score, *, prescored, n_failed=0, errors=()):
         """segments: token lists; n_failed: the texts the scorer failed on (scored 0.0), errors: what it said."""
+        if not any(len(s) for s in segments):  # no tokens: the writer would leave it out, so it is skipped here
+            return self.add_skipped(nbytes, 'empty')
         if n_failed:
             self.failures.append([len(self.kinds), n_failed, list(errors[:5])])
         self.nbytes.append(nbytes)
