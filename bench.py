@@ -356,7 +356,7 @@ def bench_scoring(args):
 
         variants = {'detoxify_predict_sorted': lambda batch: predict(batch, True),
                     'detoxify_predict': lambda batch: predict(batch, False)}
-        for dtype in ['float32'] + ['bfloat16'] * (cuda or devices.cpu_has_native_bf16()):
+        for dtype in ['float32'] + ['bfloat16'] * (not args.small and (cuda or devices.cpu_has_native_bf16())):
             scorer = scorers.ToxicityScorer(checkpoint=checkpoint, device=device, dtype=dtype)
             variants[f'classifier_{dtype}'] = scorer.score
         seconds, scores = {}, {}

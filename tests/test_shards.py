@@ -151,23 +151,29 @@ def torchrun(*args, script=None, env=None):
 
 
 @pytest.fixture(scope='module')
-def scored_corpus(tmp_path_factory):
-    """A JSON-lines corpus cut in byte ranges, scored by a tiny Hugging Face classifier; the command's arguments and
-    what one process writes."""
+def corpus(tmp_path_factory):
+    """A JSON-lines corpus in 6 byte ranges of 69 to 81 records, a tiny Hugging Face classifier, and the arguments of
+    prepare.py that read the corpus."""
     root = tmp_path_factory.mktemp('corpus')
     tiny_classifier(str(root / 'clf'))
-    args = ['toxicity', f"--source={write_jsonl(root / 'docs.jsonl', 400)}", f"--scorer=hf:{root / 'clf'}",
-            '--score_output=rude', '--shard_size=6K', '--min_val_docs=2', '--val_fraction=0.2', '--max_docs=380',
-            '--processes=1']
-    one = subprocess.run([sys.executable, 'prepare.py', *args, f"--out_dir={root / 'one'}"], cwd=ROOT_DIR,
-                         capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr
-    return root, args, output(str(root / 'one'))
+    args = [f"--source={write_jsonl(root / 'docs.jsonl', 400)}", '--shard_size=6K', '--min_val_docs=2',
+            '--val_fraction=0.2', '--max_docs=380', '--processes=1']
+    assert len(sources.source_items(None, str(root / 'docs.jsonl'), 6000)[1]) == 6
+    return root, args
 
 
-def test_two_ranks_write_the_bytes_of_one_process(scored_corpus):
-    root, args, expected = scored_corpus
-    assert len(sources.source_items(None, str(root / 'docs.jsonl'), 6000)[1]) == 6  # of 69 to 81 records
+def one_process(*args):
+    """What prepare.py writes in one process (this one)."""
+    out = [a.partition('=')[2] for a in args if a.startswith('--out_dir=')][0]
+    prepare.main(list(args))
+    return output(out)
+
+
+def test_two_ranks_write_the_bytes_of_one_process(corpus, capsys):
+    root, args = corpus
+    args = ['toxicity', *args, f"--scorer=hf:{root / 'clf'}", '--score_output=rude']  # a model, batched
+    expected = one_process(*args, f"--out_dir={root / 'one'}")
+    assert capsys.readouterr().out.startswith('toxicity: 380 documents')
     done = torchrun(*args, f"--out_dir={root / 'two'}")
     assert done.returncode == 0, done.stderr
     assert output(str(root / 'two')) == expected
@@ -204,8 +210,10 @@ prepare.main(sys.argv[1:])
 """
 
 
-def test_a_rank_killed_mid_shard_then_the_same_command(scored_corpus, tmp_path):
-    root, args, expected = scored_corpus
+def test_a_rank_killed_mid_shard_then_the_same_command(corpus, tmp_path):
+    root, args = corpus
+    args = ['pii', *args]
+    expected = one_process(*args, f"--out_dir={tmp_path / 'one'}")
     out, log = str(tmp_path / 'out'), str(tmp_path / 'scored')
     (tmp_path / 'killed.py').write_text(KILLED.format(root=ROOT_DIR))
     (tmp_path / 'logged.py').write_text(LOGGED.format(root=ROOT_DIR, log=log))
