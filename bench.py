@@ -327,12 +327,10 @@ def detoxify_format_model(folder, texts, small):
 
 
 def bench_scoring(args):
-    """Scoring speed in one process: the classifier path (scorers.ToxicityScorer: tokenized once, sorted by length,
-    batched by a token budget, inference_mode; float32, and bfloat16 where the device has it) against
-    Detoxify.predict on the same model (detoxify_format_model: detoxify 'original's size, random weights, no
-    download) and texts (scoring_texts), in batches of 64 as prepare.py called it (sorted by length) and in the
-    texts' order; then pycodestyle and scrubadub on one core. Under torchrun each rank measures its own GPU
-    (LOCAL_RANK) while the others run: N ranks against one."""
+    """Scoring speed in one process: our classifier path (scorers.ToxicityScorer; float32, and bfloat16 where the
+    device has it) against Detoxify.predict, 64 texts a call, sorted by length (as prepare.py called it) and not, on
+    the same model (detoxify_format_model) and texts (scoring_texts); then bench_cpu_scorers. Under torchrun each
+    rank measures its own GPU (LOCAL_RANK) while the others run: N ranks against one."""
     import transformers
     from detoxify import Detoxify
 
@@ -382,9 +380,8 @@ def bench_scoring(args):
 
 
 def bench_cpu_scorers(texts, small):
-    """On one core: what prepare.py does to a document besides scoring it (sentences, GPT-2 tokens), then
-    pycodestyle (stdlib files, a file's lines at once, as prepare.py) and scrubadub (texts, one at a time): MB/s and
-    segments/s."""
+    """MB/s on one core of what prepare.py does to a document besides scoring it (sentences, GPT-2 tokens), of
+    pycodestyle (stdlib files, a file's lines at once, as prepare.py) and of scrubadub (a text at a time)."""
     import sysconfig
 
     import prepare
