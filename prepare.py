@@ -224,10 +224,10 @@ def progress_bar(total, initial, enabled):
                 file=sys.stderr, mininterval=1 if tty else 30, delay=0 if tty else 30, dynamic_ncols=True)
 
 
-def score_shards(shards, todo, parts, counts, cfg):
+def score_shards(shards, todo, parts, cfg):
     """Score this rank's shards (todo) into their parts, a progress bar on stderr. A shard that cannot be read or
     written stops the run with one line naming it; the finished shards stay."""
-    chunks = shard_chunks(shards, set(todo), counts, cfg.max_docs, cfg.max_bytes)
+    chunks = shard_chunks(shards, todo, parts.counts, cfg.max_docs, cfg.max_bytes)
     size = sum(shards[i].nbytes for i in todo)
     bar = progress_bar(min(size, cfg.max_bytes or size), 0, cfg.progress)
     part, i, n_docs, n_tokens = None, None, 0, 0
@@ -322,7 +322,7 @@ def prepare_shards(cfg, shards, ranks, t0):
     ranks.barrier()  # every rank saw the same finished shards before any finishes another
     try:
         todo = assign(shards, set(range(len(shards))) - done, ranks.world)[ranks.rank]
-        score_shards(shards, todo, parts, parts.counts(done), cfg)
+        score_shards(shards, todo, parts, cfg)
         ranks.barrier()
         if ranks.rank > 0:
             return None

@@ -229,29 +229,27 @@ def file_items(files):
     return (('file', path, key, size) for path, key, size in files)
 
 
-def shard_chunks(shards, todo, counts, max_docs, max_bytes):
+def shard_chunks(shards, todo, finished, max_docs, max_bytes):
     """(shard index, chunk of items) of the shards in todo, in order, each closed by (index, []). A shard is read up
     to max_docs items or max_bytes, its own limits, whatever the shards before it hold: what of it the output takes
-    is decided at assembly. counts[i]: (items, bytes) of a shard finished before; once the shards before one, all
-    finished or read here, hold max_docs items or max_bytes, the rest are not read (the output ends before them).
-    A shard that cannot be read stops it with one line naming the shard."""
-    n_items = n_bytes = 0
-    known = True
-    for i in range(len(shards)):
-        if known and ((max_docs and n_items >= max_docs) or (max_bytes and n_bytes >= max_bytes)):
+    is decided at assembly. finished(i): (items, bytes) of shard i where it is finished (here or by another rank),
+    else None; a shard after shards that, all read here or finished, hold max_docs items or max_bytes is not read
+    (the output ends before it). A shard that cannot be read stops it with one line naming the shard."""
+    read = {}  # (items, bytes) of the shards read here
+    for i in sorted(todo):
+        before = [read.get(j) or finished(j) for j in range(i)] if max_docs or max_bytes else [None]
+        if all(before) and ((max_docs and sum(c[0] for c in before) >= max_docs)
+                            or (max_bytes and sum(c[1] for c in before) >= max_bytes)):
             return
-        if i in todo:
-            try:
-                for chunk in chunked(limited(shards[i].items(), max_docs, max_bytes)):
-                    n_items, n_bytes = n_items + len(chunk), n_bytes + sum(item[3] for item in chunk)
-                    yield i, chunk
-            except (DataError, OSError) as e:  # a corrupt or unreadable shard
-                raise DataError(f"shard {i + 1} of {len(shards)} ({shards[i].name}): {e}") from None
-            yield i, []
-        elif i in counts:
-            n_items, n_bytes = n_items + counts[i][0], n_bytes + counts[i][1]
-        else:  # another rank's
-            known = False
+        n_items = n_bytes = 0
+        try:
+            for chunk in chunked(limited(shards[i].items(), max_docs, max_bytes)):
+                n_items, n_bytes = n_items + len(chunk), n_bytes + sum(item[3] for item in chunk)
+                yield i, chunk
+        except (DataError, OSError) as e:  # a corrupt or unreadable shard
+            raise DataError(f"shard {i + 1} of {len(shards)} ({shards[i].name}): {e}") from None
+        read[i] = (n_items, n_bytes)
+        yield i, []
 
 
 def limited(items, max_docs, max_bytes):

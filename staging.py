@@ -168,6 +168,7 @@ class Parts:
         self.manifest = os.path.join(self.dir, 'manifest.json')
         self.settings = json.loads(json.dumps(settings))  # as the manifest holds them (tuples become lists)
         self.n_shards = len(self.settings['shards'])
+        self.known = {}  # (items, bytes) of finished shards
 
     def path(self, i):
         return os.path.join(self.dir, f"{i:05d}")
@@ -210,9 +211,12 @@ class Parts:
         with open(os.path.join(self.path(i), 'items.json')) as f:
             return json.load(f)
 
-    def counts(self, done):
-        """{shard: (items, bytes)} of finished shards."""
-        return {i: (len(items['kinds']), sum(items['nbytes'])) for i in done for items in [self.items(i)]}
+    def counts(self, i):
+        """(items, bytes) of shard i if it is finished, else None (a finished one's are kept: they do not change)."""
+        if i not in self.known and os.path.isfile(os.path.join(self.path(i), 'items.json')):
+            items = self.items(i)
+            self.known[i] = (len(items['kinds']), sum(items['nbytes']))
+        return self.known.get(i)
 
     def select(self, shards, val_fraction, min_val_docs, max_docs, max_bytes):
         """(the run's totals, {shard: the split of each of its documents}) over the items of all parts in order:
