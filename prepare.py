@@ -238,7 +238,10 @@ def score_shards(shards, todo, parts, cfg):
                 part.finish()
                 part = None
                 continue
-            docs_tokens = write_chunk(docs, part, cfg.scorer)
+            try:
+                docs_tokens = write_chunk(docs, part, cfg.scorer)
+            except scorers.ScorerError as e:  # a model that does not load or run
+                raise scorers.ScorerError(f"shard {i + 1} of {len(shards)} ({shards[i].name}): {e}") from None
             n_docs, n_tokens = n_docs + docs_tokens[0], n_tokens + docs_tokens[1]
             bar.set_postfix_str(f"{n_docs:,} docs, {n_tokens:,} tokens"
                                 + (f", shard {i + 1}/{len(shards)}" if len(shards) > 1 else ''), refresh=False)

@@ -290,6 +290,10 @@ def test_a_classifier_scored_split_is_judged_by_that_classifier(tmp_path):
     folder = str(tmp_path / 'clf')
     tiny_classifier(folder)
     source = write_jsonl(tmp_path / 'docs.jsonl', 30)
+    with pytest.raises(scorers.ScorerError, match=rf"^shard 1 of 1 \({source}\): {tmp_path}/none: neither a folder "
+                                                  rf"nor a model the Hugging Face hub gave"):
+        prepare.prepare('toxicity', source, str(tmp_path / 'out'), scorer=f'hf:{tmp_path}/none', processes=1,
+                        progress=False)
     s = prepare.prepare('toxicity', source, str(tmp_path / 'data' / 'toxicity'), scorer=f'hf:{folder}',
                         scorer_kwargs=dict(output='rude'), min_val_docs=2, processes=1, progress=False)
     description = f'hf:{folder} {{"output": "rude"}}'
