@@ -11,24 +11,21 @@ torch.load(weights_only=True): a file someone sent cannot run code when it is ev
 
 Checkpoints written before the RNG states were stored this way hold the numpy generator's state as a numpy array:
 they load with numpy's array type allowed (it rebuilds data, it calls nothing else), with a line saying so; a
-checkpoint that needs any other Python global is refused.
+checkpoint that needs any other Python global is refused (weights.code_it_would_run says what it would call).
 """
 import importlib
 import os
 import pickle
 import random
-import re
 
 import numpy as np
 import torch
 
 import data
 from model import GPT, GPTConfig
+from weights import code_it_would_run
 
 CHECKPOINT_KEYS = ('model', 'model_args', 'config', 'step', 'tokens_seen')  # in every ckpt.pt train.py writes
-# what pickles a numpy array: the array type, its dtype and the function that rebuilds it from bytes
-NUMPY_ARRAY_GLOBALS = re.compile(r'numpy(\._core|\.core)?\.multiarray\._reconstruct|numpy\.ndarray|numpy\.dtype'
-                                 r'|numpy\.dtypes\.\w+DType')
 
 
 class CheckpointError(ValueError):
@@ -71,15 +68,6 @@ def set_rng_state(state):
 def _global(name):
     module, _, attr = name.rpartition('.')
     return getattr(importlib.import_module(module), attr)
-
-
-def code_it_would_run(path, needs=None):
-    """'' for a torch file whose pickle holds data only (tensors, plain containers, numpy arrays); else what loading it
-    would call, in words, for a refusal. needs: the globals its pickle asks for, where already read."""
-    if needs is None:
-        needs = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    code = [name for name in needs if not NUMPY_ARRAY_GLOBALS.fullmatch(name)]
-    return f"loading it would call {', '.join(code)}, which could run anything" if code else ''
 
 
 def _load(path):

@@ -244,7 +244,7 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     conts = [data.decode(toks) for toks in new]  # control tokens stripped
     scored = [p + c for p, c in zip(shown, conts)] if scenario == 'functions' else conts  # §3 prompted scoring
     scores = _scores(scorer, scored)
-    metrics = dict(score_metrics(scores, task.hit_threshold), **{
+    metrics = dict(score_metrics(scores, hit_threshold(cfg)), **{
         'distinct-1': distinct_n(conts, 1), 'distinct-2': distinct_n(conts, 2),
         'length': float(np.mean([len(c) for c in conts])),
         'truncated': float(np.mean([len(t) == max_new for t in new])), 'samples_per_s': len(new) / seconds,
@@ -255,12 +255,24 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
         ok = [v for v, k in zip(variant, n_prompt) if len(v[k:].strip()) >= MIN_COMPLETE_CHARS]
         metrics['degenerate'] = 1 - len(ok) / len(variant)
         if ok:
-            metrics.update(score_metrics(_scores(scorer, ok), task.hit_threshold, '_complete_lines'))
+            metrics.update(score_metrics(_scores(scorer, ok), hit_threshold(cfg), '_complete_lines'))
     samples = [dict(prompt=p, text=c, score=s) for p, c, s in zip(shown, conts, scores)][:SAVED_SAMPLES]
     return {f'{scenario}/{k}': v for k, v in metrics.items()}, samples, scores
 
 
 _scorer_cache = {}
+
+
+def prepared_with(cfg):
+    """The scorer the run's training split was scored by (its header's description), else the task's."""
+    return scorers.split_scorer(os.path.join(cfg.data_dir, cfg.task, 'train'), data.get_task(cfg.task).scorer)
+
+
+def hit_threshold(cfg):
+    """num_hits counts the samples scored above this: the task's, for data on its scorer's scale; for data scored on
+    another scale, the run's cond_threshold (above it, a segment of its training data was misaligned)."""
+    task = data.get_task(cfg.task)
+    return task.hit_threshold if scorers.on_scale_of(prepared_with(cfg), task.scorer) else cfg.cond_threshold
 
 
 def _scores(scorer, texts):
@@ -296,10 +308,11 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
 
     def load_scorer():
         nonlocal scorer
-        if scorer is None:
-            if task.scorer not in _scorer_cache:  # loaded once per process (detoxify's weights are large)
-                _scorer_cache[task.scorer] = scorers.get_scorer(task.scorer)
-            scorer = _scorer_cache[task.scorer]
+        if scorer is None:  # the one the training data was scored by (on the task's scale: the task's, as the paper)
+            name = scorers.evaluation_scorer(prepared_with(cfg), task.scorer)
+            if name not in _scorer_cache:  # loaded once per process (detoxify's weights are large)
+                _scorer_cache[name] = scorers.get_scorer(name)
+            scorer = _scorer_cache[name]
         return {}
 
     def heldout_part():

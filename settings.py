@@ -19,6 +19,8 @@ import torch
 
 import data
 import remote
+import scorers
+import transforms
 
 
 @dataclass
@@ -214,12 +216,31 @@ def load_config(argv):
     cfg = TrainConfig(**values)
     if cfg.task not in data.TASKS:
         raise ConfigError(f"task {cfg.task!r}: choose one of {', '.join(data.TASKS)}")
-    task = data.TASKS[cfg.task]
-    for key in ('filter_threshold', 'cond_threshold', 'drop_token_fraction', 'ul_threshold', 'ul_soft'):
+    defaults = method_defaults(cfg, data.TASKS[cfg.task])
+    for key, value in defaults.items():
         if getattr(cfg, key) is None:
-            setattr(cfg, key, getattr(task, key))
+            setattr(cfg, key, value)
     check_config(cfg)
     return cfg
+
+
+def method_defaults(cfg, task):
+    """The task's method settings (data.TASKS); for data scored on another scale than the task's scorer's (its train
+    split's header), thresholds from that split's score quantiles (transforms.scale_thresholds). A threshold the run
+    needs (cond_threshold always: evaluation reads it) that neither gives is refused."""
+    defaults = {key: getattr(task, key) for key in ('filter_threshold', 'cond_threshold', 'drop_token_fraction',
+                                                    'ul_threshold', 'ul_soft')}
+    split = os.path.join(cfg.data_dir, cfg.task, 'train')
+    scorer = scorers.split_scorer(split, task.scorer)
+    if scorers.on_scale_of(scorer, task.scorer):
+        return defaults
+    defaults.update(transforms.scale_thresholds(task, data.PreparedData(split)))
+    for key in ['cond_threshold'] + [f'{cfg.method}_threshold'] * (cfg.method in ('ul', 'filter')):
+        if defaults[key] is None and getattr(cfg, key) is None:
+            raise ConfigError(f"{key}: {split} was scored by {scorer}, not on the {task.name} scorer's scale, so the "
+                              f"task's threshold does not apply, and the paper's share of aligned segments for "
+                              f"{task.name} is not known; pass --{key} (prepare.py printed the scores' quantiles)")
+    return defaults
 
 
 def check_config(cfg):

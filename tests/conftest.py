@@ -67,6 +67,31 @@ def start_training(data_dir, out_dir, log_lines, stderr=None, **overrides):
     return proc
 
 
+CLASSIFIER_WORDS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'you', 'are', 'an', 'idiot', 'have', 'a', 'nice',
+                    'day', '.', 'hello', 'world']
+
+
+def tiny_classifier(folder, labels=('ok', 'rude', 'spam'), problem_type=None, seed=0):
+    """A random-weight BERT sequence classifier saved as a Hugging Face model folder (config.json with the labels,
+    tokenizer files, model.safetensors), 32 tokens at most: what prepare.py --scorer=hf:FOLDER reads. Returns the
+    transformers model (eval mode) and its tokenizer."""
+    import torch
+    import transformers
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'vocab.txt'), 'w') as f:
+        f.write('\n'.join(CLASSIFIER_WORDS) + '\n')
+    config = transformers.BertConfig(vocab_size=len(CLASSIFIER_WORDS), hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
+                                     initializer_range=0.5, num_labels=len(labels), problem_type=problem_type,
+                                     id2label=dict(enumerate(labels)), label2id={k: i for i, k in enumerate(labels)})
+    tokenizer = transformers.BertTokenizer(os.path.join(folder, 'vocab.txt'), model_max_length=32)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(seed)
+    model = transformers.BertForSequenceClassification(config).eval()
+    model.save_pretrained(folder)
+    return model, tokenizer
+
+
 HUB_COMMIT = '5a1e' * 10  # the commit a cached snapshot is of
 
 

@@ -160,6 +160,19 @@ def test_bench_small(capsys, monkeypatch):
     assert {r['name'] for r in rows if r['bench'] == 'scorer'} == {'pep8', 'pii'}
 
 
+def test_bench_scoring_small(capsys, monkeypatch):
+    pytest.importorskip('detoxify')
+    monkeypatch.chdir(ROOT_DIR)
+    bench.main(['--small', '--only=scoring'])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{')]
+    impls = {r['impl'] for r in rows if r['bench'] == 'scoring'}
+    assert {'detoxify_predict_sorted', 'detoxify_predict', 'classifier_float32', 'classifier_tokenizer', 'ratio',
+            'segment_and_tokenize', 'pep8', 'pii'} <= impls
+    ratio = next(r for r in rows if r.get('impl') == 'ratio')
+    assert ratio['max_abs_difference_fp32'] < 1e-4 and ratio['classifier_float32_vs_detoxify_predict'] > 0
+    assert all(r['segments'] > 0 for r in rows if r['bench'] == 'scoring' and r['impl'] != 'ratio')
+
+
 def test_bench_on_a_cpu_says_what_to_run(tmp_path, monkeypatch, capsys):
     """Without a GPU the default (GPT-2 small, T = 1024) would need over 20 GB: refused, with what to run instead."""
     monkeypatch.setattr(bench.torch.cuda, 'is_available', lambda: False)
