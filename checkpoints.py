@@ -9,11 +9,9 @@ torch.load(weights_only=True): a file someone sent cannot run code when it is ev
     data          the splits' fingerprints             rng                 one RNG state per process
     wandb_run_id  or None
 
-Checkpoints written before the RNG states were stored this way hold the numpy generator's state as a numpy array:
-they load with numpy's array type allowed (it rebuilds data, it calls nothing else), with a line saying so; a
-checkpoint that needs any other Python global is refused (weights.code_it_would_run says what it would call).
+A file that needs any other Python global is refused before anything in it runs, whichever of torch's formats it is
+in (weights.code_it_would_run says what it would call).
 """
-import importlib
 import os
 import pickle
 import random
@@ -23,7 +21,7 @@ import torch
 
 import data
 from model import GPT, GPTConfig
-from weights import code_it_would_run
+from weights import code_it_would_run, unsafe_globals
 
 CHECKPOINT_KEYS = ('model', 'model_args', 'config', 'step', 'tokens_seen')  # in every ckpt.pt train.py writes
 
@@ -55,41 +53,28 @@ def rng_state():
 def set_rng_state(state):
     random.setstate(state['python'])
     n = state['numpy']
-    if isinstance(n, dict):
-        np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
-                             n['cached_gaussian']))
-    else:  # a checkpoint of the older format: numpy's own tuple
-        np.random.set_state(n)
+    np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                         n['cached_gaussian']))
     torch.set_rng_state(state['torch'])
     if state['cuda'] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
-def _global(name):
-    module, _, attr = name.rpartition('.')
-    return getattr(importlib.import_module(module), attr)
-
-
 def _load(path):
-    """torch.load with weights_only=True; numpy arrays of an older checkpoint allowed, any other global refused."""
+    """torch.load with weights_only=True; a file that asks for any other Python global is refused in words: what
+    loading it would call (weights.code_it_would_run), or the numpy arrays it holds."""
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         try:
-            needs = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:
+            needs = unsafe_globals(path)
+        except ValueError:
             raise e from None  # not a pickle that asks for globals: damaged (read_checkpoint says so)
         if not needs:
             raise
-        code = code_it_would_run(path, needs)
-        if code:
-            raise CheckpointError(f"{path}: refused: {code}; a phf checkpoint holds tensors and plain values "
-                                  f"only") from None
-    print(f"{path}: a checkpoint of the older format (numpy RNG state); loaded with numpy's array type allowed, "
-          f"which rebuilds data and calls nothing else (a resumed run saves the new format)", flush=True)
-    dtypes = [t for name, t in vars(np.dtypes).items() if name.endswith('DType')]  # an array's dtype is one of them
-    with torch.serialization.safe_globals([_global(name) for name in needs] + dtypes):
-        return torch.load(path, map_location='cpu', weights_only=True)
+        why = code_it_would_run(path, needs) or f"it holds numpy arrays ({', '.join(needs)})"
+        raise CheckpointError(f"{path}: refused: {why}; a phf checkpoint holds tensors and plain values only") \
+            from None
 
 
 def read_checkpoint(path):

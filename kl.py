@@ -3,7 +3,6 @@ KL(reference || model) (reference §5.2): samples of a reference LM with their l
 the model's log-probabilities of the same texts. The reference is one of our checkpoints or any OpenAI-compatible
 completions server (remote.py: retries with backoff within kl_timeout; a partly filled cache kept).
 """
-import hashlib
 import io
 import json
 import os

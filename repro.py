@@ -40,7 +40,7 @@ import numpy as np
 import data
 import devices
 import reports
-from reports import GUIDED, RUNS, ReproError, guided_spec, run_spec
+from reports import RUNS, ReproError, guided_spec, run_spec
 from runs import evaluated, record_step
 from settings import ConfigError, eval_scenarios, load_config, steps_in_budget
 

@@ -84,7 +84,7 @@ def check_same_data(cfg, ckpt_path, recorded, now):
         raise ConfigError(f"--resume=True: {ckpt_path} was trained on other data than {cfg.data_dir}/{cfg.task} "
                           f"holds now (" + '; '.join(f"{s}: {what(recorded.get(s))} then, {what(now.get(s))} now"
                                                      for s in changed) + "), prepared again since?; resume on the "
-                          f"data it was trained on, or start a new run in another --out_dir")
+                          "data it was trained on, or start a new run in another --out_dir")
 
 
 def check_out_dir(cfg, ckpt_path):

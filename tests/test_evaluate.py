@@ -546,7 +546,7 @@ def test_cli_takes_settings_parser_and_checks(tmp_path):
                          ('--bogus=1', "--bogus=1: unknown key 'bogus'; the keys are eval_iters")):
         out = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={path}', '--device=cpu', arg], cwd=ROOT,
                              capture_output=True, text=True)
-        assert out.returncode == 1 and out.stderr.startswith(f'error: '), out.stderr
+        assert out.returncode == 1 and out.stderr.startswith('error: '), out.stderr
         assert message in out.stderr and 'Traceback' not in out.stderr
 
 

@@ -19,7 +19,7 @@ import settings
 import sources
 import staging
 from conftest import HUB_COMMIT, ROOT_DIR, tiny_classifier
-from data import FILES, DataError, PreparedData
+from data import DataError, PreparedData
 from test_hub import output, sentences_records
 
 WORDS = ['you', 'are', 'an', 'idiot', 'have', 'a', 'nice', 'day', 'hello', 'world']
