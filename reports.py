@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import data
-import evaluate
 import heldout
+import plots
 import stats
 from data import METHODS
 
@@ -420,6 +420,6 @@ def write_report(results, seeds, names, about):
         task=task, size=about['size'], filter_threshold=about['filter_threshold'], figures=figures, heldout=held,
         runs={s: {m: r['record'] for m, r in rs.items()} for s, rs in runs.items()}), indent=1)
     label = (lambda s, m: m) if len(seeds) == 1 else (lambda s, m: f'{m}/seed{s}')
-    evaluate.plot_runs({label(s, m): r['history'] for s, rs in runs.items() for m, r in rs.items()},
+    plots.plot_runs({label(s, m): r['history'] for s, rs in runs.items() for m, r in rs.items()},
                        os.path.join(results, 'plot'))
     print('\n' + header + '\n'.join(lines + [''] * bool(verdict) + verdict))
