@@ -187,7 +187,8 @@ def bench_sample(args):
     device, n, new = args.device, args.samples, args.new_tokens
     model = sampling_model(args, device)
     prompts = [[data.EOS]] * n
-    kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, device=device)  # fixed length: fair timing
+    # a fixed length: a fair timing
+    kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, eos_id=data.EOS, device=device)
     warm_up = device.startswith('cuda')  # compile and CUDA start-up; on CPU a warm-up would only double the time
     if warm_up:
         sample(model, prompts[:args.sample_batch], new, **kwargs, batch_size=args.sample_batch)
@@ -228,8 +229,8 @@ def bench_guided(args):
     row's <|misaligned|> twin in the same batch), same model, same settings."""
     device, n, new = args.device, args.samples, args.new_tokens
     model = sampling_model(args, device)
-    kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, device=device, batch_size=args.sample_batch,
-                  blocked_tokens=(data.ALIGNED, data.MISALIGNED))
+    kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, eos_id=data.EOS, device=device,
+                  batch_size=args.sample_batch, blocked_tokens=(data.ALIGNED, data.MISALIGNED))
     seconds = {}
     for guidance in (0.0, 1.0):
         if device.startswith('cuda'):  # compile and CUDA start-up
