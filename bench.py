@@ -12,6 +12,7 @@ the data loader, and the scorers. One JSON line per measurement on stdout.
     python bench.py --cpu_demo --only=train,sample --default_allocator   # ... without devices.keep_freed_memory
     python bench.py --cpu_demo --only=sample --ckpt=results/pii_cpu/seed42/mle/ckpt.pt   # the demo's trained model
     python bench.py --small                          # a tiny model for a few steps on CPU (what CI runs)
+    python bench.py --gpu_check --out=DIR            # every GPU figure in one command (gpu_check.py)
 """
 import argparse
 import json
@@ -169,13 +170,16 @@ def loss_cost(device, n_tokens, n_embd, chunk_size, steps, compile):
 
 def sampling_model(args, device):
     """The model the sampling rows time: --ckpt (a trained model: a random one's next-token distribution is flat,
-    the nucleus nearly everything), else a random one of the bench's size; bf16 on CUDA."""
+    the nucleus nearly everything), else a random one of the bench's size, its logits sharpened by --logit_scale;
+    bf16 on CUDA."""
     torch.manual_seed(0)
     if args.ckpt:
         model = load_checkpoint(args.ckpt, device)[0]
     else:
         model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                               n_embd=args.n_embd)).to(device).eval()
+        with torch.no_grad():
+            model.transformer.ln_f.weight.mul_(args.logit_scale)
     return model.to(torch.bfloat16) if device.startswith('cuda') else model
 
 
@@ -206,16 +210,16 @@ def bench_sample(args):
     for batch in args.hf_sample_batches:
         batch = min(batch, n)
         ids = torch.full((batch, 1), data.EOS, device=device)
-        run = lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7,
-                                  top_p=0.9, top_k=0, max_new_tokens=new, min_new_tokens=new,
-                                  pad_token_id=data.EOS)
+        run = lambda n_new: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7,
+                                        top_p=0.9, top_k=0, max_new_tokens=n_new, min_new_tokens=n_new,
+                                        pad_token_id=data.EOS)
         with torch.no_grad():
-            if warm_up:
-                run()
+            if warm_up:  # CUDA's start-up: generate is not compiled, a few tokens do
+                run(4)
                 sync(device)
             t0 = time.perf_counter()
             for _ in range(n // batch):
-                run()
+                run(new)
             sync(device)
         seconds = time.perf_counter() - t0
         best = min(best or seconds, seconds)
@@ -300,14 +304,29 @@ def parse_args(argv):
                                                 "default: what train.py's dtype='auto' picks here")
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
                    help='compile the training rows (default: on CUDA only)')
-    p.add_argument('--loss_chunk_sizes', default='0,4096', help='TrainConfig.loss_chunk_size values (0: plain)')
+    p.add_argument('--loss_chunk_sizes', help="TrainConfig.loss_chunk_size values, comma-separated (0: plain; "
+                                              "default: the mode's)")
     p.add_argument('--eager_loss', action='store_true', help='compile the model without the loss')
     p.add_argument('--loss_n_embd', type=int, help="the loss rows' hidden width (default: the model's)")
     p.add_argument('--only', default='train,hf,loss,sample,guided,loader,scorers')
     p.add_argument('--ckpt', default='', help='sample from this checkpoint of ours instead of a random model')
     p.add_argument('--default_allocator', action='store_true',
                    help="CPU: leave glibc's malloc as it is (no devices.keep_freed_memory), to measure what it gives")
+    p.add_argument('--steps', type=int, help="the training rows' timed steps (default: the mode's)")
+    p.add_argument('--warmup', type=int, help="the training rows' steps before timing (default: the mode's)")
+    p.add_argument('--samples', type=int, help="the sampling rows' prompts (default: the mode's)")
+    p.add_argument('--new_tokens', type=int, help="the sampling rows' new tokens per prompt (default: the mode's)")
+    p.add_argument('--hf_sample_batches', help="HF generate's batch sizes, comma-separated (default: the mode's)")
+    p.add_argument('--logit_scale', type=float, default=1.0,
+                   help="the random sampling model's final LayerNorm gain times this: sharper next-token "
+                        "distributions, as a trained model's (a random one's are nearly flat)")
+    p.add_argument('--gpu_check', action='store_true', help='run gpu_check.py (--out, --device=cpu: its CPU mode)')
+    p.add_argument('--out', default='', help='--gpu_check: the folder it writes (new or empty)')
     args = p.parse_args(argv)
+    if args.gpu_check:
+        if not args.out:
+            p.error('--gpu_check needs --out=DIR, a new folder')
+        return args
     if not (args.device or torch.cuda.is_available() or args.small or args.cpu_demo):
         p.error("no GPU here, and the default is GPT-2 small at T = 1024 on one (on a CPU it needs over 20 GB): run "
                 "`python bench.py --cpu_demo` for the demo's model, or say --device=cpu to run it anyway")
@@ -315,29 +334,35 @@ def parse_args(argv):
     cuda = args.device.startswith('cuda')
     gpt2_small = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, warmup=10, steps=30, samples=4096,
                       new_tokens=128, sample_batch=4096, hf_sample_batches=[1024, 4096], loader_docs=20000,
-                      loader_batch=32, scorer_texts=200, compile=cuda, loss_steps=10 if cuda else 2)
+                      loader_batch=32, scorer_texts=200, compile=cuda, loss_steps=10 if cuda else 2,
+                      loss_chunk_sizes='0,4096')
     tiny = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, warmup=1, steps=2, samples=8, new_tokens=8,
                 sample_batch=8, hf_sample_batches=[8], loader_docs=200, loader_batch=4, scorer_texts=8,
-                compile=False, loss_steps=1)
+                compile=False, loss_steps=1, loss_chunk_sizes='0,48')  # 128 positions: chunks of 48, 48, 32
     cpu_demo = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, warmup=3, steps=20, samples=256,
                     new_tokens=126, sample_batch=256, hf_sample_batches=[256], loader_docs=20000, loader_batch=8,
-                    scorer_texts=200, compile=False, loss_steps=2)
+                    scorer_texts=200, compile=False, loss_steps=2, loss_chunk_sizes='0')
     preset = tiny if args.small else cpu_demo if args.cpu_demo else gpt2_small
     for k, v in preset.items():
-        if not (k == 'compile' and args.compile is not None):
+        if getattr(args, k, None) is None:  # what the command line says wins
             setattr(args, k, v)
+    if isinstance(args.hf_sample_batches, str):
+        args.hf_sample_batches = [int(b) for b in args.hf_sample_batches.split(',')]
     if args.cpu_demo:
-        args.device, args.batch_sizes, args.loss_chunk_sizes = 'cpu', '8', '0'
+        args.device, args.batch_sizes = 'cpu', '8'
     if args.device == 'cpu' and not args.default_allocator:
         devices.keep_freed_memory()  # as train.py and evaluate.py do on CPU
     if args.small:
-        args.batch_sizes, args.loss_chunk_sizes = '2', '0,48'  # 128 positions: chunks of 48, 48 and 32
+        args.batch_sizes = '2'
     args.loss_chunk_sizes = [int(c) for c in args.loss_chunk_sizes.split(',')]
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.gpu_check:
+        import gpu_check
+        return gpu_check.main(args.out, args.device)
     only = set(args.only.split(','))
     emit(dict(bench='env', device=torch.cuda.get_device_name(args.device) if args.device.startswith('cuda')
               else platform.processor() or 'cpu', torch=torch.__version__, python=sys.version.split()[0],
@@ -365,6 +390,7 @@ def main(argv=None):
 
 if __name__ == '__main__':
     try:
-        main()
+        if main() is False:  # a part of --gpu_check failed
+            sys.exit(1)
     except CheckpointError as e:  # --ckpt missing or corrupt
         sys.exit(f"error: {e}")
