@@ -136,7 +136,8 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, cache=None, input_pos=None, attn_mask=None, pos=None, last_only=False, return_hidden=False):
+    def forward(self, idx, *, cache=None, input_pos=None, attn_mask=None, pos=None, last_only=False,
+                return_hidden=False):
         """idx (B, T) token ids. Training: no other argument. Decoding: cache, input_pos (T,) the cache slots being
         written, attn_mask (B, 1, T, max_len) which cache slots each query may see, pos (B, T) position ids;
         last_only: outputs for the last position only (a prefill needs no (B, T, vocab) logits);
@@ -179,7 +180,7 @@ def logits_only(out):
     return out[0] if isinstance(out, tuple) else out  # value-head models return (logits, values)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Draw:
     """How each new token is drawn: the banned ids never and end-of-text not before min_new_tokens, then temperature
     (0: greedy), top-k (0: off) and top-p in Hugging Face's order, from the generator gen. guidance != 0: the batch's
@@ -286,13 +287,13 @@ def nucleus(probs, top_p):
 def in_nucleus(probs, q, top_p):
     """Whether a token of probability q[b] is in row b's nucleus as threshold_by_topk decides it (q >= the threshold),
     from the mass above q, without sorting: 1 inside, 0 outside, -1 where float32 rounding could decide either way.
-    The n < 1.01 / q tokens above q have a mass that a float32 sum in any order, as this one, and threshold_by_topk's
-    running sum each get within n·2^-24 of (Higham, Accuracy and Stability of Numerical Algorithms, §4.2): a mass
+    The mass of the n tokens above q, summed in float32 in any order (as here) or in threshold_by_topk's running sum,
+    is within about n·2^-24 of the exact one (Higham, Accuracy and Stability of Numerical Algorithms, §4.2): a mass
     further than twice that from top_p decides alike in both."""
     above = torch.empty_like(probs)
     torch.gt(probs, q[:, None], out=above)  # 1.0 for a token more probable than q, else 0.0
-    mass = torch.bmm(above[:, None], probs[:, :, None]).view(-1)
-    n = torch.clamp(1.01 / q, max=probs.size(1))
+    n = above.sum(-1)  # exact: whole numbers below 2^24
+    mass = above.mul_(probs).sum(-1)
     margin = (2 * n + 4) * 1.01 * 2.0 ** -24
     return torch.where(mass + margin < top_p, 1, torch.where(mass - margin >= top_p, 0, -1))
 
@@ -394,8 +395,8 @@ def sample(model, prompts, max_new_tokens, *, eos_id, temperature=0.7, top_p=0.9
     cache = KVCache(cfg, 2 * B if guided else B, P + max_new_tokens, device=device, dtype=dtype)
     banned = torch.tensor(list(range(cfg.vocab_size, cfg.padded_vocab_size)) + list(blocked_tokens), dtype=torch.long,
                           device=device)
-    draw = Draw(temperature, top_k, top_p, banned, eos_id, min_new_tokens, torch.Generator(device).manual_seed(seed),
-                guidance)
+    draw = Draw(temperature=temperature, top_k=top_k, top_p=top_p, banned=banned, eos_id=eos_id,
+                min_new_tokens=min_new_tokens, gen=torch.Generator(device).manual_seed(seed), guidance=guidance)
     step = decode_step(device, compile)
     out = []
     for i in range(0, len(prompts), B):
@@ -424,7 +425,8 @@ def prefill(model, cache, rows, P, eos_id):
     pos = (slots[:P] - pad[:, None]).clamp(min=0)
     logits = logits_only(model(idx, cache=cache, input_pos=slots[:P], attn_mask=mask[:, None], pos=pos,
                                last_only=True))
-    return logits[:, -1].float(), Batch(cache, slots, real, slots[P:P + 1].clone(), (P - pad)[:, None])
+    return logits[:, -1].float(), Batch(cache=cache, slots=slots, real=real, input_pos=slots[P:P + 1].clone(),
+                                        pos=(P - pad)[:, None])
 
 
 def decode(model, batch, logits, draw, max_new_tokens, step=_decode_step):

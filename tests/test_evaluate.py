@@ -107,7 +107,8 @@ def test_top_p_and_top_k_keep_the_right_tokens():
     gen = torch.Generator().manual_seed(0)
 
     def rule(temperature, top_k, top_p, banned=()):
-        return Draw(temperature, top_k, top_p, torch.tensor(banned, dtype=torch.long), EOS, 0, gen)
+        return Draw(temperature=temperature, top_k=top_k, top_p=top_p, banned=torch.tensor(banned, dtype=torch.long),
+                    eos_id=EOS, min_new_tokens=0, gen=gen)
     counts = np.bincount(pick(logits, rule(1.0, 0, 0.8), 0).numpy(), minlength=4)
     assert counts[2:].sum() == 0  # the mass before token 2 is 0.8: outside the nucleus
     assert abs(counts[0] / 4000 - 0.5 / 0.8) < 0.03

@@ -27,8 +27,8 @@ def logits_of(kind, rows=24):
 
 
 def rule(temperature=0.7, top_k=0, top_p=0.9, banned=(), min_new_tokens=0, seed=0):
-    return model.Draw(temperature, top_k, top_p, torch.tensor(banned, dtype=torch.long), data.EOS, min_new_tokens,
-                      torch.Generator().manual_seed(seed))
+    return model.Draw(temperature=temperature, top_k=top_k, top_p=top_p, banned=torch.tensor(banned, dtype=torch.long),
+                      eos_id=data.EOS, min_new_tokens=min_new_tokens, gen=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize('threshold', [threshold_by_topk, threshold_by_bisection])
@@ -86,7 +86,7 @@ def test_in_nucleus_is_unsure_within_float32_rounding_of_top_p():
     assert model.in_nucleus(probs, probs[:, 1], 0.8).item() == 1
     assert model.in_nucleus(probs, probs[:, 1], 0.75).item() == -1  # the rounding could go either way: unsure
     assert model.in_nucleus(probs, probs[:, 1], 0.75 + 1e-7).item() == -1
-    assert model.in_nucleus(probs, probs[:, 1], 0.75 + 1e-5).item() == 1  # 2 tokens: 8 · 2^-24 is the margin
+    assert model.in_nucleus(probs, probs[:, 1], 0.75 + 1e-6).item() == 1  # one token above: a margin of 6 · 2^-24
 
 
 def first_inside_by_sorting(probs, top_p, gen):
@@ -220,3 +220,10 @@ def test_guidance_needs_a_negative_prompt_per_prompt():
         model.sample(m, pos, 4, eos_id=data.EOS, guidance=1.0)
     with pytest.raises(ValueError, match='negative_prompts'):
         model.sample(m, pos, 4, eos_id=data.EOS, guidance=1.0, negative_prompts=neg[:2])
+
+
+def test_rows_in_nucleus_cannot_decide_take_their_threshold(monkeypatch):
+    monkeypatch.setattr(model, 'in_nucleus', lambda probs, q, top_p: torch.full((probs.size(0),), -1))
+    probs = (logits_of('flat', rows=50) / 0.7).softmax(-1)  # nuclei of thousands: the top 64 decide few draws
+    ours = model.first_draw_in_nucleus(probs, 0.9, torch.Generator().manual_seed(2))
+    assert torch.equal(ours, first_inside_by_sorting(probs, 0.9, torch.Generator().manual_seed(2)))
