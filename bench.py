@@ -11,6 +11,7 @@ the data loader, and the scorers. One JSON line per measurement on stdout.
     python bench.py --cpu_demo --only=train,hf --dtypes=float32,bfloat16 --compile   # each dtype, compiled
     python bench.py --cpu_demo --only=train,sample --default_allocator   # ... without devices.keep_freed_memory
     python bench.py --cpu_demo --only=sample --ckpt=results/pii_cpu/seed42/mle/ckpt.pt   # the demo's trained model
+    python bench.py --cpu_demo --only=sample --samples=128 --new_tokens=100 --logit_scale=6   # sharper: a wide nucleus
     python bench.py --small                          # a tiny model for a few steps on CPU (what CI runs)
     python bench.py --gpu_check --out=DIR            # every GPU figure in one command (gpu_check.py)
 """
@@ -203,6 +204,7 @@ def bench_sample(args):
     ours = time.perf_counter() - t0
     emit(dict(bench='sample', impl='phf', samples=n, new_tokens=new, batch_size=args.sample_batch,
               seconds=round(ours, 3), tokens_per_s=round(n * new / ours)))
+    output_layer_floor(model, min(args.sample_batch, n), ours * min(args.sample_batch, n) / (n * new), device)
     with tempfile.TemporaryDirectory() as tmp:
         export(model, tmp)
         hf = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation='sdpa').to(device).eval()
@@ -226,6 +228,17 @@ def bench_sample(args):
         emit(dict(bench='sample', impl='hf_generate', samples=n, new_tokens=new, batch_size=batch,
                   seconds=round(seconds, 3), tokens_per_s=round(n * new / seconds)))
     emit(dict(bench='sample', impl='ratio', speedup_vs_best_hf=round(best / ours, 2)))
+
+
+def output_layer_floor(model, batch, step_s, device):
+    """A decode step's time (a whole sampling run's, per token and batch) against its output layer's matmul alone,
+    (batch, n_embd) @ (n_embd, vocab) in the model's dtype: how far the step is from what the vocabulary costs."""
+    weight = model.lm_head.weight.detach()
+    hidden = torch.randn(batch, weight.size(1), device=device, dtype=weight.dtype)
+    matmul_s = timed_steps(lambda: hidden @ weight.t(), 2, 20, device)
+    emit(dict(bench='sample', impl='decode_step_vs_output_matmul', batch_size=batch,
+              decode_step_ms=round(1e3 * step_s, 2), output_matmul_ms=round(1e3 * matmul_s, 2),
+              ratio=round(step_s / matmul_s, 2)))
 
 
 def bench_guided(args):

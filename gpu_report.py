@@ -65,6 +65,8 @@ def sampling_table(rows):
     lines += [f"| {r['impl']} | {r['samples']} × {r['new_tokens']} | {r['batch_size']} | {r['seconds']} | "
               f"{r['tokens_per_s']:,} |" for r in rows if 'seconds' in r]
     lines += [f"\nours against HF's best: {r['speedup_vs_best_hf']}×" for r in rows if 'speedup_vs_best_hf' in r]
+    lines += [f"\nour decode step {r['decode_step_ms']} ms against its output layer's matmul alone "
+              f"{r['output_matmul_ms']} ms ({r['ratio']}×), batch {r['batch_size']}" for r in rows if 'ratio' in r]
     return lines
 
 
