@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import data
 import gpu_report
@@ -54,7 +54,7 @@ class Sizes:
     compiled: tuple  # the throughput rows compiled beforehand ('hf': Hugging Face's)
     evaluate: list  # evaluate.py's settings
     repro: list  # repro.py's extra arguments
-    at_once: dict  # how many parts of a pool run at a time
+    at_once: dict  # how many parts of a pool run at a time (GPU: on 140 GiB, fewer on less: fewer_at_once)
     env: dict  # for the children
     exclusive: bool  # the parts that need the GPU alone get it (on a CPU nothing is timed against anything)
 
@@ -65,7 +65,7 @@ TINY_EVAL = ['--eval_samples=4', '--eval_max_new_tokens=8', '--eval_iters=1', '-
 GPU = Sizes(budget_s=BUDGET_S, limit_s=300, prepare=['--source=local+site', '--max_bytes=128M'], model=[],
             tokens_per_step=64 * 512, steps=200, bench=[], sample=['--hf_sample_batches=4096'],
             compiled=OBJECTIVES + ('hf',), evaluate=['--eval_samples=256', '--eval_max_new_tokens=128'],
-            repro=['--extra=--eval_interval=0'], at_once=dict(compile=3, objective=7), env={},
+            repro=['--extra=--eval_interval=0'], at_once=dict(compile=4, objective=7), env={},
             exclusive=True)
 CPU = Sizes(budget_s=1800, limit_s=600, prepare=['--source=local', '--max_bytes=300K'],
             model=TINY + ['--device=cpu', '--compile=False'], tokens_per_step=4 * 64, steps=24,
@@ -390,10 +390,15 @@ def main(out, device):
         sys.exit(f"error: {out} is not empty: give --out a new folder")
     if os.path.exists(data.bpe_path()):
         os.environ['PHF_GPT2_BPE'] = data.bpe_path()  # the children never try a download (data.get_tokenizer)
-    sizes = CPU if device == 'cpu' else GPU
+    if device == 'cpu':
+        import devices
+        sizes, machine = CPU, devices.describe('cpu')
+    else:
+        machine, gib = describe_gpu()
+        sizes = fewer_at_once(GPU, gib)
     os.makedirs(os.path.join(out, 'logs'))
     parts, t0 = plan(sizes, out), time.time()
-    meta = dict(command=' '.join(['python bench.py'] + sys.argv[1:]), device=device_name(device),
+    meta = dict(command=' '.join(['python bench.py'] + sys.argv[1:]), device=machine, at_once=sizes.at_once,
                 started=time.strftime('%Y-%m-%d %H:%M %Z'),
                 budget_s=sizes.budget_s, seconds=0)
 
@@ -411,14 +416,19 @@ def main(out, device):
     return not failed
 
 
-def device_name(device):
-    """The machine and torch version in one line; nvidia-smi names the GPU (this process leaves CUDA to children)."""
-    import devices
-    if device == 'cpu':
-        return devices.describe('cpu')
+def describe_gpu():
+    """(the GPU and torch version in one line, its memory in GiB or None), from nvidia-smi: this process leaves CUDA
+    to its children."""
     try:
-        gpu = subprocess.run(['nvidia-smi', '--query-gpu=name', '--format=csv,noheader'], capture_output=True,
-                             text=True, timeout=30).stdout.strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        gpu = 'a CUDA device'
-    return f"{gpu}, torch {importlib.metadata.version('torch')}"
+        name, mib = subprocess.run(['nvidia-smi', '--query-gpu=name,memory.total', '--format=csv,noheader,nounits'],
+                                   capture_output=True, text=True, timeout=30).stdout.splitlines()[0].split(', ')
+        gpu, gib = name, int(mib) / 1024
+    except (OSError, IndexError, ValueError, subprocess.TimeoutExpired):
+        gpu, gib = 'a CUDA device', None
+    return f"{gpu}, torch {importlib.metadata.version('torch')}", gib
+
+
+def fewer_at_once(sizes, gib):
+    """The pools scaled to a GPU of gib GiB (an H100's 80: about half as many as on an H200's 140)."""
+    share = min(1.0, gib / 139) if gib else 1.0
+    return replace(sizes, at_once={pool: max(1, round(n * share)) for pool, n in sizes.at_once.items()})

@@ -28,7 +28,7 @@ def test_the_cpu_mode_runs_every_part(tmp_path):
     trained = {(r['impl'], r['objective']) for r in parts['train']['figures']['rows'] if r['bench'] == 'train'}
     assert trained == {('phf', m) for m in gpu_check.OBJECTIVES} | {('hf_gpt2', 'mle')}
     sampled = {r['impl'] for r in parts['sample']['figures']['rows'] if r['bench'] == 'sample'}
-    assert sampled == {'phf', 'hf_generate', 'ratio'}
+    assert sampled == {'phf', 'decode_step_vs_output_matmul', 'hf_generate', 'ratio'}
     for method in gpu_check.OBJECTIVES:
         f = parts[f'objective:{method}']['figures']
         assert f['last_loss'] < f['first_loss'] and f['first_steps'] == '2-8' and f['last_steps'] == '18-24'
@@ -40,6 +40,7 @@ def test_the_cpu_mode_runs_every_part(tmp_path):
     for heading in ('## Training throughput', '## Sampling', '## Each objective', '## repro.py'):
         assert heading in md
     assert '| phf | awr |' in md and 'resume: bit_exact True' in md and '| prepare | ok |' in md
+    assert "against its output layer's matmul alone" in md
     with tarfile.open(out / 'gpu_check_logs.tar.gz') as tar:
         names = set(tar.getnames())
     assert {'logs/train.log', 'logs/objective_mask.log', 'repro/results.md'} <= names
@@ -109,3 +110,9 @@ def test_a_part_that_needs_the_gpu_alone_waits_for_it_and_keeps_it(tmp_path):
     assert ready() == ['later']
     unordered = sizes(exclusive=False, at_once=dict(pool=2))  # a CPU: nothing waits for the GPU
     assert [p.name for p in parts if gpu_check.may_start(p, parts, [], unordered)] == [p.name for p in parts]
+
+
+def test_fewer_parts_share_a_smaller_gpu():
+    assert gpu_check.fewer_at_once(gpu_check.GPU, 140.4).at_once == dict(compile=4, objective=7)  # an H200
+    assert gpu_check.fewer_at_once(gpu_check.GPU, 79.6).at_once == dict(compile=2, objective=4)  # an H100
+    assert gpu_check.fewer_at_once(gpu_check.GPU, None).at_once == dict(compile=4, objective=7)  # not known
