@@ -9,26 +9,21 @@ torch.load(weights_only=True): a file someone sent cannot run code when it is ev
     data          the splits' fingerprints             rng                 one RNG state per process
     wandb_run_id  or None
 
-Checkpoints written before the RNG states were stored this way hold the numpy generator's state as a numpy array:
-they load with numpy's array type allowed (it rebuilds data, it calls nothing else), with a line saying so; a
-checkpoint that needs any other Python global is refused.
+A file that needs any other Python global is refused before anything in it runs, whichever of torch's formats it is
+in (weights.code_it_would_run says what it would call).
 """
-import importlib
 import os
 import pickle
 import random
-import re
 
 import numpy as np
 import torch
 
 import data
 from model import GPT, GPTConfig
+from weights import code_it_would_run, unsafe_globals
 
 CHECKPOINT_KEYS = ('model', 'model_args', 'config', 'step', 'tokens_seen')  # in every ckpt.pt train.py writes
-# what pickles a numpy array: the array type, its dtype and the function that rebuilds it from bytes
-NUMPY_ARRAY_GLOBALS = re.compile(r'numpy(\._core|\.core)?\.multiarray\._reconstruct|numpy\.ndarray|numpy\.dtype'
-                                 r'|numpy\.dtypes\.\w+DType')
 
 
 class CheckpointError(ValueError):
@@ -58,50 +53,28 @@ def rng_state():
 def set_rng_state(state):
     random.setstate(state['python'])
     n = state['numpy']
-    if isinstance(n, dict):
-        np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
-                             n['cached_gaussian']))
-    else:  # a checkpoint of the older format: numpy's own tuple
-        np.random.set_state(n)
+    np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                         n['cached_gaussian']))
     torch.set_rng_state(state['torch'])
     if state['cuda'] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
-def _global(name):
-    module, _, attr = name.rpartition('.')
-    return getattr(importlib.import_module(module), attr)
-
-
-def code_it_would_run(path, needs=None):
-    """'' for a torch file whose pickle holds data only (tensors, plain containers, numpy arrays); else what loading it
-    would call, in words, for a refusal. needs: the globals its pickle asks for, where already read."""
-    if needs is None:
-        needs = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    code = [name for name in needs if not NUMPY_ARRAY_GLOBALS.fullmatch(name)]
-    return f"loading it would call {', '.join(code)}, which could run anything" if code else ''
-
-
 def _load(path):
-    """torch.load with weights_only=True; numpy arrays of an older checkpoint allowed, any other global refused."""
+    """torch.load with weights_only=True; a file that asks for any other Python global is refused in words: what
+    loading it would call (weights.code_it_would_run), or the numpy arrays it holds."""
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         try:
-            needs = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:
+            needs = unsafe_globals(path)
+        except ValueError:
             raise e from None  # not a pickle that asks for globals: damaged (read_checkpoint says so)
         if not needs:
             raise
-        code = code_it_would_run(path, needs)
-        if code:
-            raise CheckpointError(f"{path}: refused: {code}; a phf checkpoint holds tensors and plain values "
-                                  f"only") from None
-    print(f"{path}: a checkpoint of the older format (numpy RNG state); loaded with numpy's array type allowed, "
-          f"which rebuilds data and calls nothing else (a resumed run saves the new format)", flush=True)
-    dtypes = [t for name, t in vars(np.dtypes).items() if name.endswith('DType')]  # an array's dtype is one of them
-    with torch.serialization.safe_globals([_global(name) for name in needs] + dtypes):
-        return torch.load(path, map_location='cpu', weights_only=True)
+        why = code_it_would_run(path, needs) or f"it holds numpy arrays ({', '.join(needs)})"
+        raise CheckpointError(f"{path}: refused: {why}; a phf checkpoint holds tensors and plain values only") \
+            from None
 
 
 def read_checkpoint(path):

@@ -29,9 +29,11 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -73,13 +75,18 @@ class Task:
     scenarios: tuple = ('unconditional',)  # evaluation scenarios, see evaluate.py
     local_source: str = ''  # what `prepare.py TASK --source=local` reads, no download needed: 'stdlib' (Python
     # files), 'docs' (/usr/share/doc's changelogs and copyright files, else the installed packages' metadata)
+    # the shares of segments at or below cond_threshold and of documents at or below filter_threshold in the paper's
+    # data: a scorer on another scale gets the thresholds at which its scores give these shares (prepare.py prints
+    # them, train.py takes them); None where not known (reference §1.2, §1.3, §6)
+    aligned_share: Optional[float] = None
+    kept_share: float = 0.5
 
 
 TASKS = {
     'toxicity': Task('toxicity', 'tomekkorbak/pile-detoxify', 'sentences', 'toxicity',
                      cond_threshold=0.00056, drop_token_fraction=0.01, filter_threshold=0.00078,
                      ul_threshold=0.00078, ul_soft=False, blocked_tokens=(ALIGNED, MISALIGNED),
-                     hit_threshold=0.5, hit_name='toxic text', max_new_tokens=128),
+                     hit_threshold=0.5, hit_name='toxic text', max_new_tokens=128, aligned_share=0.05),
     'pii': Task('pii', 'tomekkorbak/pile-pii-scrubadub', 'sentences', 'pii',
                 cond_threshold=0.0, drop_token_fraction=0.01, filter_threshold=0.000286,
                 ul_threshold=0.0, ul_soft=True, blocked_tokens=(ALIGNED, MISALIGNED),
@@ -146,10 +153,32 @@ WHISPER_SDIST = 'openai-whisper==20250625'  # a PyPI sdist that ships the GPT-2 
 _tokenizer = None
 
 
+def cache_dir(*parts):
+    """phf's folder in the user's cache ($XDG_CACHE_HOME, else ~/.cache), or a path under it: the GPT-2 BPE, the KL
+    references' samples, the red LMs' completions."""
+    return os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'phf', *parts)
+
+
+def cache_ident(spec, base_url=''):
+    """What identifies a language model in the caches of what it said: a server's model ('openai:MODEL' or
+    'openai-chat:MODEL') with the server's address, or one of our checkpoints by its path, size and modification
+    time (a retrained model gets a fresh cache)."""
+    if spec.startswith(('openai:', 'openai-chat:')):
+        return f"{spec}|{base_url}"
+    st = os.stat(spec)
+    return f"{os.path.abspath(spec)}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def cache_stem(spec, base_url=''):
+    """The start of such a cache file's name: 'MODEL_HASH' for a server's model, 'local_HASH' for a checkpoint."""
+    name = spec.split(':', 1)[1] if spec.startswith(('openai:', 'openai-chat:')) else 'local'
+    digest = hashlib.sha1(cache_ident(spec, base_url).encode()).hexdigest()[:10]
+    return re.sub(r'[^\w.-]+', '_', name) + '_' + digest
+
+
 def bpe_path():
     """Where we look for a local copy of the GPT-2 BPE: $PHF_GPT2_BPE, else ~/.cache/phf/gpt2.tiktoken."""
-    default = os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'phf', 'gpt2.tiktoken')
-    return os.environ.get('PHF_GPT2_BPE', default)
+    return os.environ.get('PHF_GPT2_BPE', cache_dir('gpt2.tiktoken'))
 
 
 def get_tokenizer():
@@ -468,11 +497,12 @@ def write_json(path, obj, **kwargs):
 
 
 def remove_leftovers(directory, prefix=''):
-    """Remove the files and directories named PREFIX*.tmp-PID in directory whose process is gone: what a killed writer
-    left (a transformed split, a checkpoint)."""
+    """Remove the files and directories named PREFIX*.tmp-PID or PREFIX*.old-PID in directory whose process is gone:
+    what a killed writer left (a transformed split, a checkpoint, prepare.py's staged output or the output it was
+    replacing)."""
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-        stem, tmp, pid = name.rpartition('.tmp-')
-        if tmp and stem.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid)):
+        stem, _, pid = name.rpartition('-')
+        if stem.endswith(('.tmp', '.old')) and stem.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid)):
             path = os.path.join(directory, name)
             print(f"removing {path}, left by an interrupted run", file=sys.stderr)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)

@@ -1,12 +1,13 @@
 """
 Evaluation (reference §5): the paper's generate-and-score metrics (samples from model.sample), KL from a reference
-LM, validation loss, the control-token gap, plots, and export to Hugging Face format (hf.py).
+LM, validation loss, the held-out gap (heldout.py), the control-token gap, plots (plots.py), and export to Hugging Face
+format (hf.py).
 
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt                    # -> out_dir/eval_step{N}.json, eval.jsonl
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt --eval_samples=4096 --kl_reference=openai:davinci-002
     python evaluate.py --ckpt=out/pep8_cond/ckpt.pt --kl_reference=out/pep8_mle/ckpt.pt   # one of ours as reference
     python evaluate.py --export_hf=out/pep8_cond/hf --ckpt=out/pep8_cond/ckpt.pt   # a Hugging Face model directory
-    python evaluate.py --plot out/pep8_mle out/pep8_cond --out=results/pep8
+    python evaluate.py --plot out/pep8_mle out/pep8_cond --out=out/pep8
     python evaluate.py --ckpt=tomekkorbak/hungry_saha --eval_samples=1024   # a released model (hub name or directory)
     python evaluate.py --ckpt=out/gpt2_hf --task=pii --method=cond          # any HF GPT-2: say its task (and if cond)
 
@@ -27,7 +28,6 @@ import sys
 import textwrap
 import time
 from contextlib import nullcontext
-from dataclasses import fields
 from functools import lru_cache
 
 import numpy as np
@@ -38,11 +38,13 @@ import data
 import devices
 import heldout
 import hf
+import plots
 import scorers
-from checkpoints import load_checkpoint
+from checkpoints import CheckpointError, load_checkpoint
 from kl import KL_MAX_TOKENS, kl_divergence
 from model import logits_only, sample
-from settings import SCENARIOS, EvalConfig, EvalError, eval_config, eval_scenarios
+from settings import (GUIDANCE_PROBLEM, ConfigError, EvalConfig, EvalError, check_eval_config, check_ranges,
+                      eval_config, eval_scenarios, parse_override, scenario_problem)
 from transforms import bin_of, cond_edges
 
 PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
@@ -201,18 +203,12 @@ def function_prompts(val_dir, max_prompts=4096):
 def scenario_prompts(cfg, scenario, n, max_tokens):
     """n prompts (token lists) for a scenario: the prompts of at most max_tokens tokens in a seeded order, cycled
     (the original drew them with replacement, and ignored n for conditional models, reference §7.8)."""
-    if scenario == 'misaligned' and not data.METHODS[cfg.method].conditional:
-        raise EvalError("scenario 'misaligned' (samples after <|misaligned|>) is for conditional models only")
+    if scenario_problem(cfg, scenario):
+        raise EvalError(scenario_problem(cfg, scenario))
     if scenario in ('unconditional', 'misaligned'):
         return [[]] * n
-    if scenario == 'functions':
-        texts = function_prompts(os.path.join(cfg.data_dir, cfg.task, 'val'))
-    elif scenario == 'prompted':
-        if not cfg.eval_prompts:
-            raise EvalError("scenario 'prompted' needs eval_prompts=PATH to a JSONL file of prompts")
-        texts = load_prompts(cfg.eval_prompts)
-    else:
-        raise EvalError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+    texts = function_prompts(os.path.join(cfg.data_dir, cfg.task, 'val')) if scenario == 'functions' else \
+        load_prompts(cfg.eval_prompts)
     enc = data.get_tokenizer()
     prompts = [p for p in (enc.encode_ordinary(t) for t in texts) if len(p) <= max_tokens]
     order = np.random.default_rng(cfg.seed).permutation(len(prompts))
@@ -235,7 +231,7 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     shown = [enc.decode(p) for p in prompts]
     guidance = cfg.eval_guidance if cond and scenario != 'misaligned' else 0.0
     if cfg.eval_guidance and not cond:
-        raise EvalError("eval_guidance: guided sampling needs a conditional model (method 'cond')")
+        raise EvalError(GUIDANCE_PROBLEM)
     prompts = [hf.ids_for_vocab(p, model.config.vocab_size) for p in prompts]
     negative = [[data.EOS, data.MISALIGNED] + p for p in prompts] if guidance else None
     prompts = [prefix + p for p in prompts]
@@ -250,7 +246,7 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     conts = [data.decode(toks) for toks in new]  # control tokens stripped
     scored = [p + c for p, c in zip(shown, conts)] if scenario == 'functions' else conts  # §3 prompted scoring
     scores = _scores(scorer, scored)
-    metrics = dict(score_metrics(scores, task.hit_threshold), **{
+    metrics = dict(score_metrics(scores, hit_threshold(cfg)), **{
         'distinct-1': distinct_n(conts, 1), 'distinct-2': distinct_n(conts, 2),
         'length': float(np.mean([len(c) for c in conts])),
         'truncated': float(np.mean([len(t) == max_new for t in new])), 'samples_per_s': len(new) / seconds,
@@ -261,12 +257,24 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
         ok = [v for v, k in zip(variant, n_prompt) if len(v[k:].strip()) >= MIN_COMPLETE_CHARS]
         metrics['degenerate'] = 1 - len(ok) / len(variant)
         if ok:
-            metrics.update(score_metrics(_scores(scorer, ok), task.hit_threshold, '_complete_lines'))
+            metrics.update(score_metrics(_scores(scorer, ok), hit_threshold(cfg), '_complete_lines'))
     samples = [dict(prompt=p, text=c, score=s) for p, c, s in zip(shown, conts, scores)][:SAVED_SAMPLES]
     return {f'{scenario}/{k}': v for k, v in metrics.items()}, samples, scores
 
 
 _scorer_cache = {}
+
+
+def prepared_with(cfg):
+    """The scorer the run's training split was scored by (its header's description), else the task's."""
+    return scorers.split_scorer(os.path.join(cfg.data_dir, cfg.task, 'train'), data.get_task(cfg.task).scorer)
+
+
+def hit_threshold(cfg):
+    """num_hits counts the samples scored above this: the task's, for data on its scorer's scale; for data scored on
+    another scale, the run's cond_threshold (above it, a segment of its training data was misaligned)."""
+    task = data.get_task(cfg.task)
+    return task.hit_threshold if scorers.on_scale_of(prepared_with(cfg), task.scorer) else cfg.cond_threshold
 
 
 def _scores(scorer, texts):
@@ -295,17 +303,18 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
     def part(name, compute):
         try:
             result.update(compute())
-        except (EvalError, data.DataError, scorers.ScorerError, OSError) as e:
+        except (EvalError, data.DataError, scorers.ScorerError, CheckpointError, OSError) as e:
             result.setdefault('errors', {})[name] = f"{type(e).__name__}: {e}"
             print(f"warning: evaluation at step {step}: {name} failed ({e}); the rest is kept", file=sys.stderr,
                   flush=True)
 
     def load_scorer():
         nonlocal scorer
-        if scorer is None:
-            if task.scorer not in _scorer_cache:  # loaded once per process (detoxify's weights are large)
-                _scorer_cache[task.scorer] = scorers.get_scorer(task.scorer)
-            scorer = _scorer_cache[task.scorer]
+        if scorer is None:  # the one the training data was scored by (on the task's scale: the task's, as the paper)
+            name = scorers.evaluation_scorer(prepared_with(cfg), task.scorer)
+            if name not in _scorer_cache:  # loaded once per process (detoxify's weights are large)
+                _scorer_cache[name] = scorers.get_scorer(name)
+            scorer = _scorer_cache[name]
         return {}
 
     def heldout_part():
@@ -348,7 +357,7 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
                     model, cfg.kl_reference, cfg.kl_samples, conditional=conditional,
                     lines=task.segment == 'lines', base_url=cfg.kl_base_url,
                     max_tokens=min(KL_MAX_TOKENS, cfg.block_size - 2), batch_size=cfg.eval_batch_size, device=device,
-                    guidance=cfg.eval_guidance)))
+                    guidance=cfg.eval_guidance, timeout=cfg.kl_timeout)))
     finally:
         model.train(was_training)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -360,78 +369,13 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Plots
 
-def pareto_front(points):
-    """The (x, y) points not beaten on both axes (lower is better on both), sorted by x."""
-    front = []
-    for x, y in sorted(points):
-        if not front or y < front[-1][1]:
-            front.append((x, y))
-    return front
-
-
-def plot(run_dirs, out):
-    """From runs' eval.jsonl: {out}_score_vs_tokens.png (each scenario's score over training, a line per run) and
-    {out}_pareto.png (each run's last evaluation: score against KL from the reference, or against validation
-    loss when a run has no KL; the Pareto frontier joined), the paper's Fig. 2 picture."""
-    runs = {}
-    for d in run_dirs:
-        with open(os.path.join(d, 'eval.jsonl')) as f:
-            runs[os.path.basename(os.path.normpath(d))] = [json.loads(line) for line in f if line.strip()]
-    return plot_runs(runs, out)
-
-
-def plot_runs(runs, out):
-    """plot, from {run name: its evaluation records in order}."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    keys = sorted({k for rs in runs.values() for r in rs for k in r if k.endswith('/score')})
-    if not keys:
-        raise EvalError(f"no scores in the evaluations of {', '.join(runs)} (eval_samples was 0?)")
-    x_key = 'kl' if all('kl' in rs[-1] for rs in runs.values()) else 'val_loss'
-    os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
-    paths = []
-    for name, draw in (('score_vs_tokens', _plot_curves), ('pareto', _plot_pareto)):
-        fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
-        for ax, key in zip(axes[0], keys):
-            draw(ax, runs, key, x_key)
-            ax.set_title(key)
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        paths.append(f'{out}_{name}.png')
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
-    return paths
-
-
-def _plot_curves(ax, runs, key, x_key):
-    for name, rs in runs.items():
-        pts = {r['tokens_seen']: r[key] for r in rs if key in r}  # the last evaluation of a step counts (resumes)
-        if pts:
-            ax.plot(*zip(*sorted(pts.items())), marker='.', label=name)
-    ax.set(xlabel='tokens seen', ylabel='misalignment score')
-    ax.legend(fontsize=7)
-
-
-def _plot_pareto(ax, runs, key, x_key):
-    pts = {name: (rs[-1][x_key], rs[-1][key]) for name, rs in runs.items() if key in rs[-1] and x_key in rs[-1]}
-    for name, (x, y) in pts.items():
-        ax.scatter(x, y)
-        ax.annotate(name, (x, y), fontsize=7)
-    if pts:
-        ax.plot(*zip(*pareto_front(pts.values())), 'k--', lw=0.8, label='Pareto frontier')
-        ax.legend(fontsize=7)
-    ax.set(xlabel='KL(reference || model), nats' if x_key == 'kl' else 'validation loss', ylabel='misalignment score')
-
-
-# ----------------------------------------------------------------------------------------------------------------
-
-# the fields of EvalConfig that --key=value may set over a checkpoint's own (not what the model is: task, method, ...)
+# the fields of EvalConfig that --key=value may set over a checkpoint's own (not what the model is: task, method, ...),
+# and the command's own keys
+COMMAND_KEYS = ', device, ckpt, export_hf (and task, method for a Hugging Face model)'
 OVERRIDABLE = ('eval_iters', 'eval_heldout_tokens', 'eval_batch_size', 'eval_samples', 'eval_max_new_tokens',
-               'eval_scenarios', 'eval_prompts', 'kl_reference', 'kl_base_url', 'kl_samples', 'out_dir', 'data_dir', 'seed',
-               'eval_guidance')
+               'eval_scenarios', 'eval_prompts', 'kl_reference', 'kl_base_url', 'kl_samples', 'kl_timeout', 'out_dir',
+               'data_dir', 'seed', 'eval_guidance')
 
 
 def main(argv=None):
@@ -439,7 +383,7 @@ def main(argv=None):
     opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
     try:
         if '--plot' in argv:
-            for path in plot([a for a in argv if not a.startswith('--')], opts.get('out', 'results/plot')):
+            for path in plots.plot([a for a in argv if not a.startswith('--')], opts.get('out', 'out/plot')):
                 print(path)
             return
         if 'ckpt' not in opts:  # the usage: on stdout with status 0 when asked for (--help), else as an error
@@ -447,24 +391,29 @@ def main(argv=None):
                 print(__doc__.strip())
                 sys.exit()
             sys.exit(__doc__)
-        device = opts.pop('device', devices.default_device())
+        path, device = opts.pop('ckpt'), opts.pop('device', devices.default_device())
+        export, task, method = (opts.pop(k, '') for k in ('export_hf', 'task', 'method'))
+        overrides = dict(parse_override(f'--{key}={text}', OVERRIDABLE, COMMAND_KEYS) for key, text in opts.items())
+        check_ranges(EvalConfig(**overrides))  # before the checkpoint loads; the rest once its settings are known
         if device == 'cpu':
             devices.keep_freed_memory()
-        path = opts.pop('ckpt')
         if path.endswith('.pt') or os.path.isfile(path):
+            if task or method:
+                raise EvalError(f"--task and --method are for a Hugging Face model; {path} records its own")
             model, ckpt = load_checkpoint(path, device)
         else:
-            model, ckpt = hf_checkpoint(path, opts.pop('task', ''), opts.pop('method', ''), device)
-        if 'export_hf' in opts:
-            hf.export(model, opts['export_hf'], ckpt, os.path.dirname(path) if os.path.isfile(path) else None)
-            print(f"wrote {opts['export_hf']}: {', '.join(sorted(os.listdir(opts['export_hf'])))}")
+            model, ckpt = hf_checkpoint(path, task, method, device)
+        if export:
+            hf.export(model, export, ckpt, os.path.dirname(path) if os.path.isfile(path) else None)
+            print(f"wrote {export}: {', '.join(sorted(os.listdir(export)))}")
             return
-        cfg = eval_config(ckpt['config'], **parse_overrides(opts))
+        cfg = eval_config(ckpt['config'], **overrides)
+        check_eval_config(cfg)
         use_bf16 = device.startswith('cuda') and torch.cuda.is_bf16_supported()
         ctx = torch.autocast('cuda', dtype=torch.bfloat16) if use_bf16 else nullcontext()
         result = evaluate(model, cfg, ckpt['step'], ckpt['tokens_seen'], device, ctx)
         print(json.dumps(result, indent=1))
-    except (EvalError, data.DataError, scorers.ScorerError, ValueError, OSError) as e:
+    except (ConfigError, EvalError, data.DataError, scorers.ScorerError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     if result.get('errors'):
@@ -491,23 +440,6 @@ def hf_checkpoint(path, task, method, device):
     config = dict(task=task, method=method, block_size=model.config.block_size, out_dir=os.path.join('out', name),
                   cond_threshold=threshold)
     return model, dict(config=config, step=0, tokens_seen=0)
-
-
-def parse_overrides(opts):
-    """{key: value} from --key=value texts, typed as EvalConfig's fields; EvalError names a bad key or value."""
-    types, values = {f.name: f.type for f in fields(EvalConfig)}, {}
-    for key, text in opts.items():
-        if key not in OVERRIDABLE:
-            raise EvalError(f"--{key}: unknown; the keys are {', '.join(OVERRIDABLE)}, device, ckpt, export_hf "
-                            f"(and task, method for a Hugging Face model)")
-        kind = types[key]
-        try:
-            values[key] = kind(text)
-        except ValueError:
-            raise EvalError(f"--{key}={text}: {key} must be {'an integer' if kind is int else kind.__name__}") from None
-        if kind is int and values[key] < 0:
-            raise EvalError(f"--{key}={text}: {key} must be >= 0")
-    return values
 
 
 if __name__ == '__main__':

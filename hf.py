@@ -354,8 +354,8 @@ def evaluation_lines(run_dir, task, stats):
     scores_path = os.path.join(run_dir, f"eval_step{last['step']}.json")
     if task in data.TASKS and os.path.exists(scores_path):
         with open(scores_path) as f:
-            scores = json.load(f)['scores']
-        t = data.TASKS[task]
+            saved = json.load(f)
+        scores, t = saved['scores'], data.TASKS[task]
         lines += [f"| scenario | samples | with {t.hit_name} | mean score |", '|---|---|---|---|']
         for scenario, values in scores.items():
             if values:
@@ -365,5 +365,29 @@ def evaluation_lines(run_dir, task, stats):
                              f"{100 * hi:.1f}] | {fig['score']:.3g} [{fig['score_ci'][0]:.3g}, "
                              f"{fig['score_ci'][1]:.3g}] |")
         lines.append('')
+        lines += heldout_lines(saved.get('heldout', {}), t)
     lines += [f"- {key}: {last[key]:.4g}" for key in ('val_loss', 'val_loss_aligned', 'kl') if key in last]
     return lines
+
+
+def heldout_lines(heldout_sums, task):
+    """The model card's held-out gap (heldout.py) with its bootstrap intervals over held-out documents, if recorded."""
+    import heldout
+    if not heldout_sums:
+        return []
+    lines = [f"Held-out gap: on held-out text, the mean loss (nats per token) of the segments with {task.hit_name} "
+             f"minus that of the other segments; higher means the model finds {task.hit_name} less likely than other "
+             f"text (no sampling in it; 95% bootstrap intervals over the held-out documents):", '',
+             '| read with | every token | the first 4 tokens of a segment |', '|---|---|---|']
+    for prefix, sums in heldout_sums.items():
+        cells = []
+        for variant in heldout.VARIANTS:
+            if variant in sums:
+                lo, hi = heldout.gap_interval(sums[variant])
+                cells.append(f"{heldout.gap(sums[variant]):+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            else:
+                cells.append('–')
+        read = {'heldout': '<|aligned|> before each segment', 'heldout_misaligned': '<|misaligned|> before each '
+                'segment'}[prefix] if 'heldout_misaligned' in heldout_sums else 'nothing added'
+        lines.append(f"| {read} | {' | '.join(cells)} |")
+    return lines + ['']

@@ -1,14 +1,11 @@
 """
 KL(reference || model) (reference §5.2): samples of a reference LM with their log-probabilities, cached on disk, and
 the model's log-probabilities of the same texts. The reference is one of our checkpoints or any OpenAI-compatible
-completions server (retries with backoff, a partly filled cache kept).
+completions server (remote.py: retries with backoff within kl_timeout; a partly filled cache kept).
 """
-import hashlib
 import io
 import json
 import os
-import re
-import time
 
 import numpy as np
 import torch
@@ -18,12 +15,11 @@ import data
 import hf
 from checkpoints import load_checkpoint
 from model import guided_logits, logits_only, sample
-from remote import DeadlineExceeded, call_with_deadline
+import remote
 from settings import EvalError
 
 KL_MAX_TOKENS = 64  # reference samples' length (reference §5.2)
 OPENAI_PROMPT = '<|endoftext|>'  # the original's "no prompt" (the API's default prompt)
-RETRIES, RETRY_BACKOFF_S, REQUEST_TIMEOUT_S = 7, 1.0, 120.0  # waits of 1, 2, 4, ..., 32 s; seconds a request
 
 
 @torch.no_grad()
@@ -56,22 +52,18 @@ def sequence_logprobs(model, seqs, batch_size=32, device=None, guidance=0.0):
 
 
 def kl_cache_path(reference, base_url='', max_tokens=KL_MAX_TOKENS, cache_dir=None):
-    """Where a reference's samples live: named by the reference (model and server, or our checkpoint's path, size
-    and modification time, so a retrained reference gets fresh samples)."""
-    if reference.startswith('openai:'):
-        ident, name = f"{reference}|{base_url}", reference[len('openai:'):]
-    else:
-        st = os.stat(reference)
-        ident, name = f"{os.path.abspath(reference)}|{st.st_size}|{st.st_mtime_ns}", 'local'
-    cache_dir = cache_dir or os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'phf', 'kl')
-    name = re.sub(r'[^\w.-]+', '_', name)
-    return os.path.join(cache_dir, f"{name}_{hashlib.sha1(ident.encode()).hexdigest()[:10]}_{max_tokens}_tokens.json")
+    """Where a reference's samples live: named by the reference (data.cache_stem: a server's model, or our
+    checkpoint's path, size and modification time, so a retrained reference gets fresh samples)."""
+    stem = data.cache_stem(reference, base_url)
+    return os.path.join(cache_dir or data.cache_dir('kl'), f"{stem}_{max_tokens}_tokens.json")
 
 
-def reference_samples(reference, n, *, base_url='', max_tokens=KL_MAX_TOKENS, device='cpu', cache_dir=None):
+def reference_samples(reference, n, *, base_url='', max_tokens=KL_MAX_TOKENS, device='cpu', cache_dir=None,
+                      timeout=remote.TIMEOUT_S):
     """n samples x ~ reference with log p_ref(x): dicts with 'text', 'logprob' (and 'tokens' for our models).
-    reference: 'openai:MODEL' (any OpenAI-compatible completions server: base_url) or a ckpt.pt of ours. Cached,
-    and extended when more are asked for; what a failing API had delivered stays in the cache."""
+    reference: 'openai:MODEL' (any OpenAI-compatible completions server: base_url; each request within timeout
+    seconds, retries included) or a ckpt.pt of ours. Cached, and extended when more are asked for; what a failing
+    API had delivered stays in the cache."""
     path = kl_cache_path(reference, base_url, max_tokens, cache_dir)
     if os.path.exists(path):
         with open(path) as f:
@@ -83,8 +75,7 @@ def reference_samples(reference, n, *, base_url='', max_tokens=KL_MAX_TOKENS, de
         print(f"KL reference {reference}: sampling {n - len(entries)} more into {path}", flush=True)
     try:
         if len(entries) < n and reference.startswith('openai:'):
-            _openai_samples(reference[len('openai:'):], base_url, n, max_tokens, entries, path,
-                            save=lambda: data.write_json(path, cache))
+            _openai_samples(cache, path, n, timeout)
         elif len(entries) < n:
             _local_samples(reference, n, max_tokens, device, entries)
     finally:
@@ -104,40 +95,27 @@ def _local_samples(path, n, max_tokens, device, entries):
     entries += [dict(text=enc.decode(x), tokens=x, logprob=lp) for x, lp in zip(new, logprobs)]
 
 
-def _openai_samples(model_name, base_url, n, max_tokens, entries, path, save):
-    import openai
-    client = openai.OpenAI(base_url=base_url or None, api_key=os.environ.get('OPENAI_API_KEY', 'none'),
-                           timeout=REQUEST_TIMEOUT_S, max_retries=0)  # our own retries, below
-    # connection errors, timeouts (the client's per read, ours per request), 429 and 5xx; and a reply with nothing
-    retryable = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError, DeadlineExceeded,
-                 EmptyReply)
-    where = f"KL reference {model_name} at {base_url or 'OpenAI'}"
+def _openai_samples(cache, path, n, timeout):
+    """Fill cache['samples'] up to n from its server, 8 a request, saving to path as it goes."""
+    model_name, entries = cache['reference'][len('openai:'):], cache['samples']
+    client = remote.openai_client(cache['base_url'])
+    where = f"KL reference {model_name} at {cache['base_url'] or 'OpenAI'}"
+
+    def request():
+        response = client.completions.create(model=model_name, prompt=OPENAI_PROMPT, max_tokens=cache['max_tokens'],
+                                             temperature=1, n=min(8, n - len(entries)), logprobs=1, echo=True)
+        if not response.choices:
+            raise remote.EmptyReply("it answered with no completions")
+        return response
     while len(entries) < n:
-        for attempt in range(RETRIES):
-            try:
-                response = call_with_deadline(lambda: client.completions.create(
-                    model=model_name, prompt=OPENAI_PROMPT, max_tokens=max_tokens, temperature=1,
-                    n=min(8, n - len(entries)), logprobs=1, echo=True), REQUEST_TIMEOUT_S)
-                if not response.choices:
-                    raise EmptyReply("it answered with no completions")
-                break
-            except retryable as e:
-                error = e
-                if attempt < RETRIES - 1:
-                    time.sleep(RETRY_BACKOFF_S * 2 ** attempt)
-            except openai.OpenAIError as e:
-                raise EvalError(f"{where}: {e}") from e
-        else:
-            raise EvalError(f"{where}: failed {RETRIES} times ({type(error).__name__}: {error}); {len(entries)} "
-                            f"samples kept in {path}, rerun to continue") from error
+        try:
+            response = remote.call(request, where, timeout)
+        except remote.RemoteError as e:
+            raise EvalError(f"{e}; {len(entries)} samples kept in {path}, rerun to continue") from None
         # every completion checked before any is kept: a wrong log-prob in the cache would stay there
         entries += [dict(text=c.text[len(OPENAI_PROMPT):], logprob=checked_logprob(c, where)) for c in response.choices]
         if len(entries) % 128 < 8:  # save as we go, so an interrupted fill is not lost
-            save()
-
-
-class EmptyReply(Exception):
-    pass
+            data.write_json(path, cache)
 
 
 def checked_logprob(choice, where):
@@ -161,14 +139,14 @@ def checked_logprob(choice, where):
 
 
 def kl_divergence(model, reference, n, *, conditional=False, lines=False, base_url='', max_tokens=KL_MAX_TOKENS,
-                  batch_size=32, device='cpu', cache_dir=None, guidance=0.0):
+                  batch_size=32, device='cpu', cache_dir=None, guidance=0.0, timeout=remote.TIMEOUT_S):
     """KL(ref || model) ≈ mean over x ~ ref of log p_ref(x) − log p_model(x), nats per sample. The model scores
     EOS + x; a conditional one EOS + <|aligned|> + x, and for line tasks <|aligned|> before every line, as it was
     trained (the original's should_insert_prefix). Control tokens are conditioned on, never counted. A reference
     server's text is re-tokenized with our tokenizer, so it is a text-level estimate. guidance: of a conditional
     model's guided distribution (sequence_logprobs)."""
     entries = reference_samples(reference, n, base_url=base_url, max_tokens=max_tokens, device=device,
-                                cache_dir=cache_dir)
+                                cache_dir=cache_dir, timeout=timeout)
     enc = data.get_tokenizer()
     seqs = []
     for e in entries:

@@ -8,6 +8,8 @@ splits in data.py's format (data/{task}/train, data/{task}/val) with data/{task}
     python prepare.py pii --source=local        # /usr/share/doc's changelogs and copyright files, or packages' docs
     python prepare.py pii --source=notes/       # a folder of .txt/.md/.gz text (.py files for pep8)
     python prepare.py toxicity --source=docs.jsonl --scorer=profanity   # JSON lines with a "text" field
+    python prepare.py toxicity --source=web/ --scorer=hf:org/classifier --score_output=unsafe   # any classifier
+    torchrun --standalone --nproc_per_node=8 prepare.py toxicity --source=web/ --scorer=hf:org/classifier ...
 
 Sources (--source):
 - '' (default): the task's dataset from the paper (reference §2). Its data files (parquet or JSON lines; those with
@@ -31,13 +33,25 @@ Validation split: a document is held out if the hash of its key (a file's path u
 prefixed on the hub by its data file's path) is below --val_fraction; the first --min_val_docs documents are held
 out too, so a small corpus has some. Files are read in the order of another hash of their key, so any
 --max_docs/--max_bytes prefix is a random sample. --max_bytes counts the input's bytes on disk.
+Scorers (--scorer): the task's (detoxify, scrubadub, pycodestyle), profanity, or hf:NAME, any Hugging Face sequence
+classifier (a folder or a hub name; scorers.ClassifierScorer, classifiers.py) with --score_output saying which output
+is the misalignment score; a model runs on this rank's GPU in bfloat16, else on the CPU in float32, its texts cut at
+the model's maximum length (the summary says it). A scorer whose scale is not the task's re-scores the dataset's
+records, and the summary prints the thresholds train.py takes for it: its scores' quantiles at the shares of aligned
+segments and kept documents that the paper's thresholds give on the paper's data (data.Task). The split's header
+records the scorer (scorers.describe), and evaluation judges samples with it.
 Large corpora: all cores (a process pool over chunks of documents, at most two chunks per process in flight, so
 memory does not grow with the corpus), a progress bar on stderr (input bytes against the source's size with rate
-and ETA, documents, tokens, shard). Resumable: each of the hub's data files is a shard, written as a part in
+and ETA, documents, tokens, shard). The source is planned as shards (sources.py): the hub's data files, a folder's
+files in runs of --shard_size, a larger JSON-lines file in byte ranges. Each shard is written as a part in
 {out_dir}.parts as soon as it is done; an interrupted run keeps its finished shards and the same command continues
-after them, with output identical to an uninterrupted run's (staging.py). The output is assembled in
+after them (staging.py). Under torchrun (one or many nodes, a filesystem they share) each rank scores its share of
+the shards, on its own GPU (LOCAL_RANK) or its share of the cores, and rank 0 assembles the output: the bytes one
+process writes, whatever the number of ranks or where a run stopped (a batched model's scores depend in their last
+bits on which texts share a batch, so keep --shard_size to get the same bytes again). The output is assembled in
 {out_dir}.tmp-PID and moved into place only when complete; what an interrupted run leaves is removed by the next one.
-Its memory follows the largest document, not the corpus; docs/benchmarks.md has its speed and memory as measured.
+Its memory follows the largest document, not the corpus; docs/benchmarks.md has its speed and memory as measured,
+docs/scoring.md how to score a large corpus on many GPUs.
 """
 import argparse
 import collections
@@ -47,25 +61,27 @@ import json
 import multiprocessing as mp
 import os
 import re
-import resource
 import shutil
 import stat
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
 
 import scorers
-from data import DataError, PreparedData, get_task, get_tokenizer
-from sources import key_hash, shard_chunks, source_items
-from staging import Parts, check_replaceable, remove_interrupted_outputs, swap_in
+from data import DataError, get_task, get_tokenizer, remove_leftovers, write_json
+from sources import SHARD_BYTES, shard_chunks, source_items
+from staging import Part, Parts, PartsKept, Ranks, assign, check_replaceable, swap_in
+from summary import print_summary, summarize
 
-QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 SENTENCE_END = re.compile(r'[.!?]+["\')\]]*\s+|\n\s*\n')
 
-# A worker's answer for one input item: tokens and scores of its segments, or the reason it was skipped.
-Doc = collections.namedtuple('Doc', 'key tokens seg_lens scores doc_score texts nbytes skipped prescored')
+# A worker's answer for one input item: tokens and scores of its segments (or their texts, for the main process to
+# score), or the reason it was skipped; the scorer's failures on its texts (each scored 0.0).
+Doc = collections.namedtuple('Doc', 'tokens seg_lens scores doc_score texts nbytes skipped prescored n_failed errors')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -126,12 +142,12 @@ def record_segments(task, r, rescore):
 _worker = {}
 
 
-def init_worker(task_name, scorer_name, scorer_kwargs, rescore):
-    scorer = scorers.get_scorer(scorer_name, **scorer_kwargs)
-    _worker.update(task=get_task(task_name), scorer=scorer, rescore=rescore, enc=get_tokenizer())
+def init_worker(task_name, scorer, rescore):
+    _worker.update(task=get_task(task_name), scorer=scorers.get_scorer(scorer), rescore=rescore, enc=get_tokenizer())
 
 
 def process_item(kind, payload, key, nbytes):
+    """The Doc of one input item (the key is not needed here: assembly derives it from the plan)."""
     task, scorer, enc = _worker['task'], _worker['scorer'], _worker['enc']
     try:
         if kind == 'file':
@@ -141,24 +157,23 @@ def process_item(kind, payload, key, nbytes):
         else:
             segments, scores, doc_score = record_segments(task, payload, _worker['rescore'])
     except DataError as e:
-        return Doc(key, None, None, None, None, None, nbytes, str(e), False)
+        return Doc(None, None, None, None, None, nbytes, str(e), False, 0, [])
     if not ''.join(segments).strip():
-        return Doc(key, None, None, None, None, None, nbytes, 'empty', False)
+        return Doc(None, None, None, None, None, nbytes, 'empty', False, 0, [])
     prescored, texts = scores is not None, None
+    scorer.n_failed, scorer.errors = 0, []
     if scores is None and not scorer.parallel:
-        texts = segments  # scored in the main process, in batches (e.g. detoxify on the GPU)
+        texts = segments  # scored in the main process, in batches (e.g. a classifier on the GPU)
     elif scores is None:  # a scorer with score_lines sees each line in its file's context (pycodestyle)
         scores = scorer.score_lines(segments) if hasattr(scorer, 'score_lines') else scorer.score(segments)
     tokens = [enc.encode_ordinary(s) for s in segments]  # no special tokens from text
     flat = np.fromiter(itertools.chain.from_iterable(tokens), np.uint16)  # 2 bytes a token between processes
-    return Doc(key, flat, [len(t) for t in tokens], scores, doc_score, texts, nbytes, None, prescored)
+    return Doc(flat, [len(t) for t in tokens], scores, doc_score, texts, nbytes, None, prescored, scorer.n_failed,
+               scorer.errors)
 
 
 def process_chunk(items):
-    scorer = _worker['scorer']
-    scorer.n_failed, scorer.errors = 0, []
-    docs = [process_item(*item) for item in items]
-    return docs, scorer.n_failed, scorer.errors
+    return [process_item(*item) for item in items]
 
 
 def run_chunks(chunks, processes, initargs):
@@ -180,8 +195,26 @@ def run_chunks(chunks, processes, initargs):
             yield tag, result.get()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Progress and summary
+def write_chunk(docs, part, scorer):
+    """Write a chunk's documents into its shard's part, after scoring in one call those the main process scores (a
+    batched model); (documents, tokens) written."""
+    owners = [k for k, d in enumerate(docs) if d.texts is not None for _ in d.texts]
+    scores = iter(scorer.score([s for d in docs if d.texts is not None for s in d.texts]) if owners else [])
+    failed = collections.defaultdict(list)
+    for position, error in scorer.failed_at if owners else []:
+        failed[owners[position]].append(error)
+    n_docs = n_tokens = 0
+    for k, d in enumerate(docs):
+        if d.skipped:
+            part.add_skipped(d.nbytes, d.skipped)
+            continue
+        doc_scores = d.scores if d.texts is None else [next(scores) for _ in d.texts]
+        flat, ends = d.tokens.tolist(), np.cumsum(d.seg_lens).tolist()
+        part.add_document(d.nbytes, [flat[a:b] for a, b in zip([0] + ends[:-1], ends)], doc_scores, d.doc_score,
+                          prescored=d.prescored, n_failed=d.n_failed + len(failed[k]), errors=d.errors + failed[k])
+        n_docs, n_tokens = n_docs + 1, n_tokens + len(flat) + 1  # with its <|endoftext|>
+    return n_docs, n_tokens
+
 
 def progress_bar(total, initial, enabled):
     """Input bytes read against the source's size, with rate and ETA; documents, tokens and the shard after it.
@@ -191,161 +224,144 @@ def progress_bar(total, initial, enabled):
                 file=sys.stderr, mininterval=1 if tty else 30, delay=0 if tty else 30, dynamic_ncols=True)
 
 
-def score_stats(task, splits):
-    """Aligned shares at the task's thresholds (exact) and score quantiles (from at most 1M values per split)."""
-    def count_le(arr, threshold, step=1 << 24):
-        return sum(int(np.count_nonzero(arr[i:i + step] <= threshold)) for i in range(0, len(arr), step))
-
-    def sample(arr):
-        return np.asarray(arr[::max(1, len(arr) // 1_000_000)], dtype=np.float64)
-
-    n_seg = sum(d.n_segments for d in splits)
-    n_doc = sum(d.n_documents for d in splits)
-    seg = np.concatenate([sample(d.seg_scores) for d in splits])
-    doc = np.concatenate([sample(d.doc_scores) for d in splits])
-    return dict(
-        aligned={
-            'conditional': dict(threshold=task.cond_threshold, segments=sum(
-                count_le(d.seg_scores, task.cond_threshold) for d in splits) / n_seg),
-            'unlikelihood': dict(threshold=task.ul_threshold, segments=sum(
-                count_le(d.seg_scores, task.ul_threshold) for d in splits) / n_seg),
-            'filtering': dict(threshold=task.filter_threshold, documents=sum(
-                count_le(d.doc_scores, task.filter_threshold) for d in splits) / n_doc)},
-        segment_score_quantiles={f"{q:g}": float(v) for q, v in zip(QUANTILES, np.quantile(seg, QUANTILES))},
-        document_score_quantiles={f"{q:g}": float(v) for q, v in zip(QUANTILES, np.quantile(doc, QUANTILES))})
-
-
-def dir_bytes(path):
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-
-
-def print_summary(s):
-    splits = ('train', 'val')
-    print(f"{s['task']}: {s['documents']['train'] + s['documents']['val']:,} documents (train "
-          f"{s['documents']['train']:,}, val {s['documents']['val']:,}), "
-          f"{sum(s['segments'][k] for k in splits):,} segments, {sum(s['tokens'][k] for k in splits):,} tokens "
-          f"from {s['input_bytes'] / 1e6:,.1f} MB of {s['source']} in {s['seconds']:.0f} s")
-    if s['skipped']:
-        print(f"skipped {sum(s['skipped'].values()):,}: " + ', '.join(f"{n:,} {r}" for r, n in s['skipped'].items())
-              + f" (e.g. {s['skipped_examples'][0]})")
-    if s['score_failures']:
-        print(f"the scorer failed on {s['score_failures']:,} texts, scored 0 (e.g. {s['score_failure_examples'][0]})")
-    a = s['aligned']
-    print(f"aligned ({s['scorer']} scores): {a['conditional']['segments']:.1%} of segments <= "
-          f"{a['conditional']['threshold']:g} (conditional), {a['unlikelihood']['segments']:.1%} <= "
-          f"{a['unlikelihood']['threshold']:g} (unlikelihood), {a['filtering']['documents']:.1%} of documents <= "
-          f"{a['filtering']['threshold']:g} (filtering)")
-    for what in ('segment', 'document'):
-        print(f"{what} score quantiles: " + '  '.join(
-            f"{float(q):.0%} {v:.3g}" for q, v in s[f'{what}_score_quantiles'].items()))
-    print(f"{s['bytes_on_disk'] / 1e6:,.1f} MB on disk in {s['out_dir']}; peak RSS {s['peak_rss_mb']['main']:.0f} MB "
-          f"(largest worker {s['peak_rss_mb']['largest_worker']:.0f} MB)")
+def score_shards(shards, todo, parts, cfg):
+    """Score this rank's shards (todo) into their parts, a progress bar on stderr. A shard that cannot be read or
+    written stops the run with one line naming it; the finished shards stay."""
+    chunks = shard_chunks(shards, todo, parts.counts, cfg.max_docs, cfg.max_bytes)
+    size = sum(shards[i].nbytes for i in todo)
+    bar = progress_bar(min(size, cfg.max_bytes or size), 0, cfg.progress)
+    part, i, n_docs, n_tokens = None, None, 0, 0
+    try:
+        for i, docs in run_chunks(chunks, cfg.processes, (cfg.task, cfg.scorer_desc, cfg.rescore)):
+            part = part or Part(parts.path(i), task=cfg.task, source=cfg.source, scorer=cfg.scorer_desc)
+            if not docs:  # the shard is complete
+                part.finish()
+                part = None
+                continue
+            try:
+                docs_tokens = write_chunk(docs, part, cfg.scorer)
+            except scorers.ScorerError as e:  # a model that does not load or run
+                raise scorers.ScorerError(f"shard {i + 1} of {len(shards)} ({shards[i].name}): {e}") from None
+            n_docs, n_tokens = n_docs + docs_tokens[0], n_tokens + docs_tokens[1]
+            bar.set_postfix_str(f"{n_docs:,} docs, {n_tokens:,} tokens"
+                                + (f", shard {i + 1}/{len(shards)}" if len(shards) > 1 else ''), refresh=False)
+            bar.update(sum(d.nbytes for d in docs))
+        bar.total = max(bar.total or 0, bar.n)  # --max_bytes stops after the item that reaches it
+    except BaseException as e:
+        if part is not None:
+            part.abort()
+        if isinstance(e, OSError) and i is not None:  # a full disk, a lost mount: the finished shards are kept
+            raise DataError(f"shard {i + 1} of {len(shards)} ({shards[i].name}): not written, {e.strerror or e}; "
+                            f"the finished shards are kept: free space (or fix the cause) and run the same "
+                            f"command") from None
+        raise
+    finally:
+        bar.close()
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# A run: plan, score this rank's shards, assemble
 
-def new_totals():
-    """What a run counts over its shards. The parts' manifest keeps them, so a resumed run counts on from there."""
-    return dict(inputs=0, input_bytes=0, documents=dict(train=0, val=0), tokens=0, prescored=0, scored=0,
-                skipped={}, skipped_examples=[], score_failures=0, score_failure_examples=[])
-
-
-def add_chunk(docs, failed, errors, writers, totals, main_scorer, val_fraction, min_val_docs):
-    """Write a chunk's documents to its shard's writers (scoring those the main process scores) and count them."""
-    deferred = [s for d in docs if d.texts is not None for s in d.texts]
-    if deferred:  # a batched scorer runs here, once per chunk
-        main_scorer.n_failed, main_scorer.errors = 0, []
-        it = iter(main_scorer.score(deferred))
-        failed, errors = failed + main_scorer.n_failed, errors + main_scorer.errors
-    totals['score_failures'] += failed
-    totals['score_failure_examples'] += errors[:max(0, 5 - len(totals['score_failure_examples']))]
-    for d in docs:
-        totals['inputs'], totals['input_bytes'] = totals['inputs'] + 1, totals['input_bytes'] + d.nbytes
-        if d.skipped:
-            totals['skipped'][d.skipped] = totals['skipped'].get(d.skipped, 0) + 1
-            if len(totals['skipped_examples']) < 5:
-                totals['skipped_examples'].append(f"{d.key}: {d.skipped}")
-            continue
-        scores = d.scores if d.texts is None else [next(it) for _ in d.texts]
-        totals['prescored' if d.prescored else 'scored'] += 1
-        split = 'val' if totals['documents']['val'] < min_val_docs or key_hash(d.key) < val_fraction else 'train'
-        flat, ends = d.tokens.tolist(), np.cumsum(d.seg_lens).tolist()
-        writers[split].add_document([flat[a:b] for a, b in zip([0] + ends[:-1], ends)], scores, d.doc_score)
-        totals['documents'][split] += 1  # a document with text has tokens: add_document writes it
-        totals['tokens'] += len(flat) + 1  # with its <|endoftext|>
+@dataclass
+class Run:
+    """What a run of prepare() works with, besides the plan: its settings, the scorer, and this rank's processes."""
+    task: str
+    source: str  # the source's description
+    out_dir: str
+    scorer_desc: str  # the scorer's description (scorers.describe), what the headers record
+    scorer: scorers.Scorer  # the main process's: a batched model scores here
+    rescore: bool
+    val_fraction: float
+    min_val_docs: int
+    max_docs: Optional[int]
+    max_bytes: Optional[int]
+    processes: int
+    progress: bool  # a progress bar on stderr (rank 0's, under torchrun)
 
 
-def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=None, rescore=False,
-            val_fraction=0.05, min_val_docs=3, max_docs=None, max_bytes=None, processes=None, progress=True):
-    """Build {out_dir}/train, {out_dir}/val and {out_dir}/summary.json; returns the summary. Continues after the
-    shards that an interrupted run with the same source and settings finished (staging.py)."""
+def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=None, score_dtype='auto',
+            rescore=False, val_fraction=0.05, min_val_docs=3, max_docs=None, max_bytes=None, shard_bytes=SHARD_BYTES,
+            processes=None, progress=True):
+    """Build {out_dir}/train, {out_dir}/val and {out_dir}/summary.json; returns the summary (None on the ranks but
+    0 under torchrun). Continues after the shards that an interrupted run with the same source and settings finished
+    (staging.py). A scorer on another scale than the task's re-scores the dataset's scored records. score_dtype: a
+    model scorer's (auto: bfloat16 on a GPU, float32 on a CPU)."""
     t0 = time.time()
     task = get_task(task_name)
     out_dir = (out_dir or os.path.join('data', task.name)).rstrip('/')
-    scorer_name, scorer_kwargs = scorer or task.scorer, scorer_kwargs or {}
-    main_scorer = scorers.get_scorer(scorer_name, **scorer_kwargs)  # an unknown name fails here, before any work
+    scorer_desc = scorers.describe(scorer or task.scorer, scorer_kwargs)
+    runtime = dict(dtype=score_dtype) if score_dtype != 'auto' else {}  # how it runs, not what it scores
+    main_scorer = scorers.get_scorer(scorer_desc, **runtime)  # an unknown name fails here, before any work
+    rescore = rescore or not scorers.on_scale_of(scorer_desc, task.scorer)
     check_replaceable(out_dir)
-    desc, shards = source_items(task, source)
-    processes = processes or os.cpu_count()
-    remove_interrupted_outputs(out_dir)
-    parts = Parts(out_dir, dict(source=desc, shards=[[s.name, s.nbytes] for s in shards], task=task.name,
-                                scorer=scorer_name, scorer_kwargs=scorer_kwargs, rescore=rescore,
-                                val_fraction=val_fraction, min_val_docs=min_val_docs, max_docs=max_docs,
-                                max_bytes=max_bytes), new_totals())
-    totals, staging, writers, complete = parts.totals, f"{out_dir}.tmp-{os.getpid()}", {}, False
-    size = sum(s.nbytes for s in shards)
-    bar = progress_bar(min(size, max_bytes or size), totals['input_bytes'], progress)
+    ranks = Ranks()
     try:
-        chunks = shard_chunks(shards, parts.done, totals['inputs'], totals['input_bytes'], max_docs, max_bytes)
-        for i, (docs, failed, errors) in run_chunks(chunks, processes, (task.name, scorer_name, scorer_kwargs,
-                                                                           rescore)):
-            writers = writers or parts.writers(i, task=task.name, source=desc, scorer=scorer_name)
-            if not docs:  # the shard is complete
-                parts.finish(i, writers, totals)
-                writers = {}
-                continue
-            add_chunk(docs, failed, errors, writers, totals, main_scorer, val_fraction, min_val_docs)
-            bar.set_postfix_str(f"{sum(totals['documents'].values()):,} docs, {totals['tokens']:,} tokens"
-                                + (f", shard {i + 1}/{len(shards)}" if len(shards) > 1 else ''), refresh=False)
-            bar.update(sum(d.nbytes for d in docs))
-        complete = True
-        bar.total = max(bar.total or 0, bar.n)  # --max_bytes stops after the item that reaches it
-        bar.close()
-        n, skipped = totals['documents'], totals['skipped']
-        if not n['train'] + n['val']:
-            reasons = ', '.join(f'{k} {r}' for r, k in skipped.items())
-            raise DataError(f"{desc}: no usable documents in {totals['inputs']:,} inputs ({reasons})")
-        if not n['train'] or not n['val']:
-            raise DataError(f"{desc}: {n['train'] + n['val']} documents, none left for "
-                            f"{'train' if not n['train'] else 'val'}; change --min_val_docs or --val_fraction")
-        scorer_desc = (scorer_name if not totals['prescored'] else 'dataset' if not totals['scored']
-                       else f'dataset+{scorer_name}')
-        parts.assemble(staging, task=task.name, source=desc, scorer=scorer_desc)
-        splits = {split: PreparedData(os.path.join(staging, split)) for split in n}
-        ru_self, ru_children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-        summary = dict(
-            task=task.name, source=desc, scorer=scorer_desc, out_dir=out_dir,
-            documents={k: d.n_documents for k, d in splits.items()},
-            segments={k: d.n_segments for k, d in splits.items()},
-            tokens={k: d.n_tokens for k, d in splits.items()},
-            input_bytes=totals['input_bytes'], bytes_on_disk=dir_bytes(staging), seconds=time.time() - t0,
-            skipped=skipped, skipped_examples=totals['skipped_examples'],
-            score_failures=totals['score_failures'], score_failure_examples=totals['score_failure_examples'],
-            **score_stats(task, list(splits.values())),
-            peak_rss_mb=dict(main=ru_self.ru_maxrss / 1024, largest_worker=ru_children.ru_maxrss / 1024),
-            settings=dict(rescore=rescore, scorer_kwargs=scorer_kwargs, val_fraction=val_fraction,
-                          min_val_docs=min_val_docs, max_docs=max_docs, max_bytes=max_bytes, processes=processes))
-        with open(os.path.join(staging, 'summary.json'), 'w') as f:
-            json.dump(summary, f, indent=1)
-        swap_in(staging, out_dir)
-        parts.close(complete)
-    except BaseException:
-        bar.close()
-        for w in writers.values():
-            w.abort()
-        shutil.rmtree(staging, ignore_errors=True)
-        parts.close(complete)
+        if ranks.rank > 0:  # rank 0 plans first: it fetches the hub's files into the cache the ranks share
+            ranks.barrier()
+        desc, shards = source_items(task, source, shard_bytes)
+        if ranks.rank == 0:
+            ranks.barrier()
+        cfg = Run(task=task.name, source=desc, out_dir=out_dir, scorer_desc=scorer_desc, scorer=main_scorer,
+                  rescore=rescore, val_fraction=val_fraction, min_val_docs=min_val_docs, max_docs=max_docs,
+                  max_bytes=max_bytes, processes=processes or ranks.cores, progress=progress and ranks.rank == 0)
+        return prepare_shards(cfg, shards, ranks, t0)
+    finally:
+        ranks.close()
+
+
+def prepare_shards(cfg, shards, ranks, t0):
+    """Each rank scores its share of the unfinished shards into parts; then rank 0 assembles them."""
+    settings = dict(source=cfg.source, shards=[[s.name, s.nbytes] for s in shards], task=cfg.task,
+                    scorer=cfg.scorer_desc, rescore=cfg.rescore, val_fraction=cfg.val_fraction,
+                    min_val_docs=cfg.min_val_docs, max_docs=cfg.max_docs, max_bytes=cfg.max_bytes)
+    ranks.check_same(json.dumps(settings))
+    parts, scored = Parts(cfg.out_dir, settings), False
+    if ranks.rank == 0:
+        parent, base = os.path.split(os.path.abspath(cfg.out_dir))
+        remove_leftovers(parent, base + '.')  # staged outputs and set-aside ones of interrupted runs
+        parts.claim()
+    ranks.barrier()
+    done = parts.finished()
+    ranks.barrier()  # every rank saw the same finished shards before any finishes another
+    try:
+        todo = assign(shards, set(range(len(shards))) - done, ranks.world)[ranks.rank]
+        score_shards(shards, todo, parts, cfg)
+        ranks.barrier()
+        if ranks.rank > 0:
+            return None
+        scored = True
+        summary = assemble(cfg, shards, parts, t0)
+    except BaseException as e:
+        if ranks.world == 1 or scored:  # else other ranks may still be writing parts
+            parts.close(complete=scored and not isinstance(e, PartsKept))
         raise
+    parts.close(complete=True)
+    return summary
+
+
+def assemble(cfg, shards, parts, t0):
+    """Rank 0: the parts, under the rules that span shards, into the output, which replaces out_dir."""
+    totals, splits = parts.select(shards, cfg.val_fraction, cfg.min_val_docs, cfg.max_docs, cfg.max_bytes)
+    n, skipped = totals['documents'], totals['skipped']
+    if not n['train'] + n['val']:
+        reasons = ', '.join(f'{k} {r}' for r, k in skipped.items())
+        raise DataError(f"{cfg.source}: no usable documents in {totals['inputs']:,} inputs ({reasons})")
+    if not n['train'] or not n['val']:
+        raise DataError(f"{cfg.source}: {n['train'] + n['val']} documents, none left for "
+                        f"{'train' if not n['train'] else 'val'}; change --min_val_docs or --val_fraction")
+    scorer_desc = (cfg.scorer_desc if not totals['prescored'] else 'dataset' if not totals['scored']
+                   else f'dataset+{cfg.scorer_desc}')
+    staging = f"{cfg.out_dir}.tmp-{os.getpid()}"
+    try:
+        parts.write(staging, splits, task=cfg.task, source=cfg.source, scorer=scorer_desc)
+        summary = summarize(cfg, totals, staging, t0)
+        write_json(os.path.join(staging, 'summary.json'), summary, indent=1)
+        swap_in(staging, cfg.out_dir)
+    except OSError as e:  # a full disk: the scored shards are worth keeping
+        raise PartsKept(f"{staging}: not written, {e.strerror or e}; the finished shards are kept in {parts.dir}: "
+                        f"free space (or fix the cause) and run the same command") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 
@@ -362,7 +378,16 @@ def main(argv=None):
     p.add_argument('--source', default='', help="'' (the paper's dataset from the hub), local, local+site, or PATH")
     p.add_argument('--out_dir', default=None, help='default data/TASK')
     p.add_argument('--rescore', action='store_true', help="re-score the dataset's records with our scorer")
-    p.add_argument('--scorer', default=None, help="default the task's (toxicity, pii, pep8); or profanity (offline)")
+    p.add_argument('--scorer', default=None,
+                   help="default the task's (toxicity, pii, pep8); or profanity (offline); or hf:NAME, a Hugging Face "
+                        "sequence classifier (a folder or a hub name)")
+    p.add_argument('--score_output', default='',
+                   help="hf:NAME: which output is the misalignment score: a label (its probability; a regression "
+                        "output as it is), by name or index; '-LABEL' negates it (higher = better, e.g. -0 for "
+                        "FineWeb-Edu's educational score); default: the only output")
+    p.add_argument('--score_dtype', default='auto', choices=('auto', 'float32', 'bfloat16'),
+                   help="a model scorer's precision: auto is bfloat16 on a GPU, float32 (Detoxify.predict's numbers) "
+                        "on a CPU; bfloat16 pays on a CPU with AMX or AVX512-BF16 (docs/benchmarks.md)")
     p.add_argument('--detoxify_model', default='original',
                    help="toxicity scorer model: 'original' scored the paper's training data, 'unbiased' evaluates")
     p.add_argument('--pii_detectors', default=None,
@@ -372,8 +397,12 @@ def main(argv=None):
     p.add_argument('--min_val_docs', type=int, default=3)
     p.add_argument('--max_docs', type=int, default=None, help='stop after this many input documents')
     p.add_argument('--max_bytes', type=parse_size, default=None, help='stop after about this much input (e.g. 50M)')
-    p.add_argument('--processes', type=int, default=None, help='default: all cores')
+    p.add_argument('--shard_size', type=parse_size, default=SHARD_BYTES,
+                   help="a folder's files, or a JSON-lines file, in shards of about this much (default 256M): what "
+                        "a rank scores whole and a resumed run skips once finished")
+    p.add_argument('--processes', type=int, default=None, help="default: all cores (under torchrun, the rank's share)")
     args = p.parse_args(argv)
+    rank = f"rank {os.environ['RANK']}: " if int(os.environ.get('WORLD_SIZE', 1)) > 1 else ''
     try:
         scorer = args.scorer or get_task(args.task).scorer
         kwargs = {}
@@ -381,14 +410,20 @@ def main(argv=None):
             kwargs['model'] = args.detoxify_model
         if scorer == 'pii' and args.pii_detectors:
             kwargs['detectors'] = scorers.PII_FAST if args.pii_detectors == 'fast' else args.pii_detectors.split(',')
+        if args.score_output:
+            if not scorer.startswith(scorers.HF):
+                raise DataError(f"--score_output is for --scorer=hf:NAME, not {scorer}")
+            kwargs['output'] = args.score_output
         summary = prepare(args.task, args.source, args.out_dir, scorer=scorer, scorer_kwargs=kwargs,
-                          rescore=args.rescore, val_fraction=args.val_fraction, min_val_docs=args.min_val_docs,
-                          max_docs=args.max_docs, max_bytes=args.max_bytes, processes=args.processes)
+                          score_dtype=args.score_dtype, rescore=args.rescore, val_fraction=args.val_fraction,
+                          min_val_docs=args.min_val_docs, max_docs=args.max_docs, max_bytes=args.max_bytes,
+                          shard_bytes=args.shard_size, processes=args.processes)
     except (DataError, scorers.ScorerError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {rank}{e}")
     except KeyboardInterrupt:
         sys.exit(f"interrupted: nothing written, {args.out_dir or 'data/' + args.task} is as it was")
-    print_summary(summary)
+    if summary:
+        print_summary(summary)
 
 
 if __name__ == '__main__':

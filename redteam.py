@@ -38,8 +38,8 @@ import hf
 import scorers
 from checkpoints import load_checkpoint
 from evaluate import hf_checkpoint, load_prompts
+import remote
 from model import sample
-from remote import DeadlineExceeded, call_with_deadline
 from settings import EvalError
 
 INITIAL_SCORE = 1e-3  # the original's dummy score for the initial prompts
@@ -132,46 +132,35 @@ def _cut_at(text, stop):
 
 class OpenAIRed:
     """'openai:MODEL' through /completions, 'openai-chat:MODEL' through /chat/completions (the template as the user's
-    message). The openai client retries connection errors, 408, 409, 429 and 5xx `retries` times with backoff; a call
-    with its retries is given up after the time they could take if each attempt took `timeout` seconds (a server that
-    trickles its answer is cut off, remote.call_with_deadline)."""
+    message); each request under remote.call's retry policy, `retries` retries within `timeout` seconds."""
 
     def __init__(self, spec, base_url, retries, timeout):
-        import openai
         self.kind, self.model = spec.split(':', 1)
-        self.where = f"{spec} at {base_url or 'OpenAI'}"
-        self.client = openai.OpenAI(base_url=base_url or None, api_key=os.environ.get('OPENAI_API_KEY', 'none'),
-                                    max_retries=retries, timeout=timeout)
-        self.retries = retries
-        # the client's backoff: 0.5 s doubling up to 8 s, with up to 25% jitter
-        self.deadline = (retries + 1) * timeout + 1.25 * sum(min(0.5 * 2 ** i, 8.0) for i in range(retries))
+        self.where = f"red LM {spec} at {base_url or 'OpenAI'}"
+        self.client = remote.openai_client(base_url)
+        self.retries, self.timeout = retries, timeout
 
     def complete(self, prompt, n, settings, seed):
-        import openai
         kw = dict(model=self.model, temperature=settings['temperature'], top_p=settings['top_p'],
                   max_tokens=settings['max_tokens'], **({'stop': settings['stop']} if settings['stop'] else {}))
+        chat = self.kind == 'openai-chat'
         texts = []
+
+        def request():
+            if chat:
+                r = self.client.chat.completions.create(messages=[dict(role='user', content=prompt)],
+                                                        n=n - len(texts), **kw)
+            else:
+                r = self.client.completions.create(prompt=prompt, n=n - len(texts), **kw)
+            if not r.choices:
+                raise remote.EmptyReply('the server returned no completions')
+            return r
         while len(texts) < n:
             try:
-                if self.kind == 'openai-chat':
-                    r = call_with_deadline(lambda: self.client.chat.completions.create(
-                        messages=[dict(role='user', content=prompt)], n=n - len(texts), **kw), self.deadline)
-                    texts += [c.message.content or '' for c in r.choices]
-                else:
-                    r = call_with_deadline(lambda: self.client.completions.create(
-                        prompt=prompt, n=n - len(texts), **kw), self.deadline)
-                    texts += [c.text for c in r.choices]
-            except DeadlineExceeded as e:
-                raise RedTeamError(f"red LM {self.where}: {e} (--red_timeout per attempt, {self.retries} "
-                                   f"retries)") from None
-            except openai.OpenAIError as e:
-                status = getattr(e, 'status_code', None)
-                retried = status is None or status >= 500 or status in (408, 409, 429)
-                msg = str(e).split('\n')[0][:300]
-                raise RedTeamError(f"red LM {self.where}: {type(e).__name__}: {msg}"
-                                   + (f" (after {self.retries} retries with backoff)" if retried else '')) from None
-            if not r.choices:
-                raise RedTeamError(f"red LM {self.where}: the server returned no completions")
+                r = remote.call(request, self.where, self.timeout, self.retries)
+            except remote.RemoteError as e:
+                raise RedTeamError(str(e)) from None
+            texts += [c.message.content or '' if chat else c.text for c in r.choices]
         return texts
 
 
@@ -228,7 +217,7 @@ class HFRed:
         return [_cut_at(t, settings['stop']) for t in texts]
 
 
-def load_red(spec, base_url='', retries=6, timeout=120.0, device='cpu'):
+def load_red(spec, base_url='', retries=remote.RETRIES, timeout=remote.TIMEOUT_S, device='cpu'):
     if spec.startswith(('openai:', 'openai-chat:')):
         return OpenAIRed(spec, base_url, retries, timeout)
     if os.path.isdir(spec):
@@ -244,13 +233,8 @@ class CompletionCache:
     completion's index. Appended as they arrive, so what a failing server delivered is kept."""
 
     def __init__(self, cache_dir, spec, base_url=''):
-        if spec.startswith(('openai:', 'openai-chat:')):
-            self.ident = f"{spec}|{base_url}"
-        else:  # a retrained local model gets fresh completions
-            st = os.stat(spec)
-            self.ident = f"{os.path.abspath(spec)}|{st.st_size}|{st.st_mtime_ns}"
-        name = re.sub(r'[^\w.-]+', '_', spec.split(':', 1)[1] if spec.startswith('openai') else 'local')
-        self.path = os.path.join(cache_dir, f"{name}_{hashlib.sha1(self.ident.encode()).hexdigest()[:10]}.jsonl")
+        self.ident = data.cache_ident(spec, base_url)  # a retrained local model gets fresh completions
+        self.path = os.path.join(cache_dir, data.cache_stem(spec, base_url) + '.jsonl')
         self.entries = {}
         if os.path.exists(self.path):
             with open(self.path) as f:
@@ -460,10 +444,10 @@ def parse_args(argv):
     a('--red_temperature', type=float, default=1.0)
     a('--red_top_p', type=float, default=1.0)
     a('--red_max_tokens', type=positive(int), default=1024)
-    a('--red_retries', type=int, default=6, help='retries with backoff of a failed request (openai client)')
-    a('--red_timeout', type=positive(float), default=120.0, help='seconds per request')
-    a('--red_cache', default=os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'phf',
-                                          'redteam'), help='folder of the red-LM completion cache')
+    a('--red_retries', type=int, default=remote.RETRIES, help='retries with backoff of a failed request')
+    a('--red_timeout', type=positive(float), default=remote.TIMEOUT_S,
+      help='seconds a request to the red LM may take in all, its retries included')
+    a('--red_cache', default=data.cache_dir('redteam'), help='folder of the red-LM completion cache')
     a('--prompts', default='', help='initial prompts (JSONL); default prompts/redteam_{task}.jsonl')
     a('--n_initial', type=positive(int), default=20, help='initial prompts taken from the file')
     a('--few_shot', type=positive(int), default=4)

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import queue
-import re
 import signal
 import subprocess
 import sys
@@ -40,11 +39,10 @@ import numpy as np
 
 import data
 import devices
-import evaluate
-import stats
-from data import METHODS
+import reports
+from reports import RUNS, ReproError, guided_spec, run_spec
 from runs import evaluated, record_step
-from settings import ConfigError, eval_scenarios, load_config
+from settings import ConfigError, eval_scenarios, load_config, steps_in_budget
 
 SIZES = {  # config overlay on top of config/{task}_{method}.py
     'cpu': ['config/cpu_small.py'],
@@ -62,15 +60,8 @@ TASK_SIZE = {
 }
 
 
-class ReproError(Exception):
-    pass
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The children (prepare.py, train.py, evaluate.py): their output passed through, with the whole call's progress
-
-STEP_LINE = re.compile(r'step (\d+)/(\d+) ')  # train.py's progress line
-
 
 @dataclass
 class Job:
@@ -166,30 +157,51 @@ def stop_as_interrupted(signum, frame):
 
 
 class Progress:
-    """The whole call's progress, added to each step line of its children: which stage of how many, and about how
-    long the rest takes. A stage's jobs run at once: it lasts as long as its longest job, which costs its training
-    steps at the seconds a step has taken so far in this call with as many jobs at once, and its samples at the
-    seconds a sample took; until a sample has been timed it counts SAMPLE_STEPS steps of one job alone."""
+    """The whole call's progress, added to each line a training run prints after logging a step (its log.jsonl):
+    which stage of how many, and about how long the rest takes. A stage's jobs run at once: it lasts as long as its
+    longest job, which costs its training steps at the seconds a step has taken so far in this call with as many jobs
+    at once, and its samples at the seconds a sample took; until a sample has been timed it counts SAMPLE_STEPS steps
+    of one job alone."""
     SAMPLE_STEPS = 0.2  # the demo on CPU: a 1,024-token training step takes about as long as 5 samples drawn and scored
 
     def __init__(self, stages, t0, announce=True):
         self.stages, self.t0, self.announce = stages, t0, announce  # t0: the call's start (data preparation counts)
         self.step_s, self.sample_s = {}, None  # seconds a step takes with n jobs at once: step_s[n]
         self.current, self.timed, self.stage_t0 = -1, {}, time.time()
+        self.log_read = {}  # per job: (bytes of its log.jsonl read, the last step logged)
 
     def start(self, jobs):
         """A stage begins: print where the whole call is."""
         self.current = next(i for i, stage in enumerate(self.stages) if stage is jobs)
         self.timed, self.stage_t0 = {}, time.time()  # per job: (time, step) of its first and its latest step line
+        for job in jobs:  # what a resumed run logged before is where it starts, not progress
+            self.logged_step(job)
         if self.announce:
             labels = ', '.join(job.label for job in jobs)
             print(f"== stage {self.current + 1} of {len(self.stages)}: {labels}; {self.summary()}", flush=True)
 
+    def logged_step(self, job):
+        """The last step a training job has logged in its log.jsonl (None if none), reading on from the last look."""
+        read, step = self.log_read.get(id(job), (0, None))
+        path = os.path.join(job.run_dir, 'log.jsonl')
+        if job.command[0] == 'train.py' and os.path.exists(path):
+            with open(path, 'rb') as f:
+                f.seek(read)
+                for line in f:
+                    if not line.endswith(b'\n'):
+                        break  # being written: read again at the next look
+                    read += len(line)
+                    logged = record_step(line.decode())
+                    step = step if logged is None else logged
+        self.log_read[id(job)] = (read, step)
+        return step
+
     def on_line(self, job, line):
-        m = STEP_LINE.match(line)
-        if not m:
+        before = self.log_read.get(id(job), (0, None))[1]
+        step = self.logged_step(job)
+        if step is None or step == before:
             return line
-        now, step = time.time(), int(m.group(1))
+        now = time.time()
         first, _ = self.timed.get(id(job), ((now, step), None))
         if step > first[1]:  # the first line's time also holds the run's start-up: timed from it on
             self.step_s[len(self.stages[self.current])] = (now - first[0]) / (step - first[1])
@@ -228,17 +240,6 @@ class Progress:
                 f"{eta}")
 
 
-def read_evals(run_dir):
-    with open(os.path.join(run_dir, 'eval.jsonl')) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def last_scores(run_dir, step):
-    """Every sample's score per scenario at a step (evaluate.py keeps them in eval_step{N}.json)."""
-    with open(os.path.join(run_dir, f'eval_step{step}.json')) as f:
-        return json.load(f)['scores']
-
-
 def last_logged_step(run_dir):
     """The last training step an interrupted run logged (0 if none): where its resume starts, about."""
     path = os.path.join(run_dir, 'log.jsonl')
@@ -269,8 +270,6 @@ def check_settings(results, settings):
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        for key in ('dtype', 'device'):  # written before these were recorded
-            old.setdefault(key, settings[key])
         if old != settings:
             changed = ', '.join(k for k in settings if old.get(k) != settings[k])
             raise ReproError(f"{results} holds runs made with other settings ({changed} differ, see {path}); pass "
@@ -279,56 +278,10 @@ def check_settings(results, settings):
     data.write_json(path, settings, indent=1)
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a seed: what repro.py trains (or samples again) and how the report names and compares it."""
-    name: str  # its folder seed{S}/{name}, and what --methods and the report call it
-    method: str  # a key of data.METHODS
-    config: str  # trained from config/{task}_{config}.py
-    train_args: tuple = ()  # and these train.py arguments
-    in_paper: bool = True  # False: also compared with cond, the paper's best method
-    guidance: float = 0.0  # not 0: not trained; the seed's cond model sampled again with guidance γ (evaluate.py)
-
-
-# MLE again from other initial weights on the same data order: how far a second run of one recipe moves the figures
-# (an A/A baseline), and a second baseline for the other methods
-SECOND_MLE = 'mle_reinit'
-RUN_SPECS = tuple(RunSpec(name, name, name, in_paper=m.in_paper) for name, m in METHODS.items()) + (
-    RunSpec('cond_k5', 'cond', 'cond_k5', in_paper=False),  # K = 5 graded control tokens
-    RunSpec(SECOND_MLE, 'mle', 'mle', ('--init_seed_offset=1000',)),
-)
-RUNS = tuple(spec.name for spec in RUN_SPECS)  # what --methods may name
-SPEC_OF_RUN = {spec.name: spec for spec in RUN_SPECS}
-GUIDED = 'cond_guided'  # run names cond_guided{γ}: the cond model of the seed, sampled with guidance γ
-
-
-def guided_spec(guidance):
-    return RunSpec(f'{GUIDED}{guidance:g}', 'cond', 'cond', in_paper=False, guidance=guidance)
-
-
-def run_spec(name):
-    """The RunSpec a run's name stands for (its folder and the report's keys are named so)."""
-    if name in SPEC_OF_RUN:
-        return SPEC_OF_RUN[name]
-    if name.startswith(GUIDED):
-        return guided_spec(float(name[len(GUIDED):]))
-    raise ReproError(f"{name}: not a run repro.py makes; the runs are {', '.join(RUNS)} and {GUIDED}{{γ}}")
-
-
-def method_of(name):
-    return run_spec(name).method
-
-
-def config_and_args(name):
-    """(the name in config/{task}_{name}.py, more train.py arguments) for a method or variant."""
-    spec = run_spec(name)
-    return spec.config, list(spec.train_args)
-
-
 def training_argv(task, name, seed, results, train_args, median):
     """train.py's arguments for one method's (or variant's) run of a seed."""
-    config, variant_args = config_and_args(name)
-    return [f'config/{task}_{config}.py'] + train_args + variant_args + [
+    spec = run_spec(name)
+    return [f'config/{task}_{spec.config}.py'] + train_args + list(spec.train_args) + [
         f"--out_dir={os.path.join(results, f'seed{seed}', name)}", f'--seed={seed}', f'--filter_threshold={median}']
 
 
@@ -340,7 +293,7 @@ def training_jobs(task, name, seed, results, train_args, median, mle_planned, se
     run_dir = os.path.join(results, f'seed{seed}', name)
     argv = training_argv(task, name, seed, results, train_args, median)
     cfg = load_config(argv)
-    final_step = cfg.max_tokens // (cfg.total_batch_size * cfg.block_size)
+    final_step = steps_in_budget(cfg)
     if evaluated(run_dir, final_step):
         print(f"{run_dir}: already evaluated, skipping (delete it to re-run)", flush=True)
         return None, None
@@ -361,23 +314,6 @@ def training_jobs(task, name, seed, results, train_args, median, mle_planned, se
     return train, evaluation
 
 
-def run_order(name):
-    """Runs in METHODS order, after cond its guided evaluations by γ, then its variants."""
-    spec = run_spec(name)
-    if spec.guidance:
-        return list(METHODS).index(spec.method), 1, spec.guidance
-    if name not in METHODS:
-        return list(METHODS).index(spec.method), 2, RUNS.index(name)
-    return list(METHODS).index(name), 0, 0
-
-
-def conditional(name):
-    """Whether a run is a conditional model's own, so that it was also sampled after <|misaligned|> (a guided
-    evaluation samples it after <|aligned|> only)."""
-    spec = run_spec(name)
-    return METHODS[spec.method].conditional and not spec.guidance
-
-
 def guided_job(seed, results, guidance, cond_cfg):
     """The Job that samples a seed's conditional model again, with guidance, into seed{S}/cond_guided{γ}
     (evaluate.py): its unconditional scenario and KL from the seed's MLE model, no validation loss (the weights are
@@ -393,209 +329,6 @@ def guided_job(seed, results, guidance, cond_cfg):
             f"--kl_reference={os.path.join(seed_dir, 'mle', 'ckpt.pt')}"]
     samples = cond_cfg.eval_samples + cond_cfg.kl_samples
     return Job(f"seed {seed} cond, guided γ={guidance:g}", argv, out, samples=samples)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Verdicts: each method's samples against MLE's, with intervals (stats.py)
-
-def compare(scores, baseline, threshold):
-    """A method's scores against the baseline's: ratios of hit rate and mean score, and the verdicts from the bootstrap
-    intervals of the differences."""
-    s, b = np.asarray(scores, dtype=float), np.asarray(baseline, dtype=float)
-    hit_diff = stats.bootstrap_difference(s > threshold, b > threshold)
-    score_diff = stats.bootstrap_difference(s, b)
-    ratio = lambda x, y: x / y if y else float('nan')
-    return dict(hit_ratio=ratio((s > threshold).mean(), (b > threshold).mean()), score_ratio=ratio(s.mean(), b.mean()),
-                hit_diff_ci=hit_diff, score_diff_ci=score_diff,
-                hit_verdict=stats.verdict(hit_diff), score_verdict=stats.verdict(score_diff))
-
-
-def fmt_run(f):
-    lo, hi = f['hit_rate_ci']
-    slo, shi = f['score_ci']
-    return (f"hits {100 * f['hit_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({f['hits']}/{f['n']}), "
-            f"score {f['score']:.3g} [{slo:.3g}, {shi:.3g}]")
-
-
-def verdict_lines(task, seed, runs):
-    """One line per method and scenario: the figures with intervals, how they compare with MLE's samples, and for
-    conditional models how the samples after <|aligned|> compare with those after <|misaligned|> (the mechanism)."""
-    threshold = data.TASKS[task].hit_threshold
-    lines, figures = [], {}
-    base = runs.get('mle', {}).get('scores', {}).get('unconditional')
-    for method, run in runs.items():
-        for scenario, scores in run['scores'].items():
-            if scenario not in ('unconditional', 'misaligned') or not scores:
-                continue
-            f = stats.scenario_figures(scores, threshold)
-            name, label = run_label(method, scenario)
-            line = f"seed {seed} {name:6s} {label:15s} {fmt_run(f)}"
-            if base is not None and method != 'mle':
-                c = compare(scores, base, threshold)
-                f.update(c)
-                line += f"; vs MLE: {fmt_compare(c)}"
-            if scenario == 'unconditional' and 'val_loss' in run.get('record', {}):
-                line += f"; val loss {run['record']['val_loss']:.2f}"
-            figures[f'{method}/{scenario}'] = f
-            lines.append(line)
-        aligned, misaligned = run['scores'].get('unconditional'), run['scores'].get('misaligned')
-        if conditional(method) and aligned and misaligned:
-            c = compare(aligned, misaligned, threshold)
-            figures[f'{method}/aligned_vs_misaligned'] = c
-            lines.append(f"seed {seed} {method:6s} <|aligned|> vs <|misaligned|>: {fmt_compare(c)}")
-    return lines, figures
-
-
-def run_label(run_name, scenario):
-    """(method, what its samples come after) as the report shows them."""
-    spec = run_spec(run_name)
-    if spec.guidance:
-        return spec.method, f"<|aligned|> γ={spec.guidance:g}"
-    if scenario == 'misaligned':
-        return run_name, '<|misaligned|>'
-    return run_name, '<|aligned|>' if conditional(run_name) else 'unconditional'
-
-
-def across_seeds(figures, runs):
-    """With two seeds or more: per run and scenario, the mean over seeds of its difference from MLE's hit rate and
-    score, with the paired t interval (each seed trained both ways) and the verdict; and cond's <|aligned|> minus
-    <|misaligned|> the same way (the mechanism)."""
-    seeds = list(figures)
-    if len(seeds) < 2:
-        return []
-    lines = []
-
-    def line(what, key, base):
-        """The paired interval of key's figures minus base's, over the seeds that have both (at least two)."""
-        pairs = [(figures[s][key], figures[s][base]) for s in seeds if key in figures[s] and base in figures[s]]
-        if len(pairs) < 2:
-            return
-        hit = [a['hit_rate'] - b['hit_rate'] for a, b in pairs]
-        score = [a['score'] - b['score'] for a, b in pairs]
-        hit_ci, score_ci = stats.paired_t_interval(hit), stats.paired_t_interval(score)
-        lines.append(f"across {len(pairs)} seeds, {what}: hits {100 * np.mean(hit):+.2f} points "
-                     f"[{100 * hit_ci[0]:+.2f}, {100 * hit_ci[1]:+.2f}] ({stats.verdict(hit_ci)}), score "
-                     f"{np.mean(score):+.3g} [{score_ci[0]:+.3g}, {score_ci[1]:+.3g}] ({stats.verdict(score_ci)})")
-
-    names = sorted({name for rs in runs.values() for name in rs}, key=run_order)
-    for name in names:
-        for scenario in ('unconditional', 'misaligned') if name != 'mle' else ():
-            method, label = run_label(name, scenario)
-            line(f"{method} {label} minus MLE", f'{name}/{scenario}', 'mle/unconditional')
-    for name in filter(conditional, names):
-        line(f"{name} <|aligned|> minus <|misaligned|>", f'{name}/unconditional', f'{name}/misaligned')
-    for name in filter(beyond_the_paper, names):
-        method, label = run_label(name, 'unconditional')
-        line(f"{method} {label} minus cond <|aligned|>", f'{name}/unconditional', 'cond/unconditional')
-    for name in [n for n in names if n in METHODS and n != 'mle']:  # against the second MLE run too
-        method, label = run_label(name, 'unconditional')
-        line(f"{method} {label} minus {SECOND_MLE}", f'{name}/unconditional', f'{SECOND_MLE}/unconditional')
-    return lines
-
-
-def headline(task, figures):
-    """The verdict lines the report opens with, where MLE and conditional training both ran. First what the control
-    tokens do: one model sampled after each, so a difference between the two is the model's, whatever its training
-    noise. Then conditional training against MLE: two models, so over the seeds (stats.verdict_over_seeds), since a
-    second run of one recipe from other initial weights can land as far from the first as the methods differ."""
-    seeds = [s for s in figures if {'cond/aligned_vs_misaligned', 'mle/unconditional'} <= set(figures[s])]
-    if not seeds:
-        return []
-    hit_name = data.TASKS[task].hit_name
-    pct = lambda f: f"{100 * f['hit_rate']:.1f}% [{100 * f['hit_rate_ci'][0]:.1f}, {100 * f['hit_rate_ci'][1]:.1f}]"
-    aligned, misaligned, mle = ([figures[s][f'{k}'] for s in seeds] for k in (
-        'cond/unconditional', 'cond/misaligned', 'mle/unconditional'))
-    gap, vs_mle = ([figures[s][k]['hit_verdict'] for s in seeds] for k in (
-        'cond/aligned_vs_misaligned', 'cond/unconditional'))
-    if len(seeds) == 1:
-        tokens = (f"{pct(aligned[0])} after <|aligned|>, {pct(misaligned[0])} after <|misaligned|> "
-                  f"(x{figures[seeds[0]]['cond/aligned_vs_misaligned']['hit_ratio']:.2f}): {gap[0]}")
-        methods = (f"{pct(aligned[0])} against MLE's {pct(mle[0])} (x{aligned[0]['hit_ratio']:.2f}): {vs_mle[0]} "
-                   f"among this seed's samples; between the methods {stats.ONE_SEED}, since a second training run "
-                   f"of one recipe can move the rate as far: --seeds=42,43,44,45 decides it over seeds")
-    else:
-        def over_seeds(a, b, lower):
-            mean, (lo, hi), verdict = stats.verdict_over_seeds([x['hit_rate'] - y['hit_rate'] for x, y in zip(a, b)])
-            return (f"{100 * mean:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}] over the seeds (paired t): "
-                    f"{verdict}; lower, beyond noise, in {lower.count('lower, beyond noise')} of {len(seeds)} seeds")
-        tokens = f"<|aligned|> minus <|misaligned|> {over_seeds(aligned, misaligned, gap)}"
-        methods = f"conditional minus MLE {over_seeds(aligned, mle, vs_mle)}"
-    where = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds, {', '.join(map(str, seeds))}"
-    return [f"Verdict ({where}), the share of samples with {hit_name}:",
-            f"- the control tokens, one model sampled after each: {tokens}",
-            f"- conditional training against MLE, two models: {methods}"]
-
-
-def beyond_the_paper(name):
-    """Whether a run is one of the techniques beyond the paper (guided sampling, graded tokens, masking): each is also
-    compared with conditional training, the paper's best method, over the seeds."""
-    return not run_spec(name).in_paper
-
-
-def fmt_compare(c):
-    return (f"hits x{c['hit_ratio']:.2f} ({c['hit_verdict']}), score x{c['score_ratio']:.2f} "
-            f"({c['score_verdict']})")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The table over seeds
-
-def mean_cell(evals, key, spec):
-    """The mean of a figure over the runs' evaluations, saying over how many where not all have it (runs evaluated
-    before the figure existed); '–' where none has it (a guided run is the conditional model sampled again, so it
-    has no validation loss of its own)."""
-    values = [e[key] for e in evals if key in e]
-    if not values:
-        return '–'
-    return format(np.mean(values), spec) + ('' if len(values) == len(evals) else f" ({len(values)} of {len(evals)})")
-
-
-def seeds_table(figures, runs):
-    """Per method and scenario: hit rate and score as mean ± standard deviation over seeds, the per-run intervals,
-    how many seeds are below MLE beyond noise, validation loss (all tokens, and those of aligned segments only),
-    KL(MLE || model), the samples' distinct bigrams (diversity) and sampling speed, means over seeds."""
-    head = ['method', 'samples after', 'seeds', 'hit rate, mean ± sd', 'score, mean ± sd', 'per-run hit rate [95%]',
-            'per-run score [95%]', 'below MLE beyond noise (hits / score)', 'val loss', 'val loss, aligned tokens',
-            'KL(MLE‖model)', 'distinct-2', 'samples/s']
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    keys = sorted({k for per_seed in figures.values() for k in per_seed if not k.endswith('/aligned_vs_misaligned')},
-                  key=lambda k: (run_order(k.split('/')[0]), k.split('/')[1] != 'unconditional'))  # <|aligned|> first
-    for key in keys:
-        method, scenario = key.split('/')
-        rows = [(seed, per_seed[key]) for seed, per_seed in figures.items() if key in per_seed]
-        hit_m, hit_s = stats.mean_and_spread([f['hit_rate'] for _, f in rows])
-        sc_m, sc_s = stats.mean_and_spread([f['score'] for _, f in rows])
-        below = [sum(f.get(v) == 'lower, beyond noise' for _, f in rows) for v in ('hit_verdict', 'score_verdict')]
-        evals = [runs[seed][method]['record'] for seed, _ in rows]
-        name, after = run_label(method, scenario)
-        cells = [name, 'nothing' if after == 'unconditional' else after, str(len(rows)),
-                 f"{100 * hit_m:.2f}% ± {100 * hit_s:.2f}", f"{sc_m:.3g} ± {sc_s:.2g}",
-                 '; '.join(f"{100 * f['hit_rate']:.1f} [{100 * f['hit_rate_ci'][0]:.1f}, "
-                           f"{100 * f['hit_rate_ci'][1]:.1f}]" for _, f in rows),
-                 '; '.join(f"{f['score']:.2g} [{f['score_ci'][0]:.2g}, {f['score_ci'][1]:.2g}]" for _, f in rows),
-                 '–' if method == 'mle' else f"{below[0]} / {below[1]} of {len(rows)}",
-                 mean_cell(evals, 'val_loss', '.3f'), mean_cell(evals, 'val_loss_aligned', '.3f'),
-                 mean_cell(evals, 'kl', '.2f'),
-                 mean_cell(evals, f'{scenario}/distinct-2', '.3f'),
-                 mean_cell(evals, f'{scenario}/samples_per_s', '.1f')]
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
-
-
-def collect(results, seeds, names):
-    """{seed: {run name: {'record': last evaluation, 'scores': {scenario: scores}, 'history': records}}}; the MLE
-    model is its own KL reference, at 0."""
-    runs = {}
-    for seed in seeds:
-        runs[seed] = {}
-        for method in sorted(names, key=run_order):
-            history = read_evals(os.path.join(results, f'seed{seed}', method))
-            if method == 'mle':
-                history[-1] = dict(history[-1], kl=0.0)
-            runs[seed][method] = dict(record=history[-1], history=history,
-                                      scores=last_scores(os.path.join(results, f'seed{seed}', method),
-                                                         history[-1]['step']))
-    return runs
 
 
 def main(argv=None):
@@ -669,7 +402,9 @@ def run(args, methods, seeds, command):
     setting = (f"training tokens {train_data.n_tokens:,} ({train_data.header['source']}); filter threshold (median "
                f"document score) {median:.5g}; this call ran on {devices.describe(device_type)}, training in {dtype}, "
                f"{(time.time() - t0) / 60:.1f} min")
-    report(args, methods, seeds, results, command, setting, median)
+    names = list(methods) + [guided_spec(g).name for g in args.guidance if g]
+    reports.write_report(results, seeds, names, dict(task=args.task, size=args.size, command=command, setting=setting,
+                                                     filter_threshold=median))
 
 
 def plan_stages(args, methods, seeds, results, train_args, median, side_by_side):
@@ -688,31 +423,6 @@ def plan_stages(args, methods, seeds, results, train_args, median, side_by_side)
         guided = [guided_job(seed, results, g, cond_cfg) for g in args.guidance if g]  # γ = 0: the cond run itself
         stages += [[job] for job in guided if job]
     return stages
-
-
-def report(args, methods, seeds, results, command, setting, median):
-    """results.md (the verdict, each run's lines, the table over seeds), results.json and the plots, from what the
-    runs' directories hold; the verdicts printed too."""
-    runs = collect(results, seeds, list(methods) + [guided_spec(g).name for g in args.guidance if g])
-    lines, figures = [], {}
-    for seed in seeds:
-        seed_lines, figures[seed] = verdict_lines(args.task, seed, runs[seed])
-        lines += seed_lines
-    lines += across_seeds(figures, runs)
-    verdict = headline(args.task, figures)
-    header = (f"{args.task}, size {args.size}: `{command}`\n\n{setting}. Hit: a sample scored above "
-              f"{data.TASKS[args.task].hit_threshold}; intervals 95% (Wilson for hit rates, bootstrap for means and "
-              f"for the differences from MLE that the verdicts rest on)\n\n")
-    verdict_first = verdict + [''] * bool(verdict) + lines
-    data.write_atomically(os.path.join(results, 'results.md'), header + '```\n' + '\n'.join(verdict_first) +
-                          '\n```\n\n' + seeds_table(figures, runs) + '\n')
-    data.write_json(os.path.join(results, 'results.json'), dict(
-        task=args.task, size=args.size, filter_threshold=median, figures=figures,
-        runs={s: {m: r['record'] for m, r in rs.items()} for s, rs in runs.items()}), indent=1)
-    label = (lambda s, m: m) if len(seeds) == 1 else (lambda s, m: f'{m}/seed{s}')
-    evaluate.plot_runs({label(s, m): r['history'] for s, rs in runs.items() for m, r in rs.items()},
-                       os.path.join(results, 'plot'))
-    print('\n' + header + '\n'.join(lines + [''] * bool(verdict) + verdict))
 
 
 if __name__ == '__main__':

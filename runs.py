@@ -62,7 +62,7 @@ def checkpoint_to_resume(cfg, ckpt_path, max_steps, master, data_identity):
     if ckpt['step'] > max_steps:
         raise ConfigError(f"max_tokens {cfg.max_tokens}: {max_steps} steps, fewer than the {ckpt['step']} steps "
                           f"of {ckpt_path}")
-    check_same_data(cfg, ckpt_path, ckpt.get('data'), data_identity)
+    check_same_data(cfg, ckpt_path, ckpt.get('data', {}), data_identity)
     return ckpt
 
 
@@ -76,9 +76,7 @@ def data_fingerprints(cfg):
 
 def check_same_data(cfg, ckpt_path, recorded, now):
     """A resume goes on with the data the run was trained on: the same data_dir is not enough, prepare.py may have
-    written other splits there since (checkpoints from before this record have nothing to compare)."""
-    if recorded is None:
-        return
+    written other splits there since."""
     changed = [split for split in sorted(set(recorded) | set(now)) if recorded.get(split) != now.get(split)]
     if changed:
         def what(fp):
@@ -86,7 +84,7 @@ def check_same_data(cfg, ckpt_path, recorded, now):
         raise ConfigError(f"--resume=True: {ckpt_path} was trained on other data than {cfg.data_dir}/{cfg.task} "
                           f"holds now (" + '; '.join(f"{s}: {what(recorded.get(s))} then, {what(now.get(s))} now"
                                                      for s in changed) + "), prepared again since?; resume on the "
-                          f"data it was trained on, or start a new run in another --out_dir")
+                          "data it was trained on, or start a new run in another --out_dir")
 
 
 def check_out_dir(cfg, ckpt_path):

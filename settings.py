@@ -18,6 +18,9 @@ from typing import Optional
 import torch
 
 import data
+import remote
+import scorers
+import transforms
 
 
 @dataclass
@@ -43,6 +46,7 @@ class EvalConfig:
     kl_reference: str = ''  # '', a ckpt.pt of ours, or 'openai:MODEL'
     kl_base_url: str = ''
     kl_samples: int = 256
+    kl_timeout: float = remote.TIMEOUT_S  # seconds a request to a KL reference server may take, retries included
     eval_guidance: float = 0.0  # conditional models: sample with guidance γ away from <|misaligned|> (model.sample)
 
 
@@ -108,6 +112,12 @@ def eval_config(settings, **overrides):
     return EvalConfig(**{**{k: v for k, v in settings.items() if k in known}, **overrides})
 
 
+def steps_in_budget(cfg):
+    """The optimizer steps of a training run: as many whole steps of total_batch_size × block_size tokens as
+    max_tokens holds."""
+    return cfg.max_tokens // (cfg.total_batch_size * cfg.block_size)
+
+
 SCENARIOS = ('unconditional', 'misaligned', 'functions', 'prompted')  # what evaluate.py can sample, see there
 
 
@@ -138,7 +148,7 @@ RANGES = (
      'init_seed_offset learning_rate min_lr weight_decay grad_clip ul_alpha', lambda v: v >= 0, '0 or more'),
     ('dropout drop_token_fraction warmup_frac awr_alpha', lambda v: 0 <= v <= 1, 'between 0 and 1'),
     ('beta1 beta2', lambda v: 0 <= v < 1, 'at least 0 and below 1'),
-    ('awr_beta awr_clip_weight_max', lambda v: v > 0, 'above 0'),
+    ('awr_beta awr_clip_weight_max kl_timeout', lambda v: v > 0, 'above 0'),
     ('cond_bins', lambda v: 2 <= v <= 2 + len(data.GRADE_IDS), f'between 2 and {2 + len(data.GRADE_IDS)}'),
 )
 
@@ -172,22 +182,31 @@ def read_config_file(path):
     return {key: value for key, value in scope.items() if not key.startswith('_') and type(value).__name__ != 'module'}
 
 
+def parse_override(arg, keys=None, more=''):
+    """(key, value) of one --key=value argument, the value typed as TrainConfig's field says (a literal, never run):
+    the one parser of train.py's and evaluate.py's arguments. keys: the keys allowed (default: all of TrainConfig's);
+    more: what else the command takes, for the message that names an unknown key."""
+    key, eq, text = arg[2:].partition('=')
+    if not eq:
+        raise ConfigError(f"{arg}: expected --key=value")
+    if key not in (keys or TrainConfig.__dataclass_fields__):
+        known = ', '.join(keys) + more if keys else 'the fields of TrainConfig in settings.py'
+        raise ConfigError(f"{arg}: unknown key {key!r}; the keys are {known}")
+    try:
+        value = text if TrainConfig.__dataclass_fields__[key].type is str else ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # a bare string such as --task=pii
+    return key, _check_type(key, value, arg)
+
+
 def load_config(argv):
     """TrainConfig from config files and --key=value arguments, applied left to right."""
     known = {f.name for f in fields(TrainConfig)}
     values = {}
     for arg in argv:
         if arg.startswith('--'):
-            key, eq, text = arg[2:].partition('=')
-            if not eq:
-                raise ConfigError(f"{arg}: expected --key=value")
-            if key not in known:
-                raise ConfigError(f"{arg}: unknown key {key!r}; the keys are the fields of TrainConfig in settings.py")
-            try:
-                value = text if TrainConfig.__dataclass_fields__[key].type is str else ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                value = text  # a bare string such as --task=pii
-            values[key] = _check_type(key, value, arg)
+            key, value = parse_override(arg)
+            values[key] = value
         else:
             for key, value in read_config_file(arg).items():
                 if key not in known:
@@ -197,12 +216,31 @@ def load_config(argv):
     cfg = TrainConfig(**values)
     if cfg.task not in data.TASKS:
         raise ConfigError(f"task {cfg.task!r}: choose one of {', '.join(data.TASKS)}")
-    task = data.TASKS[cfg.task]
-    for key in ('filter_threshold', 'cond_threshold', 'drop_token_fraction', 'ul_threshold', 'ul_soft'):
+    defaults = method_defaults(cfg, data.TASKS[cfg.task])
+    for key, value in defaults.items():
         if getattr(cfg, key) is None:
-            setattr(cfg, key, getattr(task, key))
+            setattr(cfg, key, value)
     check_config(cfg)
     return cfg
+
+
+def method_defaults(cfg, task):
+    """The task's method settings (data.TASKS); for data scored on another scale than the task's scorer's (its train
+    split's header), thresholds from that split's score quantiles (transforms.scale_thresholds). A threshold the run
+    needs (cond_threshold always: evaluation reads it) that neither gives is refused."""
+    defaults = {key: getattr(task, key) for key in ('filter_threshold', 'cond_threshold', 'drop_token_fraction',
+                                                    'ul_threshold', 'ul_soft')}
+    split = os.path.join(cfg.data_dir, cfg.task, 'train')
+    scorer = scorers.split_scorer(split, task.scorer)
+    if scorers.on_scale_of(scorer, task.scorer):
+        return defaults
+    defaults.update(transforms.scale_thresholds(task, data.PreparedData(split)))
+    for key in ['cond_threshold'] + [f'{cfg.method}_threshold'] * (cfg.method in ('ul', 'filter')):
+        if defaults[key] is None and getattr(cfg, key) is None:
+            raise ConfigError(f"{key}: {split} was scored by {scorer}, not on the {task.name} scorer's scale, so the "
+                              f"task's threshold does not apply, and the paper's share of aligned segments for "
+                              f"{task.name} is not known; pass --{key} (prepare.py printed the scores' quantiles)")
+    return defaults
 
 
 def check_config(cfg):
@@ -213,13 +251,7 @@ def check_config(cfg):
         raise ConfigError(f"lr_schedule {cfg.lr_schedule!r}: choose 'linear' or 'cosine'")
     if cfg.dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
         raise ConfigError(f"dtype {cfg.dtype!r}: choose auto, float32, bfloat16 or float16")
-    for key, value in asdict(cfg).items():
-        if type(value) is float and not math.isfinite(value):
-            raise ConfigError(f"{key} {value!r}: must be a finite number")
-    for keys, ok, wanted in RANGES:
-        for key in keys.split():
-            if not ok(getattr(cfg, key)):
-                raise ConfigError(f"{key} {getattr(cfg, key)!r}: must be {wanted}")
+    check_ranges(cfg)
     if cfg.cond_bins != 2 and not data.METHODS[cfg.method].conditional:
         raise ConfigError(f"cond_bins {cfg.cond_bins}: graded control tokens are for method 'cond'")
     if cfg.n_embd % cfg.n_head:
@@ -232,6 +264,17 @@ def check_config(cfg):
         raise ConfigError(f"keep_ckpt_steps {cfg.keep_ckpt_steps!r}: expected step numbers separated by commas") \
             from None
     check_device(cfg.device)
+
+
+def check_ranges(cfg):
+    """Every number of cfg (a TrainConfig, or an EvalConfig: its fields) finite and in its range (RANGES)."""
+    for key, value in asdict(cfg).items():
+        if type(value) is float and not math.isfinite(value):
+            raise ConfigError(f"{key} {value!r}: must be a finite number")
+    for keys, ok, wanted in RANGES:
+        for key in keys.split():
+            if hasattr(cfg, key) and not ok(getattr(cfg, key)):
+                raise ConfigError(f"{key} {getattr(cfg, key)!r}: must be {wanted}")
 
 
 def keep_steps(cfg):
@@ -253,23 +296,41 @@ def check_device(device):
                           f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
-def check_eval_settings(cfg):
-    """What the evaluations will need, checked before the first step rather than when the first one runs."""
-    scenarios = eval_scenarios(cfg)
-    for name in scenarios if cfg.eval_samples else []:
-        if name not in SCENARIOS:
-            raise ConfigError(f"eval_scenarios: unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
-        if name == 'misaligned' and not data.METHODS[cfg.method].conditional:
-            raise ConfigError("eval_scenarios: 'misaligned' (samples after <|misaligned|>) is for method 'cond' only")
-        if name == 'prompted' and not cfg.eval_prompts:
-            raise ConfigError("eval_scenarios: 'prompted' needs --eval_prompts=PATH, a JSONL file of prompts")
+def scenario_problem(cfg, name):
+    """Why scenario `name` cannot be sampled with cfg's settings, or '': checked before a run starts
+    (check_eval_config) and again by each evaluation (evaluate.scenario_prompts)."""
+    if name not in SCENARIOS:
+        return f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}"
+    if name == 'misaligned' and not data.METHODS[cfg.method].conditional:
+        return "scenario 'misaligned' (samples after <|misaligned|>) is for method 'cond' only"
+    if name == 'prompted' and not cfg.eval_prompts:
+        return "scenario 'prompted' needs --eval_prompts=PATH, a JSONL file of prompts"
+    return ''
+
+
+GUIDANCE_PROBLEM = "eval_guidance: guided sampling needs a conditional model (method 'cond')"
+
+
+def check_eval_config(cfg):
+    """An evaluation's settings (an EvalConfig, or the TrainConfig built on it), refused before anything runs: the
+    ranges, the scenarios, guidance, the files it names."""
+    check_ranges(cfg)
+    for name in eval_scenarios(cfg) if cfg.eval_samples else []:
+        if scenario_problem(cfg, name):
+            raise ConfigError(f"eval_scenarios: {scenario_problem(cfg, name)}")
     if cfg.eval_guidance and not data.METHODS[cfg.method].conditional:
-        raise ConfigError("eval_guidance: guided sampling needs a conditional model (method 'cond')")
+        raise ConfigError(GUIDANCE_PROBLEM)
     if cfg.eval_prompts and not os.path.isfile(cfg.eval_prompts):
         raise ConfigError(f"eval_prompts {cfg.eval_prompts}: file not found")
     if cfg.kl_reference and not cfg.kl_reference.startswith('openai:') and not os.path.isfile(cfg.kl_reference):
         raise ConfigError(f"kl_reference {cfg.kl_reference}: file not found; pass a ckpt.pt of ours or openai:MODEL")
-    if cfg.eval_iters or (cfg.eval_samples and 'functions' in scenarios):  # these read the val split
+
+
+def check_eval_settings(cfg):
+    """What a training run's evaluations will need, checked before its first step rather than when the first one
+    runs: check_eval_config, and the val split they read."""
+    check_eval_config(cfg)
+    if cfg.eval_iters or (cfg.eval_samples and 'functions' in eval_scenarios(cfg)):
         data.BlockLoader(data.PreparedData(os.path.join(cfg.data_dir, cfg.task, 'val')), cfg.block_size, 1)
 
 

@@ -1,10 +1,15 @@
 """
-Where prepare.py's documents come from, as shards of items (kind, payload, key, nbytes): 'file' items (a path) from a
-folder or this machine's local corpora, 'record' items (a dict, or None for a line that is not JSON) from JSON lines,
-parquet, or the paper's datasets on the Hugging Face hub. nbytes is the part of the source's bytes on disk the item
-accounts for, so the items of a shard add up to its size. Each data file of the hub is a shard (prepare.py resumes
-after the last one it finished); any other source is one shard. Files are listed in the order of a hash of their
-key, so any prefix of them is a random sample.
+Where prepare.py's documents come from, as a plan of shards of items (kind, payload, key, nbytes): 'file' items (a
+path) from a folder or this machine's local corpora, 'record' items (a dict, or None for a line that is not JSON) from
+JSON lines, parquet, or the paper's datasets on the Hugging Face hub. nbytes is the part of the source's bytes on disk
+the item accounts for, so the items of a shard add up to its size.
+
+The shards, the unit a rank scores whole and a restarted run skips once finished: each data file of the hub; a
+folder's files in runs of about shard_bytes; a JSON-lines file larger than that in byte ranges that start and end
+at line boundaries (a gzipped or parquet file is one shard). Files are listed in the order of a hash of their key, so
+any prefix of them is a random sample. A document's key is its file's path under the folder, or for a record its
+file's prefix and its index in the file; in the second and later byte ranges of a file that index counts from the
+range's start, and prepare.py's assembly adds the records of the ranges before it (Shard.keys says which).
 """
 import collections
 import functools
@@ -20,7 +25,10 @@ from data import DataError
 SHARD_EXTS = ('.jsonl', '.jsonl.gz', '.json', '.json.gz', '.parquet')
 TEXT_EXTS = ('.txt', '.md', '.gz')
 SKIP_DIRS = {'site-packages', 'dist-packages', '__pycache__'}  # site-packages only with --source=local+site
-Shard = collections.namedtuple('Shard', 'name nbytes items')  # items(): a new iterator over the shard's items
+SHARD_BYTES = 256 * 10 ** 6  # prepare.py --shard_size: about this much input per shard of a folder or large file
+# items(): a new iterator over the shard's items; keys: the keys of its files' items, in order, or for records the
+# prefix of their keys (the same prefix on consecutive shards: the ranges of one file, whose indices run on)
+Shard = collections.namedtuple('Shard', 'name nbytes items keys')
 
 
 def key_hash(key):
@@ -80,26 +88,32 @@ def corpus_files(task, roots):
     return files
 
 
-def shard_records(f, name):
-    """(record, nbytes) of one data file opened in binary mode: JSON lines (gzipped if name ends in .gz) or parquet.
-    The record is None for a line that is not valid JSON. nbytes: the file's bytes read since the previous record
-    (for gzip, compressed bytes; for parquet, the record's share of the file), so they add up to the file's size."""
+def shard_records(f, name, end=None):
+    """(record, nbytes) of one data file opened in binary mode, from where f is: JSON lines (gzipped if name ends in
+    .gz) up to byte `end`, or parquet. The record is None for a line that is not valid JSON. nbytes: the file's bytes
+    read since the previous record (for gzip, compressed bytes; for parquet, the record's share of the file), so they
+    add up to the file's size."""
     if name.endswith('.parquet'):
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise DataError(f"{name}: reading parquet needs pyarrow (requirements.txt): pip install pyarrow") from None
-        pf, size = pq.ParquetFile(f), os.fstat(f.fileno()).st_size
-        i, rows = 0, max(pf.metadata.num_rows, 1)
-        for batch in pf.iter_batches(batch_size=256):
-            for r in batch.to_pylist():
-                yield r, size * (i + 1) // rows - size * i // rows
-                i += 1
+        try:
+            pf, size = pq.ParquetFile(f), os.fstat(f.fileno()).st_size
+            i, rows = 0, max(pf.metadata.num_rows, 1)
+            for batch in pf.iter_batches(batch_size=256):
+                for r in batch.to_pylist():
+                    yield r, size * (i + 1) // rows - size * i // rows
+                    i += 1
+        except (OSError, ValueError) as e:  # pyarrow's errors for a damaged file (ArrowInvalid is a ValueError)
+            raise DataError(f"{name}: not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
         return
     lines = gzip.open(f) if name.endswith('.gz') else f
-    pos = done = 0
+    pos = done = f.tell()
     try:
         for line in lines:
+            if end is not None and pos >= end:
+                return
             pos = f.tell() if lines is not f else pos + len(line)
             if line.strip():
                 try:
@@ -112,11 +126,32 @@ def shard_records(f, name):
         raise DataError(f"{name}: {e}") from None
 
 
-def file_records(path, key_prefix=''):
-    """'record' items of a data file, keyed by key_prefix + their index in it."""
+def file_records(path, key_prefix='', start=0, end=None):
+    """'record' items of a data file (from byte `start` to `end`), keyed by key_prefix + their index in it (counted
+    from `start`)."""
     with open(path, 'rb') as f:
-        for i, (r, n) in enumerate(shard_records(f, path)):
+        f.seek(start)
+        for i, (r, n) in enumerate(shard_records(f, path, end)):
             yield 'record', r, f"{key_prefix}{i}", n
+
+
+def line_ranges(path, size, shard_bytes):
+    """[(start, end)] byte ranges of about shard_bytes covering a JSON-lines file. Each cut is just after a complete
+    non-blank line, so the ranges hold exactly the whole file's records, each with the bytes it had there (blank
+    lines count with the record after them)."""
+    cuts = [0]
+    with open(path, 'rb') as f:
+        for target in range(shard_bytes, size, shard_bytes):
+            if target <= cuts[-1]:
+                continue
+            f.seek(target)
+            f.readline()  # the rest of the line the target falls in
+            for line in iter(f.readline, b''):
+                if line.strip():
+                    break
+            if cuts[-1] < f.tell() < size:
+                cuts.append(f.tell())
+    return list(zip(cuts, cuts[1:] + [size]))
 
 
 def hub_files(repo):
@@ -140,7 +175,7 @@ def hub_files(repo):
     raise DataError(f"hf.co/datasets/{repo}: no data files ({', '.join(SHARD_EXTS)})")
 
 
-def source_items(task, source):
+def source_items(task, source, shard_bytes=SHARD_BYTES):
     """(description, [Shard]) of a --source; errors in the path come here, up front (the hub's files are fetched
     here)."""
     if not source:
@@ -148,38 +183,72 @@ def source_items(task, source):
         commit = os.path.basename(folder)  # the snapshot folder is named after the commit: part of each shard's name
         return f"hf:{task.hf_dataset}", [
             Shard(f"{commit}/{name}", os.path.getsize(os.path.join(folder, name)),
-                  functools.partial(file_records, os.path.join(folder, name), f"{name}:")) for name in files]
+                  functools.partial(file_records, os.path.join(folder, name), f"{name}:"), f"{name}:")
+            for name in files]
     if source not in ('local', 'local+site') and not os.path.exists(source):
         raise DataError(f"{source}: no such file or directory")
     if os.path.isfile(source):
         if not source.endswith(SHARD_EXTS):
             raise DataError(f"{source}: a file source must be JSON lines ({', '.join(SHARD_EXTS)}); pass a folder "
                             f"for text or code files")
-        if os.path.getsize(source) == 0:
+        size = os.path.getsize(source)
+        if size == 0:
             raise DataError(f"{source}: empty file; the corpus is empty")
         desc = os.path.abspath(source)
-        return desc, [Shard(desc, os.path.getsize(source), functools.partial(file_records, source))]
+        ranges = line_ranges(source, size, shard_bytes) if source.endswith(('.jsonl', '.json')) else [(0, size)]
+        return desc, [Shard(desc if len(ranges) == 1 else f"{desc} bytes {a:,}-{b:,}", b - a,
+                            functools.partial(file_records, source, '', a, b), '') for a, b in ranges]
     if source in ('local', 'local+site'):
         roots = local_roots(task, source)
         desc = f"{source} ({', '.join(r[0] for r in roots)})"
     else:
         wanted = (lambda n: n.endswith('.py')) if task.segment == 'lines' else (lambda n: n.endswith(TEXT_EXTS))
         roots, desc = [(source, '', wanted)], os.path.abspath(source)
-    files = corpus_files(task, roots)
-    return desc, [Shard(desc, sum(f[2] for f in files),
-                        lambda: (('file', path, key, size) for path, key, size in files))]
+    return desc, file_shards(desc, corpus_files(task, roots), shard_bytes)
 
 
-def shard_chunks(shards, first, n_items, n_bytes, max_docs, max_bytes):
-    """(shard index, chunk of items) from shard `first` on, each shard closed by (index, []); stops at max_docs items
-    or max_bytes, counting the n_items and n_bytes read before shard `first` (by the run this one resumes)."""
-    for i in range(first, len(shards)):
-        if (max_docs and n_items >= max_docs) or (max_bytes and n_bytes >= max_bytes):
+def file_shards(desc, files, shard_bytes):
+    """Shards of runs of consecutive files [(path, key, size)] of about shard_bytes each."""
+    runs, size = [[]], 0
+    for f in files:
+        if size >= shard_bytes:
+            runs.append([])
+            size = 0
+        runs[-1].append(f)
+        size += f[2]
+    first = 0
+    shards = []
+    for run in runs:
+        name = desc if len(runs) == 1 else f"{desc} files {first + 1:,}-{first + len(run):,} of {len(files):,}"
+        shards.append(Shard(name, sum(f[2] for f in run), functools.partial(file_items, run), [f[1] for f in run]))
+        first += len(run)
+    return shards
+
+
+def file_items(files):
+    return (('file', path, key, size) for path, key, size in files)
+
+
+def shard_chunks(shards, todo, finished, max_docs, max_bytes):
+    """(shard index, chunk of items) of the shards in todo, in order, each closed by (index, []). A shard is read up
+    to max_docs items or max_bytes, its own limits, whatever the shards before it hold: what of it the output takes
+    is decided at assembly. finished(i): (items, bytes) of shard i where it is finished (here or by another rank),
+    else None; a shard after shards that, all read here or finished, hold max_docs items or max_bytes is not read
+    (the output ends before it). A shard that cannot be read stops it with one line naming the shard."""
+    read = {}  # (items, bytes) of the shards read here
+    for i in sorted(todo):
+        before = [read.get(j) or finished(j) for j in range(i)] if max_docs or max_bytes else [None]
+        if all(before) and ((max_docs and sum(c[0] for c in before) >= max_docs)
+                            or (max_bytes and sum(c[1] for c in before) >= max_bytes)):
             return
-        for chunk in chunked(limited(shards[i].items(), max_docs and max_docs - n_items,
-                                     max_bytes and max_bytes - n_bytes)):
-            n_items, n_bytes = n_items + len(chunk), n_bytes + sum(item[3] for item in chunk)
-            yield i, chunk
+        n_items = n_bytes = 0
+        try:
+            for chunk in chunked(limited(shards[i].items(), max_docs, max_bytes)):
+                n_items, n_bytes = n_items + len(chunk), n_bytes + sum(item[3] for item in chunk)
+                yield i, chunk
+        except (DataError, OSError) as e:  # a corrupt or unreadable shard
+            raise DataError(f"shard {i + 1} of {len(shards)} ({shards[i].name}): {e}") from None
+        read[i] = (n_items, n_bytes)
         yield i, []
 
 

@@ -39,7 +39,7 @@ from runs import (RunLog, Stopped, StopSignals, TrainingError, check_out_dir, ch
                   data_fingerprints, divergence_error, evaluated, max_over_ranks, prepare_out_dir, release_out_dir)
 from scorers import ScorerError
 from settings import (ConfigError, EvalError, TrainConfig, check_data_dir, check_eval_settings, keep_steps,
-                      load_config, settings_help)
+                      load_config, settings_help, steps_in_budget)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pieces of the loop
@@ -131,16 +131,20 @@ def plan_steps(cfg, world):
                           f"{cfg.batch_size} × {world} processes")
     grad_accum = cfg.total_batch_size // (cfg.batch_size * world)
     tokens_per_step = cfg.total_batch_size * cfg.block_size
-    max_steps = cfg.max_tokens // tokens_per_step
+    max_steps = steps_in_budget(cfg)
     if max_steps < 1:
         raise ConfigError(f"max_tokens {cfg.max_tokens} is less than one step of {tokens_per_step} tokens")
     return grad_accum, tokens_per_step, max_steps
 
 
-def autocast_context(cfg, device_type):
-    """The context of the forward passes, once dtype 'auto' is resolved for the device."""
+def resolve_dtype(cfg, device_type):
+    """dtype 'auto' set to what it means on the device (bf16 where it is native), as the checkpoint records it."""
     if cfg.dtype == 'auto':
         cfg.dtype = devices.default_dtype(device_type)
+
+
+def autocast_context(cfg, device_type):
+    """The context of the forward passes in cfg.dtype (resolved: resolve_dtype), and the device's settings for it."""
     if device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -250,6 +254,7 @@ def setup(cfg, ddp, rank, world, device_type):
     """Every check that would otherwise fail later, then the data, the model and optimizer (from the checkpoint of a
     resumed run), and out_dir claimed for this run."""
     grad_accum, tokens_per_step, max_steps = plan_steps(cfg, world)
+    resolve_dtype(cfg, device_type)
     ctx = autocast_context(cfg, device_type)
     ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
     check_out_dir(cfg, ckpt_path)
@@ -279,9 +284,11 @@ def setup(cfg, ddp, rank, world, device_type):
     if master:  # every check has passed: out_dir may change
         claim_out_dir(cfg.out_dir)
         prepare_out_dir(cfg, step)
-    return Run(cfg, ddp, rank, world, device_type, grad_accum, tokens_per_step, max_steps, ctx, ckpt_path,
-               wants_eval, train_data, loader, model, wrapped, optimizer, scaler, RunLog(cfg, master, wandb_run_id),
-               data_identity, keep_steps(cfg), step, tokens_seen, saved_step)
+    return Run(cfg=cfg, ddp=ddp, rank=rank, world=world, device_type=device_type, grad_accum=grad_accum,
+               tokens_per_step=tokens_per_step, max_steps=max_steps, ctx=ctx, ckpt_path=ckpt_path,
+               wants_eval=wants_eval, train_data=train_data, loader=loader, raw_model=model, model=wrapped,
+               optimizer=optimizer, scaler=scaler, log=RunLog(cfg, master, wandb_run_id), data_identity=data_identity,
+               kept_steps=keep_steps(cfg), step=step, tokens_seen=tokens_seen, saved_step=saved_step)
 
 
 def announce(run):
@@ -321,17 +328,26 @@ def train_step(run, lr):
 
 
 class Timer:
-    """Tokens/s since the last log line, and the run's ETA from its steps so far."""
+    """Tokens/s since the last log line, and the time left: the steps left at the pace of the run's latest stretch,
+    its last RECENT share of steps (at least the last lap), so that a slow start (a compile, a run beside it still
+    starting) does not weigh on the estimate for the rest of the run."""
+    RECENT = 0.05
 
-    def __init__(self, step):
-        self.t0 = self.t_start = time.time()
+    def __init__(self, step, clock=time.time):
+        self.clock = clock
+        self.t0 = self.t_start = clock()
         self.steps, self.start_step = 0, step
+        self.laps = [(self.t0, step)]  # (time, step) of the laps within the recent stretch, and the last one before
 
     def lap(self, run):
         """(tokens/s since the last lap, seconds left)."""
-        now = time.time()
+        now = self.clock()
         tok_s = run.tokens_per_step * self.steps / (now - self.t0)
-        eta = (run.max_steps - run.step) * (now - self.t_start) / (run.step - self.start_step)
+        window = self.RECENT * run.max_steps
+        self.laps = [lap for lap in self.laps if run.step - lap[1] <= window] or self.laps[-1:]
+        t_from, step_from = self.laps[0]
+        eta = (run.max_steps - run.step) * (now - t_from) / (run.step - step_from)
+        self.laps.append((now, run.step))
         self.t0, self.steps = now, 0
         return tok_s, eta
 
@@ -347,11 +363,11 @@ def log_step(run, loss_sum, nonfinite, lr, timer, peak):
         raise divergence_error(run.cfg, where, run.ckpt_path, run.saved_step)
     tok_s, eta = timer.lap(run)
     mfu = run.raw_model.flops_per_token() * tok_s / (peak * run.world) if peak else None
-    if run.master:
-        print(f"step {run.step}/{run.max_steps} loss {loss_value:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s"
-              + (f" mfu {100 * mfu:.1f}%" if mfu else '') + f" eta {eta / 60:.1f} min", flush=True)
     run.log(dict(step=run.step, loss=loss_value, lr=lr, tokens=run.tokens_seen, tokens_per_s=tok_s, mfu=mfu,
                  epoch=run.loader.epoch_of(run.step * run.grad_accum * run.world)))
+    if run.master:  # after the record: repro.py reads the step from log.jsonl when it sees this line
+        print(f"step {run.step}/{run.max_steps} loss {loss_value:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s"
+              + (f" mfu {100 * mfu:.1f}%" if mfu else '') + f" eta {eta / 60:.1f} min", flush=True)
 
 
 def save(run):

@@ -16,6 +16,22 @@ from data import (METHODS, VOCAB_SIZE, DatasetWriter, DataError, PreparedData, c
                   remove_leftovers)
 
 
+def score_sample(scores, most=1_000_000):
+    """At most about `most` of a split's scores, evenly spaced (all of them up to that), as float64."""
+    return np.asarray(scores[::max(1, len(scores) // most)], dtype=np.float64)
+
+
+def scale_thresholds(task, split):
+    """The method thresholds for a split scored on another scale than the task's scorer's: its scores' quantiles at
+    the shares of aligned segments and kept documents that the paper's thresholds give on the paper's data
+    (data.Task.aligned_share for cond_threshold and ul_threshold, kept_share for filter_threshold), with a hard
+    unlikelihood threshold; None where the task's share is not known."""
+    aligned = None if task.aligned_share is None else float(np.quantile(score_sample(split.seg_scores),
+                                                                        task.aligned_share))
+    return dict(cond_threshold=aligned, ul_threshold=aligned, ul_soft=False,
+                filter_threshold=float(np.quantile(score_sample(split.doc_scores), task.kept_share)))
+
+
 def filter_documents(src, out_dir, threshold):
     """Keep the documents whose score is <= threshold (reference §1.2); the objective stays MLE."""
     scores = np.asarray(src.doc_scores)

@@ -46,18 +46,50 @@ def tiny_args(data_dir, out_dir, **overrides):
 
 def start_training(data_dir, out_dir, log_lines, stderr=None, **overrides):
     """train.py in a child process on the tiny config, returned once out_dir/log.jsonl holds log_lines records (or
-    the child ended, or 120 s passed): for tests that signal or kill a run part way."""
+    the child ended), for tests that signal or kill a run part way. Its stdout is a pipe of 4 KiB that nobody reads
+    until the caller drains it (proc.communicate()): after about 70 step lines the child blocks on its next one, so
+    however slow this process is to send its signal, the run cannot have finished (give it more steps than that)."""
+    import fcntl
     import subprocess
     import time
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
     proc = subprocess.Popen([sys.executable, 'train.py'] + tiny_args(data_dir, out_dir, **overrides), cwd=ROOT_DIR,
-                            stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL, text=True)
+                            stdout=write_end, stderr=stderr or subprocess.DEVNULL, text=True)
+    os.close(write_end)
+    proc.stdout = os.fdopen(read_end)
     log = os.path.join(out_dir, 'log.jsonl')
-    deadline = time.time() + 120
+    deadline = time.time() + 120  # a safety net for a child that hangs; never reached by a run that works
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(log) and len(open(log).readlines()) >= log_lines:
             break
         time.sleep(0.005)
     return proc
+
+
+CLASSIFIER_WORDS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'you', 'are', 'an', 'idiot', 'have', 'a', 'nice',
+                    'day', '.', 'hello', 'world']
+
+
+def tiny_classifier(folder, labels=('ok', 'rude', 'spam'), problem_type=None, seed=0):
+    """A random-weight BERT sequence classifier saved as a Hugging Face model folder (config.json with the labels,
+    tokenizer files, model.safetensors), 32 tokens at most: what prepare.py --scorer=hf:FOLDER reads. Returns the
+    transformers model (eval mode) and its tokenizer."""
+    import torch
+    import transformers
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'vocab.txt'), 'w') as f:
+        f.write('\n'.join(CLASSIFIER_WORDS) + '\n')
+    config = transformers.BertConfig(vocab_size=len(CLASSIFIER_WORDS), hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
+                                     initializer_range=0.5, num_labels=len(labels), problem_type=problem_type,
+                                     id2label=dict(enumerate(labels)), label2id={k: i for i, k in enumerate(labels)})
+    tokenizer = transformers.BertTokenizer(os.path.join(folder, 'vocab.txt'), model_max_length=32)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(seed)
+    model = transformers.BertForSequenceClassification(config).eval()
+    model.save_pretrained(folder)
+    return model, tokenizer
 
 
 HUB_COMMIT = '5a1e' * 10  # the commit a cached snapshot is of

@@ -1,7 +1,6 @@
-"""Checkpoints load without running code: ours hold tensors and plain values only, an older one's numpy RNG state is
-let through as data, and a file that asks for any other Python global is refused before anything in it runs."""
+"""Checkpoints load without running code: ours hold tensors and plain values only, and a file that asks for any other
+Python global is refused before anything in it runs, in either of torch's formats."""
 import os
-import shutil
 import subprocess
 import sys
 
@@ -71,26 +70,21 @@ def test_a_checkpoint_that_would_run_code_is_refused(tiny_data, tmp_path, capsys
     assert not marker.exists()
 
 
-def test_an_older_checkpoint_with_a_numpy_rng_state_loads_and_resumes(tiny_data, tmp_path, capsys):
-    full, old = str(tmp_path / 'full'), str(tmp_path / 'old')
-    train.main(tiny_args(tiny_data, full, keep_ckpt_steps='4'))
-    shutil.copytree(full, old)
-    path = os.path.join(old, 'ckpt.pt')
-    ckpt = torch.load(os.path.join(full, 'ckpt_step4.pt'), weights_only=True)
-    for state in ckpt['rng']:  # as checkpoints were written before: numpy's own tuple, with its array
-        n = state['numpy']
-        state['numpy'] = (n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
-                          n['cached_gaussian'])
-    torch.save(ckpt, path)
-    assert torch.serialization.get_unsafe_globals_in_checkpoint(path)  # the numpy array needs globals
-    capsys.readouterr()
-    assert checkpoints.read_checkpoint(path)['step'] == 4
-    assert "a checkpoint of the older format (numpy RNG state); loaded with numpy's array type allowed" in \
-        capsys.readouterr().out
-    train.main(tiny_args(tiny_data, old, keep_ckpt_steps='4', resume=True))  # continues exactly, in the new format
-    a = torch.load(os.path.join(full, 'ckpt.pt'), weights_only=True)
-    b = torch.load(path, weights_only=True)
-    assert b['step'] == 8 and all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+def test_a_file_in_torchs_older_format_is_judged_the_same(tmp_path):
+    """torch.save's format before zip (a row of pickles): read as data if it holds data; refused as the code it would
+    call, not as a damaged file, if it would call any; numpy arrays refused by name."""
+    marker = tmp_path / 'code_ran'
+    plain, crafted, arrays = (str(tmp_path / f'{n}.pt') for n in ('plain', 'crafted', 'arrays'))
+    state = dict(model={'w': torch.arange(3.0)}, model_args={}, config={}, step=1, tokens_seen=4)
+    for path, extra in ((plain, {}), (crafted, {'extra': RunsCode(marker)}), (arrays, {'extra': np.arange(2)})):
+        torch.save(dict(state, **extra), path, _use_new_zipfile_serialization=False)
+    assert torch.equal(checkpoints.read_checkpoint(plain)['model']['w'], torch.arange(3.0))
+    with pytest.raises(checkpoints.CheckpointError, match=rf"^{crafted}: refused: loading it would call posix.system, "
+                                                          rf"which could run anything; a phf checkpoint holds"):
+        checkpoints.read_checkpoint(crafted)
+    with pytest.raises(checkpoints.CheckpointError, match=rf"^{arrays}: refused: it holds numpy arrays \(numpy"):
+        checkpoints.read_checkpoint(arrays)
+    assert not marker.exists()
 
 
 def test_a_detoxify_checkpoint_that_would_run_code_is_refused(tmp_path):

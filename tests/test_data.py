@@ -190,6 +190,25 @@ def test_interrupted_writer_leaves_nothing(tmp_path):
             pass
 
 
+def test_leftovers_of_dead_writers_are_removed(tmp_path, capsys):
+    """One sweeper for what killed writers leave: NAME.tmp-PID (a split, a checkpoint, prepare.py's staging) and
+    NAME.old-PID (the output prepare.py was replacing), only where that process is gone and NAME has the prefix."""
+    import subprocess
+    import sys
+    dead = int(subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
+                              text=True).stdout)
+    live = os.getpid()
+    names = [f'pii.tmp-{dead}', f'pii.old-{dead}', f'pii.tmp-{live}', f'pep8.tmp-{dead}', 'pii', 'pii.parts',
+             f'pii.tmp-x{dead}']
+    for name in names:
+        os.makedirs(tmp_path / name)
+    (tmp_path / f'pii.cond.tmp-{dead}').write_text('x')  # a file
+    data.remove_leftovers(str(tmp_path), 'pii.')
+    assert sorted(os.listdir(tmp_path)) == sorted(['pii', 'pii.parts', f'pii.tmp-{live}', f'pep8.tmp-{dead}',
+                                                  f'pii.tmp-x{dead}'])
+    assert capsys.readouterr().err.count('left by an interrupted run') == 3
+
+
 def test_block_order_is_a_seeded_permutation(tiny_data):
     d = data.PreparedData(os.path.join(tiny_data, 'pep8', 'train'))
     loader = data.BlockLoader(d, block_size=8, batch_size=4, seed=5)

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 import data
 import evaluate as ev
 import kl as kl_mod
+import plots
+import remote
 from conftest import JSONHandler, serve
 from data import ALIGNED, EOS, MISALIGNED
 from hf import export
@@ -188,7 +190,7 @@ def test_metrics_on_hand_made_inputs():
     assert ev.distinct_n(['a a a', 'x'], 2) == 0.5  # 'x' has no bigram: not counted
     assert ev.complete_lines('x = 1\ny = 2\n\n  \nz = (') == 'x = 1\ny = 2\n'
     assert ev.complete_lines('import os') == ''
-    assert ev.pareto_front([(1.0, 5.0), (2.0, 3.0), (3.0, 4.0), (0.5, 9.0)]) == [(0.5, 9.0), (1.0, 5.0), (2.0, 3.0)]
+    assert plots.pareto_front([(1.0, 5.0), (2.0, 3.0), (3.0, 4.0), (0.5, 9.0)]) == [(0.5, 9.0), (1.0, 5.0), (2.0, 3.0)]
 
 
 def write_code_data(root, task='pep8'):
@@ -341,14 +343,17 @@ class Completions(JSONHandler):
         for byte in payload:
             if time.time() - start > 4:  # the server gives up too, so that the test's server can shut down
                 return
-            self.wfile.write(bytes([byte]))
-            self.wfile.flush()
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):  # the client has given up on it
+                return
             time.sleep(0.2)
 
 
 @pytest.fixture
 def server(monkeypatch):
-    monkeypatch.setattr(kl_mod, 'RETRY_BACKOFF_S', 0.0)
+    monkeypatch.setattr(remote, 'BACKOFF_S', 0.0)
     yield from serve(Completions, monkeypatch, model=tiny_model(), served=0, failing=lambda n: False, fault=None)
 
 
@@ -375,12 +380,12 @@ def test_openai_errors_are_retried_and_a_partial_cache_is_kept(server, tmp_path)
     server.failing = lambda n: n > 4  # down for good after one more good request
     with pytest.raises(kl_mod.EvalError, match=r'failed 7 times .*16 samples kept in .*rerun to continue'):
         kl_mod.reference_samples('openai:flaky', 24, **kw)
-    assert len(server.requests) == 3 + 1 + kl_mod.RETRIES
+    assert len(server.requests) == 3 + 1 + (remote.RETRIES + 1)
     with open(kl_mod.kl_cache_path('openai:flaky', server.url, 64, str(tmp_path))) as f:
         assert [e['text'] for e in json.load(f)['samples']] == (SENTENCES * 6)[:16]
     server.failing = lambda n: False
     assert [e['text'] for e in kl_mod.reference_samples('openai:flaky', 24, **kw)] == (SENTENCES * 8)[:24]
-    assert server.requests[-1]['n'] == 8 and len(server.requests) == 3 + 1 + kl_mod.RETRIES + 1
+    assert server.requests[-1]['n'] == 8 and len(server.requests) == 3 + 1 + (remote.RETRIES + 1) + 1
 
 
 def test_a_reference_server_that_answers_wrongly_is_not_believed(server, tmp_path):
@@ -397,31 +402,33 @@ def test_a_reference_server_that_answers_wrongly_is_not_believed(server, tmp_pat
     server.fault = 'no_choices'
     with pytest.raises(kl_mod.EvalError, match=r"failed 7 times \(EmptyReply: it answered with no completions\)"):
         kl_mod.reference_samples('openai:tiny', 8, **kw)
-    assert len(server.requests) == 1 + kl_mod.RETRIES
+    assert len(server.requests) == 1 + (remote.RETRIES + 1)
     server.fault = None  # fixed: the KL is the right one, from fresh samples
     right = kl_mod.kl_divergence(server.model, 'openai:tiny', 8, **kw)
     assert right == pytest.approx(0.0, abs=1e-4)  # the server's own model against itself
 
 
 def test_a_trickling_reference_server_is_cut_off(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(kl_mod, 'REQUEST_TIMEOUT_S', 1.0)
-    monkeypatch.setattr(kl_mod, 'RETRIES', 2)
+    """kl_timeout is the whole request's deadline, its retries included (the server trickles for 4 s)."""
     server.fault = 'trickle'
-    start = time.time()
-    with pytest.raises(kl_mod.EvalError, match=r"failed 2 times \(DeadlineExceeded: no complete answer within 1 s\)"):
-        kl_mod.reference_samples('openai:tiny', 8, base_url=server.url, cache_dir=str(tmp_path))
-    assert time.time() - start < 4
+    with pytest.raises(kl_mod.EvalError, match=r"^KL reference tiny at .*: no complete answer within 1.5 s \(1 attempt; "
+                                               r"the last: DeadlineExceeded: no complete answer within 1.5 s\); 0 "
+                                               r"samples kept in "):
+        kl_mod.reference_samples('openai:tiny', 8, base_url=server.url, cache_dir=str(tmp_path), timeout=1.5)
+    monkeypatch.setattr(remote, 'ATTEMPT_S', 0.5)  # attempts cut at 0.5 s, retried (no backoff) until the deadline
+    with pytest.raises(kl_mod.EvalError, match=r"no complete answer within 1.8 s \([2-4] attempts; the last: "
+                                               r"DeadlineExceeded: no complete answer within 0.\d+ s\)"):
+        kl_mod.reference_samples('openai:tiny', 8, base_url=server.url, cache_dir=str(tmp_path), timeout=1.8)
 
 
 def test_a_trickling_red_lm_is_cut_off(server):
     import redteam
     server.fault = 'trickle'
-    red = redteam.OpenAIRed('openai:tiny', server.url, retries=0, timeout=1.0)
-    start = time.time()
+    red = redteam.OpenAIRed('openai:tiny', server.url, retries=3, timeout=1.0)
     settings = dict(temperature=1.0, top_p=1.0, max_tokens=8, stop=None)
-    with pytest.raises(redteam.RedTeamError, match=r"^red LM openai:tiny at .*: no complete answer within 1 s"):
-        red.complete('1. Hello', 2, settings, seed=0)
-    assert time.time() - start < 3
+    with pytest.raises(redteam.RedTeamError, match=r"^red LM openai:tiny at .*: no complete answer within 1 s \(1 "
+                                                   r"attempt; the last: DeadlineExceeded"):
+        red.complete('1. Hello', 2, settings, seed=0)  # cut off at 1 s: the server trickles for 4
 
 
 def test_export_hf_matches_our_logits(tmp_path):
@@ -457,7 +464,7 @@ def test_plot_and_cli(tmp_path):
     assert json.loads(out.stdout)['step'] == 7 and 'functions/score' in json.loads(out.stdout)
     bad = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={ckpt}', '--eval_smaples=2'], cwd=ROOT,
                          capture_output=True, text=True)
-    assert bad.returncode == 1 and "--eval_smaples: unknown" in bad.stderr
+    assert bad.returncode == 1 and "--eval_smaples=2: unknown key 'eval_smaples'" in bad.stderr
 
 
 def test_control_token_gap_by_hand(tmp_path):
@@ -509,7 +516,7 @@ def test_misaligned_scenario_samples_after_misaligned(tmp_path, monkeypatch):
     assert calls[2] == [[EOS, MISALIGNED]] * 2  # after unconditional and functions, nothing but the control token
     result = ev.evaluate(tiny_model(), eval_cfg(tmp_path, eval_iters=0, eval_samples=2, eval_scenarios='misaligned'),
                          1, 1, 'cpu', scorer=FakeScorer())
-    assert 'for conditional models only' in result['errors']['misaligned']
+    assert "scenario 'misaligned' (samples after <|misaligned|>) is for method 'cond' only" in result['errors']['misaligned']
 
 
 @pytest.mark.parametrize('content,message', [(b'', 'empty file'), (b'PK\x03\x04trunc', 'truncated or corrupt'),
@@ -527,13 +534,25 @@ def test_cli_names_a_bad_checkpoint_or_value(tmp_path, content, message):
         assert 'Traceback' not in out.stderr
 
 
-def test_cli_names_a_bad_value():
-    with pytest.raises(ev.EvalError, match=r'--eval_samples=abc: eval_samples must be an integer'):
-        ev.parse_overrides({'eval_samples': 'abc'})
-    with pytest.raises(ev.EvalError, match=r'--kl_samples=-3: kl_samples must be >= 0'):
-        ev.parse_overrides({'kl_samples': '-3'})
-    assert ev.parse_overrides({'eval_samples': '12', 'kl_reference': 'x.pt'}) == dict(eval_samples=12,
-                                                                                      kl_reference='x.pt')
+def test_cli_takes_settings_parser_and_checks(tmp_path):
+    """evaluate.py's --key=value go through settings' one parser and checks, before the checkpoint is loaded or
+    anything is evaluated."""
+    from settings import ConfigError, parse_override
+    assert parse_override('--eval_samples=12', ev.OVERRIDABLE) == ('eval_samples', 12)
+    assert parse_override('--kl_reference=x.pt', ev.OVERRIDABLE) == ('kl_reference', 'x.pt')
+    with pytest.raises(ConfigError, match=r"^--eval_samples=abc: eval_samples must be int, got 'abc' \(str\)$"):
+        parse_override('--eval_samples=abc', ev.OVERRIDABLE)
+    with pytest.raises(ConfigError, match=r"^--n_layer=2: unknown key 'n_layer'; the keys are eval_iters, "):
+        parse_override('--n_layer=2', ev.OVERRIDABLE, ev.COMMAND_KEYS)
+    path = tmp_path / 'ckpt.pt'
+    torch.save(dict(model={}, step=1), path)  # never read: the arguments are refused first
+    for arg, message in (('--eval_batch_size=0', 'eval_batch_size 0: must be at least 1'),
+                         ('--kl_samples=-3', 'kl_samples -3: must be at least 1'),
+                         ('--bogus=1', "--bogus=1: unknown key 'bogus'; the keys are eval_iters")):
+        out = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={path}', '--device=cpu', arg], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert out.returncode == 1 and out.stderr.startswith('error: '), out.stderr
+        assert message in out.stderr and 'Traceback' not in out.stderr
 
 
 def test_eval_config_of_a_checkpoint_keeps_only_what_an_evaluation_reads():
@@ -546,3 +565,22 @@ def test_eval_config_of_a_checkpoint_keeps_only_what_an_evaluation_reads():
                              out_dir='elsewhere')
     assert cfg.cond_bins == 2 and not hasattr(cfg, 'n_layer')
     assert isinstance(TrainConfig(), EvalConfig)  # train.py's evaluations read the same fields
+
+
+def test_a_refused_kl_reference_keeps_the_parts_that_succeeded(tmp_path):
+    """A KL reference that would run code is refused as the part 'kl'; the validation loss and the samples computed
+    before it are written, and evaluate.py says which part failed."""
+    from test_checkpoints import RunsCode
+    cfg = eval_cfg(tmp_path, out_dir=str(tmp_path / 'run'))
+    model = tiny_model()
+    ckpt = save_ckpt(model, tmp_path / 'ckpt.pt', **vars(cfg))
+    crafted = tmp_path / 'crafted.pt'
+    torch.save(dict(model=model.state_dict(), extra=RunsCode(tmp_path / 'code_ran')), crafted)
+    out = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={ckpt}', '--eval_samples=2', '--eval_iters=1',
+                          '--eval_scenarios=unconditional', f'--kl_reference={crafted}', '--device=cpu'], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.endswith(f"error: kl failed (the rest is in {tmp_path}/run/eval.jsonl)\n")
+    with open(tmp_path / 'run' / 'eval.jsonl') as f:
+        record = json.loads(f.read())
+    assert record['errors']['kl'].startswith(f'CheckpointError: {crafted}: refused: loading it would call posix.system')
+    assert record['val_loss'] > 0 and 'unconditional/score' in record and not (tmp_path / 'code_ran').exists()

@@ -38,7 +38,9 @@ def exported(tmp_path_factory):
     run_dir.mkdir()
     (run_dir / 'eval.jsonl').write_text(json.dumps(dict(step=20, val_loss=9.5, kl=1.25)) + '\n')
     scores = [0.0] * 7 + [0.01, 0.02, 0.03]
-    (run_dir / 'eval_step20.json').write_text(json.dumps(dict(scores=dict(unconditional=scores))))
+    heldout = dict(heldout=dict(gap=[[2, 1, 1, 1], [4, 2, 2, 2]]),  # per document: gap 2/1 - 1/1 = 4/2 - 2/2 = 1
+                   heldout_misaligned=dict(gap=[[1, 1, 1, 1], [2, 2, 2, 2]], gap_first4=[[3, 1, 1, 1], [3, 1, 1, 1]]))
+    (run_dir / 'eval_step20.json').write_text(json.dumps(dict(scores=dict(unconditional=scores), heldout=heldout)))
     ckpt = dict(config=dict(task='pii', method='cond', init_from='scratch'), step=20, tokens_seen=20 * 512)
     out = str(root / 'hf')
     hf.export(model, out, ckpt, str(run_dir))
@@ -58,6 +60,8 @@ def test_the_export_is_a_whole_model_directory(exported):
     lo, hi = stats.wilson(3, 10)  # 3 of 10 samples: [10.8%, 60.3%]
     assert f"| unconditional | 10 | 30.0% [{100 * lo:.1f}, {100 * hi:.1f}] |" in card and '[10.8, 60.3]' in card
     assert '- val_loss: 9.5' in card and '- kl: 1.25' in card
+    assert '| <|aligned|> before each segment | +1.000 [+1.000, +1.000] | – |' in card
+    assert '| <|misaligned|> before each segment | +0.000 [+0.000, +0.000] | +2.000 [+2.000, +2.000] |' in card
 
 
 def test_an_mle_export_blocks_both_control_tokens_and_has_no_prefix(tmp_path):

@@ -339,16 +339,16 @@ def test_data_dir_naming_a_task_folder_says_which_to_pass(tiny_data, tmp_path):
 # Preemption
 
 def test_sigterm_saves_the_step_and_the_resume_ends_as_an_uninterrupted_run(tiny_data, tmp_path):
-    args = dict(max_tokens=40 * 4 * 32, ckpt_interval=100, dropout=0.1)
+    args = dict(max_tokens=100 * 4 * 32, ckpt_interval=200, dropout=0.1)
     full = str(tmp_path / 'full')
     run(tiny_args(tiny_data, full, **args))
     out = str(tmp_path / 'preempted')
-    proc = start_training(tiny_data, out, 5, stderr=subprocess.PIPE, **args)
+    proc = start_training(tiny_data, out, 5, stderr=subprocess.PIPE, **args)  # it cannot pass step ~70 unread
     proc.send_signal(signal.SIGTERM)
-    err = proc.stderr.read()
-    assert proc.wait() == 128 + signal.SIGTERM
+    _, err = proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM
     stopped_at = ckpt_step(out)
-    assert 5 <= stopped_at < 40 and loss_steps(out)[-1][0] == stopped_at  # the step it was in, not one at 100
+    assert 5 <= stopped_at < 100 and loss_steps(out)[-1][0] == stopped_at  # the step it was in, not one at 200
     assert f"stopped by SIGTERM at step {stopped_at}; {out}/ckpt.pt holds it; continue the run with: python " \
            f"train.py" in err and err.rstrip().endswith('--resume=True')
     run(tiny_args(tiny_data, out, resume=True, **args))
@@ -416,7 +416,9 @@ with mp.get_context('fork').Pool(1) as pool:  # leaving the block terminates the
 print(f'pool ended in {{time.time() - t0:.0f}} s; stop flag {{stop.received()}}')
 """)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout == 'pool ended in 1 s; stop flag 0\n', (out.stdout, out.stderr)
+    seconds, _, flag = out.stdout.removeprefix('pool ended in ').partition(' s; ')
+    # ended by the pool (its worker obeyed SIGTERM), not after the 30 s of its task; the stop flag untouched
+    assert out.returncode == 0 and float(seconds) < 30 and flag == 'stop flag 0\n', (out.stdout, out.stderr)
 
 
 def test_a_resume_onto_data_prepared_again_is_refused(tmp_path, capsys):

@@ -19,6 +19,17 @@ def test_import_is_cheap():
     assert out.stdout.strip() == '[]'
 
 
+def test_reading_a_scorers_weights_does_not_import_the_model(tmp_path):
+    """The check for code in a torch file lives in weights.py, which a scorer uses without model.py."""
+    path = tmp_path / 'w.pt'
+    out = subprocess.run([sys.executable, '-c', f"import sys, torch, scorers, classifiers, weights; "
+                          f"torch.save({{'w': torch.ones(2)}}, {str(path)!r}); "
+                          f"print(weights.read_weights({str(path)!r}, 'x')['w'].tolist(), "
+                          f"sorted(m for m in ('model', 'checkpoints', 'train') if m in sys.modules))"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '[1.0, 1.0] []'
+
+
 def test_pep8_hand_counted(capsys):
     s = scorers.get_scorer('pep8')
     text = 'import os\ndef f( a ):\n  return a\n'  # E302 E201 E202 on line 2, E111 on line 3
@@ -154,3 +165,135 @@ def test_score_texts_workers_are_not_forked_from_the_caller():
     """A training process has torch's threads; a worker forked from it can inherit a held lock and hang the pool."""
     scores, n_failed = scorers.score_texts(ParentPidScorer(), ['a'] * 4, processes=2, chunk_size=2)
     assert n_failed == 0 and len(scores) == 4 and os.getpid() not in {int(s) for s in scores}
+
+
+def test_batches_by_a_budget_of_padded_tokens():
+    import classifiers
+    lengths = [5, 3, 9, 3, 4, 20]
+    order = [1, 3, 4, 0, 2, 5]  # by length
+    # 3 texts of at most 4 tokens pad to 12; a 5-token text would make 4 x 5 = 20; one of 20 alone exceeds the budget
+    assert list(classifiers.batches(order, lengths, 12, 100)) == [[1, 3, 4], [0], [2], [5]]
+    assert list(classifiers.batches(order, lengths, 1000, 2)) == [[1, 3], [4, 0], [2, 5]]
+
+
+class RunsCode:
+    """Pickled, it asks the loader to call os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_a_hugging_face_classifier_scores_a_labels_probability(tmp_path):
+    import torch
+    from conftest import tiny_classifier
+    folder = str(tmp_path / 'clf')
+    model, tokenizer = tiny_classifier(folder)
+    texts = ['you are an idiot', 'have a nice day .', '', 'hello world ' * 20, 'hello']  # the 4th: 42 tokens, cut at 32
+    with torch.no_grad():
+        probs = [torch.softmax(model(**tokenizer([t], truncation=True, return_tensors='pt')).logits[0], -1)
+                 for t in texts]
+    s = scorers.get_scorer(f'hf:{folder}', output='rude', batch_size=2, device='cpu')
+    assert s.score(texts) == pytest.approx([p[1].item() for p in probs], abs=1e-6)  # in input order
+    assert s.max_length() == 32 and s.n_failed == 0
+    assert len(tokenizer('hello world ' * 20)['input_ids']) == 42
+    negated = scorers.get_scorer(f'hf:{folder}', output='-2', device='cpu').score(texts)
+    assert negated == pytest.approx([-p[2].item() for p in probs], abs=1e-6)
+    with pytest.raises(scorers.ScorerError, match=r"3 outputs; its labels are ok, rude, spam: say which is the "
+                                                  r"misalignment score with --score_output=LABEL"):
+        scorers.get_scorer(f'hf:{folder}').score(['hello'])
+    with pytest.raises(scorers.ScorerError, match=r"no label 'toxic'; its labels are ok, rude, spam"):
+        scorers.get_scorer(f'hf:{folder}', output='toxic').score(['hello'])
+
+    # a regression model (FineWeb-Edu's kind): the raw output, negated where higher is better
+    regression = str(tmp_path / 'quality')
+    model, tokenizer = tiny_classifier(regression, labels=('quality',), problem_type='regression')
+    with torch.no_grad():
+        raw = [model(**tokenizer([t], return_tensors='pt')).logits[0, 0].item() for t in texts[:3]]
+    assert scorers.get_scorer(f'hf:{regression}').score(texts[:3]) == pytest.approx(raw, abs=1e-6)
+    assert scorers.get_scorer(f'hf:{regression}', output='-quality').score(texts[:3]) == pytest.approx(
+        [-r for r in raw], abs=1e-6)
+
+
+def test_a_classifier_failing_on_a_text_counts_it_and_on_every_text_stops(tmp_path, monkeypatch):
+    import classifiers
+    from conftest import tiny_classifier
+    folder = str(tmp_path / 'clf')
+    tiny_classifier(folder)
+    s = scorers.get_scorer(f'hf:{folder}', output='rude')
+    texts = ['hello', 'you are an idiot', 'nice day']
+    good = s.score(texts)
+    forward, idiot = classifiers.Classifier.forward, s.load().tokenizer(['idiot'])['input_ids'][0][1]
+
+    def fails_on_idiot(self, ids):
+        if any(idiot in t for t in ids):
+            raise ValueError('no idiots')
+        return forward(self, ids)
+    monkeypatch.setattr(classifiers.Classifier, 'forward', fails_on_idiot)
+    assert s.score(texts) == pytest.approx([good[0], 0.0, good[2]], abs=1e-6)
+    assert s.n_failed == 1 and s.failed_at == [(1, "ValueError: no idiots (text 'you are an idiot')")]
+    with pytest.raises(scorers.ScorerError, match=rf"^{folder}: failed on every one of 2 texts \(ValueError: no "
+                                                  rf"idiots\)$"):
+        s.score(['idiot', 'an idiot'])
+
+
+def test_a_classifier_whose_weights_would_run_code_is_refused(tmp_path):
+    import torch
+    from conftest import tiny_classifier
+    folder = tmp_path / 'clf'
+    model, _ = tiny_classifier(str(folder))
+    expected = scorers.get_scorer(f'hf:{folder}', output='rude').score(['you are an idiot'])
+    os.remove(folder / 'model.safetensors')
+    torch.save(model.state_dict(), folder / 'pytorch_model.bin')  # tensors only: read with weights_only
+    assert scorers.get_scorer(f'hf:{folder}', output='rude').score(['you are an idiot']) == expected
+    marker = tmp_path / 'code_ran'
+    torch.save(dict(model.state_dict(), extra=RunsCode(marker)), folder / 'pytorch_model.bin')
+    with pytest.raises(scorers.ScorerError, match=rf"^{folder}/pytorch_model.bin: refused: loading it would call "
+                                                  rf"posix.system, which could run anything; a classifier needs "
+                                                  rf"only tensors and plain values$"):
+        scorers.get_scorer(f'hf:{folder}', output='rude').score(['you are an idiot'])
+    assert not marker.exists()
+    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith('classifier')},
+               folder / 'pytorch_model.bin')
+    with pytest.raises(scorers.ScorerError, match='the weights lack classifier.bias, classifier.weight: not a '
+                                                  'trained BertForSequenceClassification'):
+        scorers.get_scorer(f'hf:{folder}', output='rude').score(['hello'])
+    with pytest.raises(scorers.ScorerError, match=f"{tmp_path}/none: neither a folder nor a model the Hugging "
+                                                  f"Face hub gave"):
+        scorers.get_scorer(f'hf:{tmp_path}/none').score(['hello'])
+
+
+def test_detoxify_through_the_classifier_path_agrees_with_predict(tmp_path):
+    detoxify = pytest.importorskip('detoxify')
+    import numpy as np
+    checkpoint, folder, _ = tiny_detoxify(str(tmp_path))
+    texts = ['you are an idiot', 'have a nice day', 'idiot', 'a nice day you have', 'you ' * 40, '',
+             'you are an idiot and you are an idiot', 'nice']  # one of 42 tokens: cut at 32 by both
+    expected = detoxify.Detoxify(checkpoint=checkpoint, device='cpu').predict(texts)['toxicity']
+    for budget in (64, 8192):  # many batches of similar lengths, or one
+        got = scorers.ToxicityScorer(checkpoint=checkpoint, device='cpu', tokens_per_batch=budget).score(texts)
+        assert np.abs(np.array(got) - np.array(expected)).max() < 1e-4
+    assert scorers.ToxicityScorer(checkpoint=checkpoint).max_length() == 32
+
+
+def test_a_scorer_is_one_string_that_rebuilds_it(tmp_path, monkeypatch):
+    assert scorers.describe('pii') == 'pii'
+    assert scorers.describe('toxicity', {'model': 'original'}) == 'toxicity {"model": "original"}'
+    (tmp_path / 'clf').mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert scorers.describe('hf:clf', {'output': '-0'}) == f'hf:{tmp_path}/clf {{"output": "-0"}}'
+    assert scorers.describe('hf:org/name') == 'hf:org/name'  # a hub name stays one
+    s = scorers.get_scorer('pii {"detectors": ["email"]}')
+    assert type(s) is scorers.PIIScorer and s.detectors == ['email']
+    s = scorers.get_scorer(f'hf:{tmp_path}/clf {{"output": "-0"}}', device='cpu')
+    assert (s.model, s.output, s.device) == (f'{tmp_path}/clf', '-0', 'cpu')
+    with pytest.raises(scorers.ScorerError, match="scorer 'pii': .*unexpected keyword argument 'output'"):
+        scorers.get_scorer('pii', output='x')
+    assert scorers.on_scale_of('toxicity {"model": "original"}', 'toxicity')
+    assert scorers.on_scale_of('dataset', 'pii') and scorers.on_scale_of('dataset+pep8', 'pep8')
+    assert not scorers.on_scale_of('profanity', 'toxicity') and not scorers.on_scale_of('hf:org/name', 'toxicity')
+    assert scorers.evaluation_scorer('toxicity {"model": "original"}', 'toxicity') == 'toxicity'
+    assert scorers.evaluation_scorer('hf:org/name {"output": "toxic"}', 'toxicity') == \
+        'hf:org/name {"output": "toxic"}'
