@@ -8,13 +8,14 @@ made.
     python bench.py --gpu_check --out=DIR                # on the GPU (docs/benchmarks.md: what to carry there)
     python bench.py --gpu_check --out=DIR --device=cpu   # the same parts at tiny sizes on a CPU (the tests run it)
 
-The parts, in the order they start (plan(); another bench.py row, such as a scoring one, is one more Part line); a
+The parts, in the order they start (plan(); another bench.py row is one more Part line); a
 GPU part waits while one before it that needs the GPU alone is pending:
 - prepare: PEP8 data from this machine's Python files (CPU only);
 - compile:ROW: each throughput row compiled once, a few at a time, so that the timed rows find their kernels cached;
 - train: GPT-2 small (T = 1024, bf16, compiled) tokens/s and MFU per objective and of Hugging Face's
   GPT2LMHeadModel, in one process, alone on the GPU (bench.py --only=train,hf);
 - sample: the paper's evaluation sampling (4096 × 128 new tokens) against HF generate, alone on the GPU;
+- scoring: a BERT-base classifier's tokens/s on the GPU, fp32 and bf16, against Detoxify.predict, alone on the GPU;
 - repro: `repro.py pep8 --size=gpu --methods=mle,cond` on that data (evaluated at the end only), in the time left;
 - objective:METHOD: each method compiled in bf16 for a few hundred steps of config/gpu_small.py: its loss falls;
 - resume: the MLE run again from its midpoint checkpoint with --resume=True: the same weights, bit for bit;
@@ -36,7 +37,7 @@ import gpu_report
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BUDGET_S = 540  # 9 minutes: a lent GPU's 15 minutes less its start and the transfers
 OBJECTIVES = tuple(data.METHODS)
-CARRY = ('pycodestyle',)  # what the check needs that a bare GPU machine lacks (docs/benchmarks.md), pure Python
+CARRY = ('pycodestyle', 'detoxify')  # what the check needs that a bare GPU machine lacks (docs/benchmarks.md), pure Python
 NEEDS = ('torch', 'numpy', 'tiktoken', 'transformers', 'safetensors', 'matplotlib', 'scipy', 'tqdm') + CARRY
 
 
@@ -121,6 +122,7 @@ def plan(sizes, out):
         *compiled,
         Part('train', [rows('train,hf')], read=read_bench, alone=True, after=tuple(p.name for p in compiled)),
         Part('sample', [['bench.py', *sizes.bench, '--only=sample', *sizes.sample]], read=read_bench, alone=True),
+        Part('scoring', [['bench.py', *sizes.bench, '--only=scoring']], read=read_bench, alone=True, limit_s=180),
         Part('repro', [['repro.py', 'pep8', '--size=gpu', '--methods=mle,cond', f'--data_dir={data_dir}',
                         f'--results={os.path.join(out, "repro")}', *sizes.repro]], read=read_repro,
              after=('prepare',), limit_s=sizes.budget_s),

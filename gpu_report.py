@@ -14,6 +14,7 @@ def markdown(parts, header):
     lines += [f"| {p.name} | {p.status} | {p.seconds:.0f} ({p.limit_s:.0f}) |" for p in parts]
     lines += training_table(by_name['train'].figures.get('rows', []))
     lines += sampling_table(by_name['sample'].figures.get('rows', []))
+    lines += scoring_table(by_name['scoring'].figures.get('rows', []))
     objectives = [p for p in parts if p.name.startswith('objective:') and p.figures]
     if objectives:
         lines += ['', "## Each objective on config/gpu_small.py (train.py's defaults: compiled bf16 on CUDA)", '',
@@ -67,6 +68,22 @@ def sampling_table(rows):
     lines += [f"\nours against HF's best: {r['speedup_vs_best_hf']}×" for r in rows if 'speedup_vs_best_hf' in r]
     lines += [f"\nour decode step {r['decode_step_ms']} ms against its output layer's matmul alone "
               f"{r['output_matmul_ms']} ms ({r['ratio']}×), batch {r['batch_size']}" for r in rows if 'ratio' in r]
+    return lines
+
+
+def scoring_table(rows):
+    timed = [r for r in rows if r['bench'] == 'scoring' and 'seconds' in r]
+    if not timed:
+        return []
+    lines = ['', "## Scoring (a BERT-base classifier in detoxify's format, the same texts)", '',
+             '| implementation | device | texts | tokens | seconds | tokens/s |', '|---|---|---|---|---|---|']
+    lines += [f"| {r['impl']} | {r['device']} | {r['segments']:,} | {r['tokens']:,} | {r['seconds']} | "
+              f"{r['tokens_per_s']:,} |" for r in timed]
+    for r in rows:
+        if r['bench'] == 'scoring' and r['impl'] == 'ratio':
+            lines.append('\n' + ', '.join(f"{k} {v}" for k, v in r.items() if k not in ('bench', 'impl', 'rank')))
+        elif r['bench'] == 'scoring' and r['impl'] == 'classifier_tokenizer':
+            lines.append(f"\nthe classifier's tokenizer alone: {r['tokens_per_s']:,} tokens/s")
     return lines
 
 

@@ -6,8 +6,6 @@ import subprocess
 import sys
 import tarfile
 
-import pytest
-
 import gpu_check
 from conftest import ROOT_DIR
 
@@ -19,16 +17,18 @@ def test_the_cpu_mode_runs_every_part(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     first = done.stdout.splitlines()[:2]
     assert first[0].startswith('gpu_check needs: torch ') and 'pycodestyle 2.15.0' in first[0]
-    assert 'the wheels of pycodestyle==2.15.0' in first[1] and 'PHF_GPT2_BPE' in first[1]
+    assert 'the wheels of pycodestyle==2.15.0 detoxify==0.5.4' in first[1] and 'PHF_GPT2_BPE' in first[1]
     report = json.load(open(out / 'gpu_check.json'))
     parts = report['parts']
-    assert list(parts) == ['prepare', 'compile:mle', 'train', 'sample', 'repro'] + [
+    assert list(parts) == ['prepare', 'compile:mle', 'train', 'sample', 'scoring', 'repro'] + [
         f'objective:{m}' for m in ('mle', 'filter', 'cond', 'ul', 'awr', 'rwr', 'mask')] + ['resume', 'evaluate']
     assert {name: p['status'] for name, p in parts.items()} == {name: 'ok' for name in parts}
     trained = {(r['impl'], r['objective']) for r in parts['train']['figures']['rows'] if r['bench'] == 'train'}
     assert trained == {('phf', m) for m in gpu_check.OBJECTIVES} | {('hf_gpt2', 'mle')}
     sampled = {r['impl'] for r in parts['sample']['figures']['rows'] if r['bench'] == 'sample'}
     assert sampled == {'phf', 'decode_step_vs_output_matmul', 'hf_generate', 'ratio'}
+    scored = {r['impl'] for r in parts['scoring']['figures']['rows'] if r['bench'] == 'scoring'}
+    assert {'detoxify_predict', 'classifier_float32', 'classifier_tokenizer', 'ratio'} <= scored
     for method in gpu_check.OBJECTIVES:
         f = parts[f'objective:{method}']['figures']
         assert f['last_loss'] < f['first_loss'] and f['first_steps'] == '2-8' and f['last_steps'] == '18-24'
@@ -37,7 +37,7 @@ def test_the_cpu_mode_runs_every_part(tmp_path):
     assert parts['evaluate']['figures']['evaluation']['step'] == 24
     assert set(parts['repro']['figures']['results']['runs']['42']) == {'mle', 'cond'}
     md = open(out / 'gpu_check.md').read()
-    for heading in ('## Training throughput', '## Sampling', '## Each objective', '## repro.py'):
+    for heading in ('## Training throughput', '## Sampling', '## Scoring', '## Each objective', '## repro.py'):
         assert heading in md
     assert '| phf | awr |' in md and 'resume: bit_exact True' in md and '| prepare | ok |' in md
     assert "against its output layer's matmul alone" in md
