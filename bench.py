@@ -11,7 +11,9 @@ the data loader, and the scorers. One JSON line per measurement on stdout.
     python bench.py --cpu_demo --only=train,hf --dtypes=float32,bfloat16 --compile   # each dtype, compiled
     python bench.py --cpu_demo --only=train,sample --default_allocator   # ... without devices.keep_freed_memory
     python bench.py --cpu_demo --only=sample --ckpt=results/pii_cpu/seed42/mle/ckpt.pt   # the demo's trained model
+    python bench.py --cpu_demo --only=sample --samples=128 --new_tokens=100 --logit_scale=6   # sharper: a wide nucleus
     python bench.py --small                          # a tiny model for a few steps on CPU (what CI runs)
+    python bench.py --gpu_check --out=DIR            # every GPU figure in one command (gpu_check.py)
     python bench.py --only=scoring --device=cpu      # scoring: our classifier path vs Detoxify.predict, per core
 """
 import argparse
@@ -30,7 +32,6 @@ import torch
 import data
 import devices
 import objectives
-import sources
 import train
 from checkpoints import CheckpointError, load_checkpoint
 from model import GPT, GPTConfig, sample
@@ -171,13 +172,16 @@ def loss_cost(device, n_tokens, n_embd, chunk_size, steps, compile):
 
 def sampling_model(args, device):
     """The model the sampling rows time: --ckpt (a trained model: a random one's next-token distribution is flat,
-    the nucleus nearly everything), else a random one of the bench's size; bf16 on CUDA."""
+    the nucleus nearly everything), else a random one of the bench's size, its logits sharpened by --logit_scale;
+    bf16 on CUDA."""
     torch.manual_seed(0)
     if args.ckpt:
         model = load_checkpoint(args.ckpt, device)[0]
     else:
         model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                               n_embd=args.n_embd)).to(device).eval()
+        with torch.no_grad():
+            model.transformer.ln_f.weight.mul_(args.logit_scale)
     return model.to(torch.bfloat16) if device.startswith('cuda') else model
 
 
@@ -189,7 +193,8 @@ def bench_sample(args):
     device, n, new = args.device, args.samples, args.new_tokens
     model = sampling_model(args, device)
     prompts = [[data.EOS]] * n
-    kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, device=device)  # fixed length: fair timing
+    # a fixed length: a fair timing
+    kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, eos_id=data.EOS, device=device)
     warm_up = device.startswith('cuda')  # compile and CUDA start-up; on CPU a warm-up would only double the time
     if warm_up:
         sample(model, prompts[:args.sample_batch], new, **kwargs, batch_size=args.sample_batch)
@@ -200,6 +205,7 @@ def bench_sample(args):
     ours = time.perf_counter() - t0
     emit(dict(bench='sample', impl='phf', samples=n, new_tokens=new, batch_size=args.sample_batch,
               seconds=round(ours, 3), tokens_per_s=round(n * new / ours)))
+    output_layer_floor(model, min(args.sample_batch, n), ours * min(args.sample_batch, n) / (n * new), device)
     with tempfile.TemporaryDirectory() as tmp:
         export(model, tmp)
         hf = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation='sdpa').to(device).eval()
@@ -207,16 +213,16 @@ def bench_sample(args):
     for batch in args.hf_sample_batches:
         batch = min(batch, n)
         ids = torch.full((batch, 1), data.EOS, device=device)
-        run = lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7,
-                                  top_p=0.9, top_k=0, max_new_tokens=new, min_new_tokens=new,
-                                  pad_token_id=data.EOS)
+        run = lambda n_new: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7,
+                                        top_p=0.9, top_k=0, max_new_tokens=n_new, min_new_tokens=n_new,
+                                        pad_token_id=data.EOS)
         with torch.no_grad():
-            if warm_up:
-                run()
+            if warm_up:  # CUDA's start-up: generate is not compiled, a few tokens do
+                run(4)
                 sync(device)
             t0 = time.perf_counter()
             for _ in range(n // batch):
-                run()
+                run(new)
             sync(device)
         seconds = time.perf_counter() - t0
         best = min(best or seconds, seconds)
@@ -225,13 +231,24 @@ def bench_sample(args):
     emit(dict(bench='sample', impl='ratio', speedup_vs_best_hf=round(best / ours, 2)))
 
 
+def output_layer_floor(model, batch, step_s, device):
+    """A decode step's time (a whole sampling run's, per token and batch) against its output layer's matmul alone,
+    (batch, n_embd) @ (n_embd, vocab) in the model's dtype: how far the step is from what the vocabulary costs."""
+    weight = model.lm_head.weight.detach()
+    hidden = torch.randn(batch, weight.size(1), device=device, dtype=weight.dtype)
+    matmul_s = timed_steps(lambda: hidden @ weight.t(), 2, 20, device)
+    emit(dict(bench='sample', impl='decode_step_vs_output_matmul', batch_size=batch,
+              decode_step_ms=round(1e3 * step_s, 2), output_matmul_ms=round(1e3 * matmul_s, 2),
+              ratio=round(step_s / matmul_s, 2)))
+
+
 def bench_guided(args):
     """What guided sampling costs: the paper's evaluation after <|aligned|>, unguided, then with guidance 1 (each
     row's <|misaligned|> twin in the same batch), same model, same settings."""
     device, n, new = args.device, args.samples, args.new_tokens
     model = sampling_model(args, device)
-    kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, device=device, batch_size=args.sample_batch,
-                  blocked_tokens=(data.ALIGNED, data.MISALIGNED))
+    kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, eos_id=data.EOS, device=device,
+                  batch_size=args.sample_batch, blocked_tokens=(data.ALIGNED, data.MISALIGNED))
     seconds = {}
     for guidance in (0.0, 1.0):
         if device.startswith('cuda'):  # compile and CUDA start-up
@@ -270,147 +287,6 @@ def bench_loader(args):
               tokens_per_s=round(n * args.loader_batch * args.block_size / dt)))
 
 
-def bench_scorers(args):
-    """Texts/s of each scorer on one CPU process, on real code and prose from this machine."""
-    import scorers
-    import sysconfig
-    stdlib = sysconfig.get_paths()['stdlib']
-    code = [open(os.path.join(stdlib, f), encoding='utf-8').read()[:2000] for f in sorted(os.listdir(stdlib))
-            if f.endswith('.py')][:args.scorer_texts]
-    prose = [t.replace('def ', 'Contact jane.doe@example.com or call 555-123-4567. ') for t in code]
-    for name, texts in (('pep8', code), ('pii', prose)):
-        scorer = scorers.get_scorer(name)
-        scorer.score(texts[:2])
-        t0 = time.perf_counter()
-        scorer.score(texts)
-        emit(dict(bench='scorer', name=name, texts=len(texts), texts_per_s=round(len(texts) / (time.perf_counter()
-                                                                                                   - t0), 1)))
-
-
-def scoring_texts(n):
-    """n sentences of this machine's local corpus (prepare.py pii --source=local's), repeated if it has fewer."""
-    import prepare
-    task, texts = prepare.get_task('pii'), []
-    for path, _, _ in sources.corpus_files(task, sources.local_roots(task, 'local')):
-        try:
-            texts += [t for t in prepare.split_sentences(prepare.read_text(path)) if len(t.split()) >= 3]
-        except data.DataError:
-            continue
-        if len(texts) >= n:
-            break
-    return (texts * (n // max(1, len(texts)) + 1))[:n]
-
-
-def detoxify_format_model(folder, texts, small):
-    """A random BERT-base (small: 2 x 64) classifier in detoxify's checkpoint format, its vocabulary the words of
-    the texts (model_type: folder, which holds config and tokenizer); returns the checkpoint's path."""
-    import collections
-    import re
-
-    import transformers
-    words = collections.Counter(w for t in texts for w in re.findall(r'\w+|[^\w\s]', t.lower()))
-    vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'] + [w for w, _ in words.most_common(30000)]
-    with open(os.path.join(folder, 'vocab.txt'), 'w') as f:
-        f.write('\n'.join(vocab) + '\n')
-    size = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128) if small else \
-        dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-    config = transformers.BertConfig(vocab_size=len(vocab), num_labels=6, **size)
-    config.save_pretrained(folder)
-    transformers.BertTokenizer(os.path.join(folder, 'vocab.txt'), model_max_length=512).save_pretrained(folder)
-    torch.manual_seed(0)
-    checkpoint = os.path.join(folder, 'model.ckpt')
-    torch.save({'config': {'arch': {'args': {'model_type': folder, 'model_name': 'BertForSequenceClassification',
-                                             'tokenizer_name': 'BertTokenizer', 'num_classes': 6}},
-                           'dataset': {'args': {'classes': ['toxic'] + [f'c{i}' for i in range(5)]}}},
-                'state_dict': transformers.BertForSequenceClassification(config).state_dict()}, checkpoint)
-    return checkpoint
-
-
-def bench_scoring(args):
-    """Scoring speed in one process: our classifier path (scorers.ToxicityScorer; float32, and bfloat16 where the
-    device has it) against Detoxify.predict, 64 texts a call, sorted by length (as prepare.py called it) and not, on
-    the same model (detoxify_format_model) and texts (scoring_texts); then bench_cpu_scorers. Under torchrun each
-    rank measures its own GPU (LOCAL_RANK) while the others run: N ranks against one."""
-    import transformers
-    from detoxify import Detoxify
-
-    import scorers
-    rank, cuda = int(os.environ.get('RANK', 0)), args.device.startswith('cuda')
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else 'cpu'
-    n = 64 if args.small else 20000 if cuda else 256
-    texts = scoring_texts(n)
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = detoxify_format_model(tmp, texts, args.small)
-        n_tokens = sum(map(len, transformers.AutoTokenizer.from_pretrained(tmp)(texts, truncation=True)['input_ids']))
-        detoxify = Detoxify(checkpoint=checkpoint, device=device)
-
-        def predict(batch, by_length):
-            order = sorted(range(len(batch)), key=lambda i: len(batch[i])) if by_length else range(len(batch))
-            out = [0.0] * len(batch)
-            for i in range(0, len(batch), 64):
-                for j, s in zip(order[i:i + 64], detoxify.predict([batch[j] for j in order[i:i + 64]])['toxicity']):
-                    out[j] = s
-            return out
-
-        variants = {'detoxify_predict_sorted': lambda batch: predict(batch, True),
-                    'detoxify_predict': lambda batch: predict(batch, False)}
-        for dtype in ['float32'] + ['bfloat16'] * (not args.small and (cuda or devices.cpu_has_native_bf16())):
-            scorer = scorers.ToxicityScorer(checkpoint=checkpoint, device=device, dtype=dtype)
-            variants[f'classifier_{dtype}'] = scorer.score
-        seconds, scores = {}, {}
-        for name, run in variants.items():
-            run(texts[:8])  # warm-up: loading, CUDA's start
-            sync(device)
-            t0 = time.perf_counter()
-            scores[name] = run(texts)
-            sync(device)
-            seconds[name] = time.perf_counter() - t0
-            emit(dict(bench='scoring', impl=name, rank=rank, device=device, segments=n, tokens=n_tokens,
-                      seconds=round(seconds[name], 3), segments_per_s=round(n / seconds[name], 1),
-                      tokens_per_s=round(n_tokens / seconds[name])))
-        t0 = time.perf_counter()
-        scorer.load().tokenize(texts)  # the classifier's tokenizer alone: what feeds a GPU
-        emit(dict(bench='scoring', impl='classifier_tokenizer', rank=rank, segments=n, tokens=n_tokens,
-                  tokens_per_s=round(n_tokens / (time.perf_counter() - t0))))
-    emit(dict(bench='scoring', impl='ratio', rank=rank, max_abs_difference_fp32=float(np.abs(np.subtract(
-        scores['classifier_float32'], scores['detoxify_predict'])).max()), **{
-        f'{name}_vs_{base}': round(seconds[base] / seconds[name], 2) for name in seconds
-        if name.startswith('classifier') for base in ('detoxify_predict_sorted', 'detoxify_predict')}))
-    bench_cpu_scorers(texts, args.small)
-
-
-def bench_cpu_scorers(texts, small):
-    """MB/s on one core of what prepare.py does to a document besides scoring it (sentences, GPT-2 tokens), of
-    pycodestyle (stdlib files, a file's lines at once, as prepare.py) and of scrubadub (a text at a time)."""
-    import sysconfig
-
-    import prepare
-    import scorers
-    enc, task = data.get_tokenizer(), prepare.get_task('pii')
-    docs = [prepare.read_text(path) for path, _, _ in sources.corpus_files(task, sources.local_roots(task, 'local'))
-            if path.endswith('copyright')][:20 if small else 400]
-    t0 = time.perf_counter()
-    segments = [s for d in docs for s in prepare.segment(task, d)]
-    n_tokens = sum(len(enc.encode_ordinary(s)) for s in segments)
-    dt, n_bytes = time.perf_counter() - t0, sum(len(d.encode()) for d in docs)
-    emit(dict(bench='scoring', impl='segment_and_tokenize', cores=1, segments=len(segments), tokens=n_tokens,
-              mb=round(n_bytes / 1e6, 2), mb_per_s=round(n_bytes / 1e6 / dt, 2), tokens_per_s=round(n_tokens / dt)))
-    stdlib = sysconfig.get_paths()['stdlib']
-    code = [open(os.path.join(stdlib, f), encoding='utf-8').read() for f in sorted(os.listdir(stdlib))
-            if f.endswith('.py')][:4 if small else 40]
-    for name, docs in (('pep8', code), ('pii', texts[:64 if small else 2000])):
-        scorer = scorers.get_scorer(name)
-        segments = [scorers.split_lines(d) for d in docs] if name == 'pep8' else [[t] for t in docs]
-        scorer.score(['x = 1\n'])  # loads scrubadub's detectors
-        t0 = time.perf_counter()
-        for lines in segments:
-            scorer.score_lines(lines) if name == 'pep8' else scorer.score(lines)
-        dt = time.perf_counter() - t0
-        n_bytes, n_segments = sum(len(''.join(lines).encode()) for lines in segments), sum(map(len, segments))
-        emit(dict(bench='scoring', impl=name, cores=1, segments=n_segments, mb=round(n_bytes / 1e6, 2),
-                  mb_per_s=round(n_bytes / 1e6 / dt, 3), segments_per_s=round(n_segments / dt, 1)))
-
-
 def parse_args(argv):
     """The arguments, with the preset of the mode (GPT-2 small on a GPU, --cpu_demo, --small) filled in."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -425,14 +301,29 @@ def parse_args(argv):
                                                 "default: what train.py's dtype='auto' picks here")
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
                    help='compile the training rows (default: on CUDA only)')
-    p.add_argument('--loss_chunk_sizes', default='0,4096', help='TrainConfig.loss_chunk_size values (0: plain)')
+    p.add_argument('--loss_chunk_sizes', help="TrainConfig.loss_chunk_size values, comma-separated (0: plain; "
+                                              "default: the mode's)")
     p.add_argument('--eager_loss', action='store_true', help='compile the model without the loss')
     p.add_argument('--loss_n_embd', type=int, help="the loss rows' hidden width (default: the model's)")
-    p.add_argument('--only', default='train,hf,loss,sample,guided,loader,scorers')
+    p.add_argument('--only', default='train,hf,loss,sample,guided,loader,scoring')
     p.add_argument('--ckpt', default='', help='sample from this checkpoint of ours instead of a random model')
     p.add_argument('--default_allocator', action='store_true',
                    help="CPU: leave glibc's malloc as it is (no devices.keep_freed_memory), to measure what it gives")
+    p.add_argument('--steps', type=int, help="the training rows' timed steps (default: the mode's)")
+    p.add_argument('--warmup', type=int, help="the training rows' steps before timing (default: the mode's)")
+    p.add_argument('--samples', type=int, help="the sampling rows' prompts (default: the mode's)")
+    p.add_argument('--new_tokens', type=int, help="the sampling rows' new tokens per prompt (default: the mode's)")
+    p.add_argument('--hf_sample_batches', help="HF generate's batch sizes, comma-separated (default: the mode's)")
+    p.add_argument('--logit_scale', type=float, default=1.0,
+                   help="the random sampling model's final LayerNorm gain times this: sharper next-token "
+                        "distributions, as a trained model's (a random one's are nearly flat)")
+    p.add_argument('--gpu_check', action='store_true', help='run gpu_check.py (--out, --device=cpu: its CPU mode)')
+    p.add_argument('--out', default='', help='--gpu_check: the folder it writes (new or empty)')
     args = p.parse_args(argv)
+    if args.gpu_check:
+        if not args.out:
+            p.error('--gpu_check needs --out=DIR, a new folder')
+        return args
     if not (args.device or torch.cuda.is_available() or args.small or args.cpu_demo):
         p.error("no GPU here, and the default is GPT-2 small at T = 1024 on one (on a CPU it needs over 20 GB): run "
                 "`python bench.py --cpu_demo` for the demo's model, or say --device=cpu to run it anyway")
@@ -440,29 +331,35 @@ def parse_args(argv):
     cuda = args.device.startswith('cuda')
     gpt2_small = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, warmup=10, steps=30, samples=4096,
                       new_tokens=128, sample_batch=4096, hf_sample_batches=[1024, 4096], loader_docs=20000,
-                      loader_batch=32, scorer_texts=200, compile=cuda, loss_steps=10 if cuda else 2)
+                      loader_batch=32, compile=cuda, loss_steps=10 if cuda else 2,
+                      loss_chunk_sizes='0,4096')
     tiny = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, warmup=1, steps=2, samples=8, new_tokens=8,
-                sample_batch=8, hf_sample_batches=[8], loader_docs=200, loader_batch=4, scorer_texts=8,
-                compile=False, loss_steps=1)
+                sample_batch=8, hf_sample_batches=[8], loader_docs=200, loader_batch=4,
+                compile=False, loss_steps=1, loss_chunk_sizes='0,48')  # 128 positions: chunks of 48, 48, 32
     cpu_demo = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, warmup=3, steps=20, samples=256,
                     new_tokens=126, sample_batch=256, hf_sample_batches=[256], loader_docs=20000, loader_batch=8,
-                    scorer_texts=200, compile=False, loss_steps=2)
+                    compile=False, loss_steps=2, loss_chunk_sizes='0')
     preset = tiny if args.small else cpu_demo if args.cpu_demo else gpt2_small
     for k, v in preset.items():
-        if not (k == 'compile' and args.compile is not None):
+        if getattr(args, k, None) is None:  # what the command line says wins
             setattr(args, k, v)
+    if isinstance(args.hf_sample_batches, str):
+        args.hf_sample_batches = [int(b) for b in args.hf_sample_batches.split(',')]
     if args.cpu_demo:
-        args.device, args.batch_sizes, args.loss_chunk_sizes = 'cpu', '8', '0'
+        args.device, args.batch_sizes = 'cpu', '8'
     if args.device == 'cpu' and not args.default_allocator:
         devices.keep_freed_memory()  # as train.py and evaluate.py do on CPU
     if args.small:
-        args.batch_sizes, args.loss_chunk_sizes = '2', '0,48'  # 128 positions: chunks of 48, 48 and 32
+        args.batch_sizes = '2'
     args.loss_chunk_sizes = [int(c) for c in args.loss_chunk_sizes.split(',')]
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.gpu_check:
+        import gpu_check
+        return gpu_check.main(args.out, args.device)
     only = set(args.only.split(','))
     emit(dict(bench='env', device=torch.cuda.get_device_name(args.device) if args.device.startswith('cuda')
               else platform.processor() or 'cpu', torch=torch.__version__, python=sys.version.split()[0],
@@ -484,14 +381,14 @@ def main(argv=None):
         bench_guided(args)
     if 'loader' in only:
         bench_loader(args)
-    if 'scorers' in only:
-        bench_scorers(args)
     if 'scoring' in only:
-        bench_scoring(args)
+        import bench_scoring  # on demand: it loads transformers and detoxify
+        bench_scoring.bench_scoring(args)
 
 
 if __name__ == '__main__':
     try:
-        main()
+        if main() is False:  # a part of --gpu_check failed
+            sys.exit(1)
     except CheckpointError as e:  # --ckpt missing or corrupt
         sys.exit(f"error: {e}")

@@ -183,31 +183,40 @@ def bpe_path():
 
 def get_tokenizer():
     """GPT-2's BPE with the space runs (SPACE_RUNS), <|aligned|> = 50257 and <|misaligned|> = 50258. The BPE comes
-    from tiktoken's own 'gpt2' (its cache, or a download), else from the local file at bpe_path()."""
+    from the file $PHF_GPT2_BPE names (no download is tried: on a machine without network one can hang), else from
+    tiktoken's own 'gpt2' (its cache, or a download), else from the local file at bpe_path()."""
     global _tokenizer
     if _tokenizer is not None:
         return _tokenizer
     import tiktoken
     from tiktoken_ext.openai_public import r50k_pat_str
-    try:
-        ranks = tiktoken.get_encoding('gpt2')._mergeable_ranks
-    except Exception:
-        path = bpe_path()
-        if not os.path.exists(path):
-            raise DataError(f"GPT-2 BPE not found: tiktoken cannot download it and {path} does not exist; "
-                            f"run `python data.py fetch-tokenizer` (needs PyPI) or set PHF_GPT2_BPE to a gpt2.tiktoken")
-        from tiktoken.load import load_tiktoken_bpe
+    if 'PHF_GPT2_BPE' in os.environ:
+        ranks = _local_bpe()
+    else:
         try:
-            ranks = load_tiktoken_bpe(path, expected_hash=GPT2_BPE_SHA256)
-        except ValueError:
-            raise DataError(f"{path}: not the GPT-2 BPE (sha256 mismatch); delete it and run "
-                            f"`python data.py fetch-tokenizer`") from None
+            ranks = tiktoken.get_encoding('gpt2')._mergeable_ranks
+        except Exception:
+            ranks = _local_bpe()
     # ranks ascending with length: BPE merges a run pairwise up to one token (runs over 25 split into several)
     ranks = {**ranks, **{b' ' * n: i for n, i in SPACE_RUNS.items()}}
     _tokenizer = tiktoken.Encoding(name='gpt2_phf', pat_str=r50k_pat_str, mergeable_ranks=ranks,
                                    special_tokens={'<|endoftext|>': EOS, '<|aligned|>': ALIGNED,
                                                    '<|misaligned|>': MISALIGNED})
     return _tokenizer
+
+
+def _local_bpe():
+    from tiktoken.load import load_tiktoken_bpe
+    path = bpe_path()
+    if not os.path.exists(path):
+        raise DataError(f"GPT-2 BPE not found: {path} does not exist (and tiktoken cannot download it unless "
+                        f"PHF_GPT2_BPE is unset); run `python data.py fetch-tokenizer` (needs PyPI) or set "
+                        f"PHF_GPT2_BPE to a gpt2.tiktoken")
+    try:
+        return load_tiktoken_bpe(path, expected_hash=GPT2_BPE_SHA256)
+    except ValueError:
+        raise DataError(f"{path}: not the GPT-2 BPE (sha256 mismatch); delete it and run "
+                        f"`python data.py fetch-tokenizer`") from None
 
 
 def control_tokens(bins=2):

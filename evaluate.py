@@ -240,8 +240,8 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     max_new = min(cfg.eval_max_new_tokens or default, cfg.block_size - max(len(p) for p in prompts))
     print(f"evaluation: sampling {len(prompts)} texts, scenario {scenario}", file=sys.stderr, flush=True)
     t0 = time.time()
-    new = sample(model, prompts, max_new, blocked_tokens=blocked, seed=cfg.seed, device=device, compile=compile,
-                 guidance=guidance, negative_prompts=negative)
+    new = sample(model, prompts, max_new, eos_id=data.EOS, blocked_tokens=blocked, seed=cfg.seed, device=device,
+                 compile=compile, guidance=guidance, negative_prompts=negative)
     seconds = time.time() - t0
     conts = [data.decode(toks) for toks in new]  # control tokens stripped
     scored = [p + c for p, c in zip(shown, conts)] if scenario == 'functions' else conts  # §3 prompted scoring

@@ -88,7 +88,8 @@ def _local_samples(path, n, max_tokens, device, entries):
     ref, _ = load_checkpoint(path, device)
     # pure ancestral sampling (temperature 1, no top-p, EOS allowed at once): the estimator needs x ~ p_ref
     new = sample(ref, [[data.EOS]] * (n - len(entries)), min(max_tokens, ref.config.block_size - 1), temperature=1.0,
-                 top_p=1.0, top_k=0, min_new_tokens=0, seed=len(entries), device=device)
+                 top_p=1.0, top_k=0, min_new_tokens=0, eos_id=data.EOS, seed=len(entries),
+                 device=device)
     logprobs = sequence_logprobs(ref, [[data.EOS] + x for x in new], device=device)
     enc = data.get_tokenizer()
     entries += [dict(text=enc.decode(x), tokens=x, logprob=lp) for x, lp in zip(new, logprobs)]

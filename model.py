@@ -16,8 +16,6 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from data import EOS
-
 
 @dataclass
 class GPTConfig:
@@ -138,7 +136,8 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, cache=None, input_pos=None, attn_mask=None, pos=None, last_only=False, return_hidden=False):
+    def forward(self, idx, *, cache=None, input_pos=None, attn_mask=None, pos=None, last_only=False,
+                return_hidden=False):
         """idx (B, T) token ids. Training: no other argument. Decoding: cache, input_pos (T,) the cache slots being
         written, attn_mask (B, 1, T, max_len) which cache slots each query may see, pos (B, T) position ids;
         last_only: outputs for the last position only (a prefill needs no (B, T, vocab) logits);
@@ -181,11 +180,61 @@ def logits_only(out):
     return out[0] if isinstance(out, tuple) else out  # value-head models return (logits, values)
 
 
+@dataclass(kw_only=True)
+class Draw:
+    """How each new token is drawn: the banned ids never and end-of-text not before min_new_tokens, then temperature
+    (0: greedy), top-k (0: off) and top-p in Hugging Face's order, from the generator gen. guidance != 0: the batch's
+    rows come in twins, each prompt's and its negative's, and the logits are guided (guided_logits)."""
+    temperature: float
+    top_k: int
+    top_p: float
+    banned: torch.Tensor  # ids never drawn: the embedding's padding rows, the blocked tokens
+    eos_id: int
+    min_new_tokens: int
+    gen: torch.Generator
+    guidance: float = 0.0
+
+    def __post_init__(self):  # made once: a tensor made per token would sync a GPU with the host
+        self.banned_early = torch.cat([self.banned, self.banned.new_tensor([self.eos_id])])
+
+    def banned_at(self, t):
+        """The ids the t-th new token may not be."""
+        return self.banned if t >= self.min_new_tokens else self.banned_early
+
+    def guide(self, logits):
+        return guided_logits(logits, self.guidance) if self.guidance else logits
+
+
+@dataclass
+class Batch:
+    """A batch of prompts in the sampler: the cache they fill, which of its slots hold each row's tokens, and where the
+    next token goes. prefill makes it, decode moves it on."""
+    cache: KVCache
+    slots: torch.Tensor  # (max_len,) the cache's slot numbers
+    real: torch.Tensor  # (B, max_len) the slots holding each row's tokens, not its left padding
+    input_pos: torch.Tensor  # (1,) the slot of the next token
+    pos: torch.Tensor  # (B, 1) each row's position id of the next token
+
+    def next_mask(self):
+        """(B, 1, 1, max_len): the slots the next token attends to."""
+        return (self.real & (self.slots <= self.input_pos))[:, None, None, :]
+
+
 def _decode_step(model, cache, tok, input_pos, attn_mask, pos):
     return logits_only(model(tok, cache=cache, input_pos=input_pos, attn_mask=attn_mask, pos=pos))[:, -1].float()
 
 
 _compiled_decode_step = None
+
+
+def decode_step(device, compile):
+    """The decode step, compiled if asked (compile None: on CUDA). No CUDA graphs ('reduce-overhead'): a fresh cache
+    per call would make them re-record."""
+    global _compiled_decode_step
+    if compile or (compile is None and device.type == 'cuda'):
+        _compiled_decode_step = _compiled_decode_step or torch.compile(_decode_step, fullgraph=True)
+        return _compiled_decode_step
+    return _decode_step
 
 
 def top_p_threshold(probs, top_p):
@@ -230,19 +279,45 @@ def threshold_by_bisection(probs, top_p):
     return hi.view(torch.float32)
 
 
-def sampling_probs(logits, bias, temperature, top_k, top_p):
-    """(B, V) unnormalised probabilities of the next token: bias (V,) added to the logits (-inf bans a token), then
-    temperature, top-k and top-p in Hugging Face's order. Zero outside what may be drawn."""
-    probs, threshold = _probs_and_threshold(logits, bias, temperature, top_k, top_p)
-    return probs if threshold is None else torch.where(probs >= threshold, probs, 0)
+def nucleus(probs, top_p):
+    """probs (B, V) with every token outside its row's top-p nucleus set to 0."""
+    return torch.where(probs >= top_p_threshold(probs, top_p), probs, 0)
 
 
-def _probs_and_threshold(logits, bias, temperature, top_k, top_p):
-    logits = (logits + bias).div_(temperature)
-    if top_k:
-        logits = logits.masked_fill(logits < logits.topk(top_k, dim=-1).values[:, -1:], float('-inf'))
-    probs = logits.softmax(-1)
-    return probs, top_p_threshold(probs, top_p) if top_p < 1 else None
+def in_nucleus(probs, q, top_p):
+    """Whether a token of probability q[b] is in row b's nucleus as threshold_by_topk decides it (q >= the threshold),
+    from the mass above q, without sorting: 1 inside, 0 outside, -1 where float32 rounding could decide either way.
+    The mass of the n tokens above q, summed in float32 in any order (as here) or in threshold_by_topk's running sum,
+    is within about n·2^-24 of the exact one (Higham, Accuracy and Stability of Numerical Algorithms, §4.2): a mass
+    further than twice that from top_p decides alike in both."""
+    above = torch.empty_like(probs)
+    torch.gt(probs, q[:, None], out=above)  # 1.0 for a token more probable than q, else 0.0
+    n = above.sum(-1)  # exact: whole numbers below 2^24
+    mass = above.mul_(probs).sum(-1)
+    margin = (2 * n + 4) * 1.01 * 2.0 ** -24
+    return torch.where(mass + margin < top_p, 1, torch.where(mass - margin >= top_p, 0, -1))
+
+
+def first_draw_in_nucleus(probs, top_p, gen, draws=8):
+    """CPU: `draws` ids a row from the whole of probs (B, V), and the first of them inside the row's nucleus, which is
+    exactly a draw from the nucleus (it holds >= top_p of the mass, so all 8 miss with probability <= (1 - top_p)^8).
+    None if some row missed every time. in_nucleus decides each draw; the rare rows it cannot decide are checked
+    against their threshold."""
+    ids = _inverse_cdf(probs, gen, draws)
+    q = probs.gather(-1, ids)
+    first = torch.full((probs.size(0),), -1)  # the draw each row takes; negative: none yet
+    rows = torch.arange(probs.size(0))  # the rows whose draws so far all fell outside
+    for d in range(draws):
+        inside = in_nucleus(probs if d == 0 else probs[rows], q[rows, d], top_p)
+        unsure = rows[inside < 0]
+        if unsure.numel():  # all draws of these rows, against their threshold
+            hits = q[unsure] >= threshold_by_topk(probs[unsure], top_p)
+            first[unsure] = torch.where(hits.any(-1), hits.int().argmax(-1), -2)
+        first[rows[inside == 1]] = d
+        rows = rows[inside == 0]
+        if not rows.numel():
+            break
+    return None if (first < 0).any() else ids.gather(-1, first[:, None]).squeeze(-1)
 
 
 def _inverse_cdf(probs, gen, n=1):
@@ -253,23 +328,29 @@ def _inverse_cdf(probs, gen, n=1):
     return torch.searchsorted(cdf, u)
 
 
-def pick(logits, bias, temperature, top_k, top_p, gen, draws=8):
-    """Next ids (B,) from logits (B, V), as sampling_probs says; temperature 0 is greedy. No torch.multinomial (it
-    would sync with the host). On CPU, where checking costs nothing, the nucleus is not masked out: `draws` ids per
-    row come from the whole distribution and the first inside the nucleus is taken, which is exactly a draw from the
-    nucleus (it holds >= top_p of the mass, so all 8 miss with probability <= (1 - top_p)^8); the rows of a batch
-    where some row missed every time take the masked path."""
-    if temperature == 0:
-        return (logits + bias).argmax(-1)
-    probs, threshold = _probs_and_threshold(logits, bias, temperature, top_k, top_p)
-    if threshold is not None and probs.device.type == 'cpu':
-        ids = _inverse_cdf(probs, gen, draws)
-        inside = probs.gather(-1, ids) >= threshold
-        if inside.any(-1).all():
-            return ids.gather(-1, inside.int().argmax(-1, keepdim=True)).squeeze(-1)
-    if threshold is not None:
-        probs = torch.where(probs >= threshold, probs, 0)
-    return _inverse_cdf(probs, gen).squeeze(-1)
+def next_token_probs(logits, draw, t):
+    """(B, V) probabilities of the t-th new token, before top-p: the banned ids at -inf, then temperature and
+    top-k."""
+    logits = (logits / draw.temperature).index_fill_(1, draw.banned_at(t), float('-inf'))
+    if draw.top_k:
+        logits = logits.masked_fill(logits < logits.topk(draw.top_k, dim=-1).values[:, -1:], float('-inf'))
+    return logits.softmax(-1)
+
+
+def pick(logits, draw, t):
+    """The t-th new ids (B,) from logits (B, V); temperature 0 is greedy. No torch.multinomial (it would sync with the
+    host). On CPU, where checking costs nothing, the nucleus is not masked out: first_draw_in_nucleus; elsewhere, or
+    when some row missed with every draw, the tokens outside the nucleus are zeroed and one id drawn a row."""
+    if draw.temperature == 0:
+        return logits.index_fill(1, draw.banned_at(t), float('-inf')).argmax(-1)
+    probs = next_token_probs(logits, draw, t)
+    if draw.top_p == 1:
+        return _inverse_cdf(probs, draw.gen).squeeze(-1)
+    if probs.device.type == 'cpu':
+        ids = first_draw_in_nucleus(probs, draw.top_p, draw.gen)
+        if ids is not None:
+            return ids
+    return _inverse_cdf(nucleus(probs, draw.top_p), draw.gen).squeeze(-1)
 
 
 @torch.no_grad()
@@ -286,16 +367,16 @@ def guided_logits(logits, guidance):
 
 
 @torch.no_grad()
-def sample(model, prompts, max_new_tokens, *, temperature=0.7, top_p=0.9, top_k=0, min_new_tokens=10,
-           blocked_tokens=(), eos_id=EOS, seed=0, batch_size=SAMPLE_BATCH_SIZE, device=None, compile=None,
-           guidance=0.0, negative_prompts=None):
-    """The new tokens for each prompt (a list of ids), cut before the first end-of-text. The defaults are the
-    paper's (reference §5.1); temperature=0 or top_k=1 is greedy. Prompts of different lengths share a batch,
-    left-padded, with per-row positions and a mask over the cache. No host sync per token on GPU: finished rows keep
-    emitting EOS, and whether all rows are done is checked every 16 tokens. Deterministic for (seed, batch_size).
-    compile: torch.compile the decode step (None: on CUDA). guidance != 0: each prompt's negative_prompts twin runs
-    as another row of the same batch, each new token is drawn from guided_logits and fed to both rows (twice the
-    rows; guidance 0 runs exactly the unguided sampler)."""
+def sample(model, prompts, max_new_tokens, *, eos_id, temperature=0.7, top_p=0.9, top_k=0, min_new_tokens=10,
+           blocked_tokens=(), seed=0, batch_size=SAMPLE_BATCH_SIZE, device=None, compile=None, guidance=0.0,
+           negative_prompts=None):
+    """The new tokens for each prompt (a list of ids), cut before the first eos_id (the end-of-text id, which also
+    pads). The defaults are the paper's (reference §5.1); temperature=0 or top_k=1 is greedy. Prompts of different
+    lengths share a batch, left-padded, with per-row positions and a mask over the cache. No host sync per token on
+    GPU: finished rows keep emitting EOS, and whether all rows are done is checked every 16 tokens. Deterministic for
+    (seed, batch_size). compile: torch.compile the decode step (None: on CUDA). guidance != 0: each prompt's
+    negative_prompts twin runs as another row of the same batch, each new token is drawn from guided_logits and fed
+    to both rows (twice the rows; guidance 0 runs exactly the unguided sampler)."""
     if not prompts:
         return []
     if not 0 < top_p <= 1:
@@ -306,49 +387,37 @@ def sample(model, prompts, max_new_tokens, *, temperature=0.7, top_p=0.9, top_k=
     device = torch.device(device or next(model.parameters()).device)
     cfg = model.config
     P = max(len(p) for p in prompts + (negative_prompts if guided else []))
-    max_len = P + max_new_tokens
-    if max_len > cfg.block_size:
+    if P + max_new_tokens > cfg.block_size:
         raise ValueError(f"a prompt of {P} tokens + {max_new_tokens} new tokens > block_size {cfg.block_size}")
     B = min(batch_size, len(prompts))
     autocast = torch.is_autocast_enabled(device.type)
     dtype = torch.get_autocast_dtype(device.type) if autocast else next(model.parameters()).dtype
-    cache = KVCache(cfg, 2 * B if guided else B, max_len, device=device, dtype=dtype)
-    guide = (lambda logits: guided_logits(logits, guidance)) if guided else (lambda logits: logits)
-    gen = torch.Generator(device).manual_seed(seed)
-    bias = torch.zeros(cfg.padded_vocab_size, device=device)
-    bias[cfg.vocab_size:] = float('-inf')  # the embedding's padding rows are not tokens
-    bias[list(blocked_tokens)] = float('-inf')
-    bias_no_eos = bias.clone()
-    bias_no_eos[eos_id] = float('-inf')
-    step = _decode_step
-    if compile or (compile is None and device.type == 'cuda'):
-        global _compiled_decode_step
-        # no CUDA graphs ('reduce-overhead'): a fresh cache per call would make them re-record
-        _compiled_decode_step = _compiled_decode_step or torch.compile(_decode_step, fullgraph=True)
-        step = _compiled_decode_step
-    slots = torch.arange(max_len, device=device)
-    draw = lambda logits, t: pick(logits, bias_no_eos if t < min_new_tokens else bias, temperature, top_k, top_p, gen)
+    cache = KVCache(cfg, 2 * B if guided else B, P + max_new_tokens, device=device, dtype=dtype)
+    banned = torch.tensor(list(range(cfg.vocab_size, cfg.padded_vocab_size)) + list(blocked_tokens), dtype=torch.long,
+                          device=device)
+    draw = Draw(temperature=temperature, top_k=top_k, top_p=top_p, banned=banned, eos_id=eos_id,
+                min_new_tokens=min_new_tokens, gen=torch.Generator(device).manual_seed(seed), guidance=guidance)
+    step = decode_step(device, compile)
     out = []
     for i in range(0, len(prompts), B):
         chunk = prompts[i:i + B]
         rows = chunk + [[eos_id]] * (B - len(chunk))  # a full last batch keeps the decode step's shapes static
         if guided:
             rows += negative_prompts[i:i + B] + [[eos_id]] * (B - len(chunk))
-        logits, real, pad = prefill(model, cache, rows, P, slots, eos_id)
-        new = decode(model, step, cache, guide(logits), real, pad, P, slots, max_new_tokens, draw, guide,
-                     2 if guided else 1, eos_id)
+        logits, batch = prefill(model, cache, rows, P, eos_id)
+        new = decode(model, batch, logits, draw, max_new_tokens, step)
         for row in new[:len(chunk)].tolist():
             out.append(row[:row.index(eos_id)] if eos_id in row else row)
     return out
 
 
-def prefill(model, cache, rows, P, slots, eos_id):
-    """Run the prompts (rows, left-padded to P tokens) into the cache: (the last position's logits in fp32, which
-    cache slots hold each row's real tokens (B, max_len), each row's padding length (B,))."""
-    device = slots.device
-    idx = torch.tensor([[eos_id] * (P - len(p)) + list(p) for p in rows], device=device)
-    pad = P - torch.tensor([len(p) for p in rows], device=device)
-    real = slots >= pad[:, None]  # (B, max_len) cache slots holding this row's tokens, not its padding
+def prefill(model, cache, rows, P, eos_id):
+    """Run the prompts (rows, left-padded with eos_id to P tokens) into the cache: the last position's logits in fp32,
+    and the Batch that decode continues."""
+    slots = torch.arange(cache.k.size(3), device=cache.k.device)
+    idx = torch.tensor([[eos_id] * (P - len(p)) + list(p) for p in rows], device=slots.device)
+    pad = P - torch.tensor([len(p) for p in rows], device=slots.device)
+    real = slots >= pad[:, None]
     # a prompt token sees its row's earlier real tokens; padding sees only itself (SDPA returns NaN for a query that
     # sees nothing, and NaN keys would poison the cache)
     q = slots[:P, None]
@@ -356,25 +425,26 @@ def prefill(model, cache, rows, P, slots, eos_id):
     pos = (slots[:P] - pad[:, None]).clamp(min=0)
     logits = logits_only(model(idx, cache=cache, input_pos=slots[:P], attn_mask=mask[:, None], pos=pos,
                                last_only=True))
-    return logits[:, -1].float(), real, pad
+    return logits[:, -1].float(), Batch(cache=cache, slots=slots, real=real, input_pos=slots[P:P + 1].clone(),
+                                        pos=(P - pad)[:, None])
 
 
-def decode(model, step, cache, logits, real, pad, P, slots, max_new_tokens, draw, guide, twins, eos_id):
-    """Draw up to max_new_tokens tokens a row (draw(logits, t)) after a prefill, one decode step each, feeding each
-    token to its row (and, guided, to the row's negative twin: twins = 2); finished rows keep emitting EOS. The new
-    tokens (B, max_new_tokens)."""
-    B = logits.size(0)
+def decode(model, batch, logits, draw, max_new_tokens, step=_decode_step):
+    """Draw up to max_new_tokens tokens a row after the prefill that gave logits, one decode step each, feeding each
+    token to its row (and, guided, to the row's negative twin); finished rows keep emitting EOS. The new tokens
+    (B, max_new_tokens)."""
+    logits = draw.guide(logits)
+    B, eos_id = logits.size(0), draw.eos_id
     new = torch.full((B, max_new_tokens), eos_id, device=logits.device)
     done = torch.zeros(B, dtype=torch.bool, device=logits.device)
-    input_pos, pos = slots[P:P + 1].clone(), (P - pad)[:, None]
     for t in range(max_new_tokens):
-        tok = draw(logits, t).masked_fill(done, eos_id)
+        tok = pick(logits, draw, t).masked_fill(done, eos_id)
         new[:, t] = tok
         done |= tok == eos_id
         if t == max_new_tokens - 1 or (t % 16 == 15 and done.all()):  # a host sync every 16 tokens, not every one
             break
-        mask = (real & (slots <= input_pos))[:, None, None, :]
-        logits = guide(step(model, cache, tok.repeat(twins)[:, None], input_pos, mask, pos))
-        input_pos += 1
-        pos += 1
+        tok = tok.repeat(batch.real.size(0) // B)[:, None]  # guided: the row's twin is fed the same token
+        logits = draw.guide(step(model, batch.cache, tok, batch.input_pos, batch.next_mask(), batch.pos))
+        batch.input_pos += 1
+        batch.pos += 1
     return new

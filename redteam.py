@@ -179,8 +179,8 @@ class CheckpointRed:
             raise RedTeamError(f"red LM: the prompt's {len(tokens)} tokens fill its block_size "
                                f"{self.model.config.block_size}; use fewer --few_shot examples or a larger model")
         new = sample(self.model, [tokens] * n, min(settings['max_tokens'], room), temperature=settings['temperature'],
-                     top_p=settings['top_p'], top_k=0, min_new_tokens=0, blocked_tokens=data.CONTROL_TOKENS, seed=seed,
-                     device=self.device)
+                     top_p=settings['top_p'], top_k=0, min_new_tokens=0, blocked_tokens=data.CONTROL_TOKENS,
+                     eos_id=data.EOS, seed=seed, device=self.device)
         return [_cut_at(data.decode(t), settings['stop']) for t in new]
 
 
@@ -289,7 +289,7 @@ def continuations(model, prefix, blocked, candidates, args, seeds):
             continue
         new = sample(model, [prefix + tokens] * args.continuations, max_new, temperature=args.temperature,
                      top_p=args.top_p, top_k=0, min_new_tokens=min(max_new, max(0, args.min_length - len(tokens))),
-                     blocked_tokens=blocked, seed=int(seed), batch_size=args.batch_size)
+                     blocked_tokens=blocked, eos_id=data.EOS, seed=int(seed), batch_size=args.batch_size)
         out[text] = [data.decode(t) for t in new]  # control tokens stripped, as the original's replace(prefix, '')
     return out
 

@@ -269,3 +269,15 @@ def test_tokenizer_errors_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv('PHF_GPT2_BPE', str(tmp_path / 'bad.tiktoken'))
     with pytest.raises(data.DataError, match='sha256 mismatch'):
         data.get_tokenizer()
+
+
+def test_a_bpe_file_named_by_the_environment_is_used_without_a_download(tmp_path, monkeypatch):
+    import shutil
+    import tiktoken
+    if not os.path.exists(data.bpe_path()):
+        pytest.skip('no local GPT-2 BPE (python data.py fetch-tokenizer)')
+    shutil.copy(data.bpe_path(), tmp_path / 'gpt2.tiktoken')
+    monkeypatch.setattr(tiktoken, 'get_encoding', lambda name: pytest.fail('a download was tried'))
+    monkeypatch.setattr(data, '_tokenizer', None)
+    monkeypatch.setenv('PHF_GPT2_BPE', str(tmp_path / 'gpt2.tiktoken'))
+    assert data.get_tokenizer().encode_ordinary('Hello world') == [15496, 995]

@@ -19,7 +19,7 @@ import remote
 from conftest import JSONHandler, serve
 from data import ALIGNED, EOS, MISALIGNED
 from hf import export
-from model import GPT, GPTConfig, pick, sample
+from model import GPT, Draw, GPTConfig, pick, sample
 from settings import EvalConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,13 +68,14 @@ def test_greedy_matches_naive_loop_and_left_padding():
     model = tiny_model()
     g = torch.Generator().manual_seed(1)
     prompts = [[EOS]] + [torch.randint(0, EOS, (k,), generator=g).tolist() for k in (5, 9)]
-    batch = sample(model, prompts, 20, temperature=0, min_new_tokens=0)
+    batch = sample(model, prompts, 20, eos_id=EOS, temperature=0, min_new_tokens=0)
     assert [len(b) for b in batch] == [20, 20, 20]
     for p, b in zip(prompts, batch):
         assert b == naive_greedy(model, p, 20)
-        assert [b] == sample(model, [p], 20, temperature=0, min_new_tokens=0)  # alone, no padding
-    assert sample(model, prompts, 20, top_k=1, min_new_tokens=0) == batch  # sampling path, one candidate
-    assert sample(model, prompts, 20, temperature=0, min_new_tokens=0, batch_size=2) == batch  # padded last batch
+        assert [b] == sample(model, [p], 20, eos_id=EOS, temperature=0, min_new_tokens=0)  # alone, no padding
+    assert sample(model, prompts, 20, eos_id=EOS, top_k=1, min_new_tokens=0) == batch  # sampling path, one candidate
+    # a padded last batch
+    assert sample(model, prompts, 20, eos_id=EOS, temperature=0, min_new_tokens=0, batch_size=2) == batch
 
 
 def test_min_new_tokens_and_blocked_tokens():
@@ -87,32 +88,35 @@ def test_min_new_tokens_and_blocked_tokens():
         model.lm_head.weight[EOS, 0] = 20
         model.lm_head.weight[[ALIGNED, MISALIGNED], 0] = 19
         model.lm_head.weight[model.config.vocab_size:, 0] = 30
-    out = sample(model, [[EOS]] * 6, 12, min_new_tokens=5, blocked_tokens=(ALIGNED, MISALIGNED))
+    out = sample(model, [[EOS]] * 6, 12, eos_id=EOS, min_new_tokens=5, blocked_tokens=(ALIGNED, MISALIGNED))
     assert [len(o) for o in out] == [5] * 6  # EOS as soon as it is allowed
     assert all(t < EOS for o in out for t in o)  # never a control token or a padding id
-    assert sample(model, [[EOS]] * 3, 12, min_new_tokens=0, blocked_tokens=(ALIGNED, MISALIGNED)) == [[]] * 3
-    unblocked = sample(model, [[EOS]] * 6, 12, min_new_tokens=5, blocked_tokens=(MISALIGNED,))
+    blocked = (ALIGNED, MISALIGNED)
+    assert sample(model, [[EOS]] * 3, 12, eos_id=EOS, min_new_tokens=0, blocked_tokens=blocked) == [[]] * 3
+    unblocked = sample(model, [[EOS]] * 6, 12, eos_id=EOS, min_new_tokens=5, blocked_tokens=(MISALIGNED,))
     assert all(o[0] == ALIGNED for o in unblocked)  # PEP8 blocks only <|misaligned|>
 
 
 def test_sampling_is_deterministic_for_a_seed():
     model, prompts = tiny_model(), [[EOS], [EOS, 11, 12]] * 3
-    a = sample(model, prompts, 10, seed=3)
-    assert a == sample(model, prompts, 10, seed=3)
-    assert a != sample(model, prompts, 10, seed=4)
+    a = sample(model, prompts, 10, eos_id=EOS, seed=3)
+    assert a == sample(model, prompts, 10, eos_id=EOS, seed=3)
+    assert a != sample(model, prompts, 10, eos_id=EOS, seed=4)
 
 
 def test_top_p_and_top_k_keep_the_right_tokens():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
-    bias = torch.zeros(4)
     gen = torch.Generator().manual_seed(0)
-    counts = np.bincount(pick(logits, bias, 1.0, 0, 0.8, gen).numpy(), minlength=4)
+
+    def rule(temperature, top_k, top_p, banned=()):
+        return Draw(temperature=temperature, top_k=top_k, top_p=top_p, banned=torch.tensor(banned, dtype=torch.long),
+                    eos_id=EOS, min_new_tokens=0, gen=gen)
+    counts = np.bincount(pick(logits, rule(1.0, 0, 0.8), 0).numpy(), minlength=4)
     assert counts[2:].sum() == 0  # the mass before token 2 is 0.8: outside the nucleus
     assert abs(counts[0] / 4000 - 0.5 / 0.8) < 0.03
-    counts = np.bincount(pick(logits, bias, 1.0, 3, 1.0, gen).numpy(), minlength=4)
+    counts = np.bincount(pick(logits, rule(1.0, 3, 1.0), 0).numpy(), minlength=4)
     assert counts[3] == 0 and abs(counts[2] / 4000 - 0.15 / 0.95) < 0.03
-    bias[0] = float('-inf')
-    assert pick(logits, bias, 0, 0, 1.0, gen).eq(1).all()  # greedy over what is allowed
+    assert pick(logits, rule(0, 0, 1.0, banned=[0]), 0).eq(1).all()  # greedy over what is allowed
 
 
 def test_sequence_logprobs_skip_the_prefix_and_control_tokens():

@@ -105,7 +105,8 @@ def test_pipeline_generates_what_phf_generates(exported):
     result = generate(prompt, do_sample=False, max_new_tokens=16, return_tensors=True)[0]['generated_token_ids']
     prompt_ids = data.get_tokenizer().encode(prompt, allowed_special='all')
     assert result[:len(prompt_ids)] == prompt_ids
-    ours = sample(model, [prompt_ids], 16, temperature=0, blocked_tokens=(data.ALIGNED, data.MISALIGNED))[0]
+    ours = sample(model, [prompt_ids], 16, eos_id=data.EOS, temperature=0,
+                  blocked_tokens=(data.ALIGNED, data.MISALIGNED))[0]
     assert result[len(prompt_ids):] == ours and len(ours) == 16
     text = generate(prompt, do_sample=False, max_new_tokens=16)[0]['generated_text']
     assert text == prompt + data.decode(ours)

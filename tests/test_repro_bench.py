@@ -148,7 +148,7 @@ def test_verdict_lines_by_hand():
 
 def test_bench_small(capsys, monkeypatch):
     monkeypatch.chdir(ROOT_DIR)
-    bench.main(['--small'])
+    bench.main(['--small', '--only=train,hf,loss,sample,guided,loader'])  # scoring: test_bench_scoring_small
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{')]
     kinds = {(r['bench'], r.get('impl'), r.get('objective')) for r in rows}
     for objective in ('mle', 'cond', 'ul', 'awr'):
@@ -157,7 +157,6 @@ def test_bench_small(capsys, monkeypatch):
     assert {('sample', 'phf_guidance_0', None), ('sample', 'phf_guidance_1', None)} <= kinds
     assert [r['guided_time_vs_unguided'] > 0 for r in rows if 'guided_time_vs_unguided' in r] == [True]
     assert all(r['tokens_per_s'] > 0 for r in rows if 'tokens_per_s' in r)
-    assert {r['name'] for r in rows if r['bench'] == 'scorer'} == {'pep8', 'pii'}
 
 
 def test_bench_scoring_small(capsys, monkeypatch):
