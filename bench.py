@@ -10,7 +10,7 @@ the data loader, and the scorers. One JSON line per measurement on stdout.
     python bench.py --cpu_demo --only=train,hf,sample  # the demo's CPU model: ours vs HF, training and sampling
     python bench.py --cpu_demo --only=train,hf --dtypes=float32,bfloat16 --compile   # each dtype, compiled
     python bench.py --cpu_demo --only=train,sample --default_allocator   # ... without devices.keep_freed_memory
-    python bench.py --cpu_demo --only=sample --ckpt=results/pii_cpu/seed42/mle/ckpt.pt   # the demo's trained model
+    python bench.py --cpu_demo --only=sample --ckpt=out/repro/pii_cpu/seed42/mle/ckpt.pt   # the demo's trained model
     python bench.py --cpu_demo --only=sample --samples=128 --new_tokens=100 --logit_scale=6   # sharper: a wide nucleus
     python bench.py --small                          # a tiny model for a few steps on CPU (what CI runs)
     python bench.py --gpu_check --out=DIR            # every GPU figure in one command (gpu_check.py)

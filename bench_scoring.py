@@ -14,6 +14,7 @@ import data
 import devices
 import sources
 from bench import emit, sync
+from tokenizer import get_tokenizer
 
 
 def scoring_texts(n):
@@ -116,7 +117,7 @@ def bench_cpu_scorers(texts, small):
 
     import prepare
     import scorers
-    enc, task = data.get_tokenizer(), prepare.get_task('pii')
+    enc, task = get_tokenizer(), prepare.get_task('pii')
     docs = [prepare.read_text(path) for path, _, _ in sources.corpus_files(task, sources.local_roots(task, 'local'))
             if path.endswith('copyright')][:20 if small else 400]
     t0 = time.perf_counter()

@@ -1,5 +1,6 @@
 """
-Prepared data: the tokenizer, the task table, the on-disk format, and training batches.
+Prepared data: the token ids, the task and method tables, the on-disk format, and training batches (the tokenizer:
+tokenizer.py).
 
 On-disk format (version 1). One directory per split, e.g. data/pep8/train/, holding:
 
@@ -143,117 +144,9 @@ class DataError(Exception):
     """A problem with input data, reported as one line that names the file and what to do."""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Tokenizer: tiktoken's GPT-2 BPE, plus tokens for runs of 2-25 spaces (as OpenAI's Codex tokenizer p50k_base added
-# to GPT-2's: GPT-2 spends one token per space of indentation; with the runs, Python code takes 0.63x the tokens),
-# plus the two control tokens. Text without a run of two or more spaces tokenizes exactly as with GPT-2.
-
-GPT2_BPE_SHA256 = '306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930'
-WHISPER_SDIST = 'openai-whisper==20250625'  # a PyPI sdist that ships the GPT-2 BPE as whisper/assets/gpt2.tiktoken
-_tokenizer = None
-
-
-def cache_dir(*parts):
-    """phf's folder in the user's cache ($XDG_CACHE_HOME, else ~/.cache), or a path under it: the GPT-2 BPE, the KL
-    references' samples, the red LMs' completions."""
-    return os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'phf', *parts)
-
-
-def cache_ident(spec, base_url=''):
-    """What identifies a language model in the caches of what it said: a server's model ('openai:MODEL' or
-    'openai-chat:MODEL') with the server's address, or one of our checkpoints by its path, size and modification
-    time (a retrained model gets a fresh cache)."""
-    if spec.startswith(('openai:', 'openai-chat:')):
-        return f"{spec}|{base_url}"
-    st = os.stat(spec)
-    return f"{os.path.abspath(spec)}|{st.st_size}|{st.st_mtime_ns}"
-
-
-def cache_stem(spec, base_url=''):
-    """The start of such a cache file's name: 'MODEL_HASH' for a server's model, 'local_HASH' for a checkpoint."""
-    name = spec.split(':', 1)[1] if spec.startswith(('openai:', 'openai-chat:')) else 'local'
-    digest = hashlib.sha1(cache_ident(spec, base_url).encode()).hexdigest()[:10]
-    return re.sub(r'[^\w.-]+', '_', name) + '_' + digest
-
-
-def bpe_path():
-    """Where we look for a local copy of the GPT-2 BPE: $PHF_GPT2_BPE, else ~/.cache/phf/gpt2.tiktoken."""
-    return os.environ.get('PHF_GPT2_BPE', cache_dir('gpt2.tiktoken'))
-
-
-def get_tokenizer():
-    """GPT-2's BPE with the space runs (SPACE_RUNS), <|aligned|> = 50257 and <|misaligned|> = 50258. The BPE comes
-    from the file $PHF_GPT2_BPE names (no download is tried: on a machine without network one can hang), else from
-    tiktoken's own 'gpt2' (its cache, or a download), else from the local file at bpe_path()."""
-    global _tokenizer
-    if _tokenizer is not None:
-        return _tokenizer
-    import tiktoken
-    from tiktoken_ext.openai_public import r50k_pat_str
-    if 'PHF_GPT2_BPE' in os.environ:
-        ranks = _local_bpe()
-    else:
-        try:
-            ranks = tiktoken.get_encoding('gpt2')._mergeable_ranks
-        except Exception:
-            ranks = _local_bpe()
-    # ranks ascending with length: BPE merges a run pairwise up to one token (runs over 25 split into several)
-    ranks = {**ranks, **{b' ' * n: i for n, i in SPACE_RUNS.items()}}
-    _tokenizer = tiktoken.Encoding(name='gpt2_phf', pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                                   special_tokens={'<|endoftext|>': EOS, '<|aligned|>': ALIGNED,
-                                                   '<|misaligned|>': MISALIGNED})
-    return _tokenizer
-
-
-def _local_bpe():
-    from tiktoken.load import load_tiktoken_bpe
-    path = bpe_path()
-    if not os.path.exists(path):
-        raise DataError(f"GPT-2 BPE not found: {path} does not exist (and tiktoken cannot download it unless "
-                        f"PHF_GPT2_BPE is unset); run `python data.py fetch-tokenizer` (needs PyPI) or set "
-                        f"PHF_GPT2_BPE to a gpt2.tiktoken")
-    try:
-        return load_tiktoken_bpe(path, expected_hash=GPT2_BPE_SHA256)
-    except ValueError:
-        raise DataError(f"{path}: not the GPT-2 BPE (sha256 mismatch); delete it and run "
-                        f"`python data.py fetch-tokenizer`") from None
-
-
 def control_tokens(bins=2):
     """The control tokens of K = bins score bins, best first: <|aligned|>, GRADE_IDS[:K - 2], <|misaligned|>."""
     return (ALIGNED,) + GRADE_IDS[:bins - 2] + (MISALIGNED,)
-
-
-def decode(tokens):
-    """The text of token ids, without <|endoftext|> and the control tokens."""
-    return get_tokenizer().decode([t for t in tokens if t not in (EOS, ALIGNED, MISALIGNED) and t < VOCAB_SIZE])
-
-
-def fetch_tokenizer():
-    """Make get_tokenizer() work offline: if tiktoken cannot get the BPE itself, take it from the whisper sdist on
-    PyPI (the same file tiktoken downloads, sha256 checked) into bpe_path(). Does nothing when the tokenizer
-    already loads."""
-    try:
-        get_tokenizer()
-        return
-    except DataError:
-        pass
-    import subprocess
-    import tarfile
-    import tempfile
-    path = bpe_path()
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '-q',
-                        '-d', tmp, WHISPER_SDIST], check=True)
-        sdist = os.path.join(tmp, os.listdir(tmp)[0])
-        with tarfile.open(sdist) as tar:
-            member = next(m for m in tar.getmembers() if m.name.endswith('whisper/assets/gpt2.tiktoken'))
-            content = tar.extractfile(member).read()
-    if hashlib.sha256(content).hexdigest() != GPT2_BPE_SHA256:
-        raise DataError(f"{sdist}: gpt2.tiktoken has an unexpected sha256; not installing it")
-    write_atomically(path, content)
-    get_tokenizer()
-    print(f"GPT-2 BPE installed at {path}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -463,6 +356,33 @@ class PreparedData:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Caches: the one root of phf's caches (the GPT-2 BPE, the KL references' samples, the red LMs' completions) and how
+# a language model is named in them
+
+def cache_dir(*parts):
+    """phf's folder in the user's cache ($XDG_CACHE_HOME, else ~/.cache), or a path under it: the GPT-2 BPE, the KL
+    references' samples, the red LMs' completions."""
+    return os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'phf', *parts)
+
+
+def cache_ident(spec, base_url=''):
+    """What identifies a language model in the caches of what it said: a server's model ('openai:MODEL' or
+    'openai-chat:MODEL') with the server's address, or one of our checkpoints by its path, size and modification
+    time (a retrained model gets a fresh cache)."""
+    if spec.startswith(('openai:', 'openai-chat:')):
+        return f"{spec}|{base_url}"
+    st = os.stat(spec)
+    return f"{os.path.abspath(spec)}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def cache_stem(spec, base_url=''):
+    """The start of such a cache file's name: 'MODEL_HASH' for a server's model, 'local_HASH' for a checkpoint."""
+    name = spec.split(':', 1)[1] if spec.startswith(('openai:', 'openai-chat:')) else 'local'
+    digest = hashlib.sha1(cache_ident(spec, base_url).encode()).hexdigest()[:10]
+    return re.sub(r'[^\w.-]+', '_', name) + '_' + digest
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Leftovers of killed writers
 
 def pid_alive(pid):
@@ -570,12 +490,3 @@ class BlockLoader:
             return tuple(t.pin_memory().to(device, non_blocking=True) for t in (x, y, r))
         return x, y, r
 
-
-if __name__ == '__main__':
-    if sys.argv[1:] == ['fetch-tokenizer']:
-        fetch_tokenizer()
-        enc = get_tokenizer()
-        assert enc.encode('Hello world') == [15496, 995]
-        print('tokenizer OK:', enc.encode('<|aligned|>Hello world', allowed_special='all'))
-    else:
-        sys.exit("usage: python data.py fetch-tokenizer")

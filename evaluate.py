@@ -46,6 +46,7 @@ from model import logits_only, sample
 from settings import (GUIDANCE_PROBLEM, ConfigError, EvalConfig, EvalError, check_eval_config, check_ranges,
                       eval_config, eval_scenarios, parse_override, scenario_problem)
 from transforms import bin_of, cond_edges
+from tokenizer import decode, get_tokenizer
 
 PROMPTED_MAX_NEW_TOKENS = 256  # the original's PEP8 functions scenario: max_length 272 including the prompt
 MAX_PROMPT_TOKENS = 128  # longer prompts (e.g. signatures with long docstrings) are skipped; block_size/4 if smaller
@@ -193,7 +194,7 @@ def function_prompts(val_dir, max_prompts=4096):
     order: the original's CodeSearchNet 'functions' prompts (reference §5.1) with no download."""
     split, found = data.PreparedData(val_dir), []
     for i in range(split.n_documents):
-        text = data.decode(split.document(i)[0].tolist())
+        text = decode(split.document(i)[0].tolist())
         found += [textwrap.dedent(m.group(0)) for m in _SIGNATURE.finditer(text)]
         if len(found) >= max_prompts:
             break
@@ -209,7 +210,7 @@ def scenario_prompts(cfg, scenario, n, max_tokens):
         return [[]] * n
     texts = function_prompts(os.path.join(cfg.data_dir, cfg.task, 'val')) if scenario == 'functions' else \
         load_prompts(cfg.eval_prompts)
-    enc = data.get_tokenizer()
+    enc = get_tokenizer()
     prompts = [p for p in (enc.encode_ordinary(t) for t in texts) if len(p) <= max_tokens]
     order = np.random.default_rng(cfg.seed).permutation(len(prompts))
     return [prompts[order[i % len(prompts)]] for i in range(n)] if prompts else []
@@ -218,7 +219,7 @@ def scenario_prompts(cfg, scenario, n, max_tokens):
 def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     """(metrics, the first SAVED_SAMPLES samples, every sample's score) of one scenario: cfg.eval_samples samples,
     scored (reference §5.1)."""
-    task, enc = data.get_task(cfg.task), data.get_tokenizer()
+    task, enc = data.get_task(cfg.task), get_tokenizer()
     limit = min(MAX_PROMPT_TOKENS, cfg.block_size // 4)
     prompts = scenario_prompts(cfg, scenario, cfg.eval_samples, limit)
     if not prompts:
@@ -243,7 +244,7 @@ def generate_and_score(model, cfg, scenario, scorer, device, compile=None):
     new = sample(model, prompts, max_new, eos_id=data.EOS, blocked_tokens=blocked, seed=cfg.seed, device=device,
                  compile=compile, guidance=guidance, negative_prompts=negative)
     seconds = time.time() - t0
-    conts = [data.decode(toks) for toks in new]  # control tokens stripped
+    conts = [decode(toks) for toks in new]  # control tokens stripped
     scored = [p + c for p, c in zip(shown, conts)] if scenario == 'functions' else conts  # §3 prompted scoring
     scores = _scores(scorer, scored)
     metrics = dict(score_metrics(scores, hit_threshold(cfg)), **{

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 
 import data
 import gpu_report
+from tokenizer import bpe_path
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BUDGET_S = 540  # 9 minutes: a lent GPU's 15 minutes less its start and the transfers
@@ -374,11 +375,11 @@ def what_to_carry():
     version = lambda name: importlib.metadata.version(name) if importlib.util.find_spec(name) else None
     found = {name: version(name) for name in NEEDS}
     pins = ' '.join(f"{name}=={found[name] or '?'}" for name in CARRY)
-    bpe = data.bpe_path()
+    bpe = bpe_path()
     return [f"gpu_check needs: {', '.join(f'{n} {v}' for n, v in found.items() if v)}",
             f"carry to a bare GPU machine (docs/benchmarks.md): the wheels of {pins} "
             f"(python -m pip download --no-deps --only-binary=:all: -d .carry/wheels {pins}) and the GPT-2 BPE, "
-            f"{bpe} ({'here' if os.path.exists(bpe) else 'missing here: python data.py fetch-tokenizer'}), "
+            f"{bpe} ({'here' if os.path.exists(bpe) else 'missing here: python tokenizer.py fetch'}), "
             f"pointed to there by PHF_GPT2_BPE"], [n for n, v in found.items() if not v]
 
 
@@ -390,8 +391,8 @@ def main(out, device):
         sys.exit(f"error: {', '.join(missing)} missing in this Python; install or carry them first (above)")
     if os.path.isdir(out) and os.listdir(out):
         sys.exit(f"error: {out} is not empty: give --out a new folder")
-    if os.path.exists(data.bpe_path()):
-        os.environ['PHF_GPT2_BPE'] = data.bpe_path()  # the children never try a download (data.get_tokenizer)
+    if os.path.exists(bpe_path()):
+        os.environ['PHF_GPT2_BPE'] = bpe_path()  # the children never try a download (tokenizer.get_tokenizer)
     if device == 'cpu':
         import devices
         sizes, machine = CPU, devices.describe('cpu')

@@ -22,7 +22,8 @@ import torch.nn as nn
 
 import data
 from checkpoints import CheckpointError
-from model import GPT, GPTConfig
+from model import MIN_NEW_TOKENS, TEMPERATURE, TOP_P, GPT, GPTConfig
+from tokenizer import get_tokenizer
 
 RELEASED = {  # hub name: (task, method) of the paper's models
     'tomekkorbak/goofy_pasteur': ('toxicity', 'mle'), 'tomekkorbak/amazing_shannon': ('toxicity', 'filter'),
@@ -107,7 +108,7 @@ def check_tokenizer(path, n_ids):
     """A directory's tokenizer.json, where it has one, must give a text the ids the model was trained on: GPT-2's, or
     ours for a model with our space runs (an export of ours)."""
     from tokenizers import Tokenizer
-    expected = ids_for_vocab(data.get_tokenizer().encode(TOKENIZER_PROBE, allowed_special='all'), n_ids)
+    expected = ids_for_vocab(get_tokenizer().encode(TOKENIZER_PROBE, allowed_special='all'), n_ids)
     found = Tokenizer.from_file(os.path.join(path, 'tokenizer.json')).encode(TOKENIZER_PROBE).ids
     if found != expected:
         raise CheckpointError(f"{path}: its tokenizer.json encodes {TOKENIZER_PROBE!r} to {found[:12]}..., not to "
@@ -239,7 +240,7 @@ def vocabulary(vocab_size):
 # Out: a complete Hugging Face model directory
 
 def hf_tokenizer(vocab_size=data.VOCAB_SIZE):
-    """phf's tokenizer (data.get_tokenizer) as a transformers PreTrainedTokenizerFast, built with the `tokenizers`
+    """phf's tokenizer (tokenizer.get_tokenizer) as a transformers PreTrainedTokenizerFast, built with the `tokenizers`
     classes: a byte-level BPE over GPT-2's ranks and our space runs, its merges derived from the ranks as
     transformers' TikTokenConverter derives them, GPT-2's pre-tokenizing pattern, and <|endoftext|>, <|aligned|>,
     <|misaligned|> as special tokens at their ids. It gives every text the ids phf gives it (tests/test_export.py).
@@ -248,7 +249,7 @@ def hf_tokenizer(vocab_size=data.VOCAB_SIZE):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
-    enc = data.get_tokenizer()
+    enc = get_tokenizer()
     ranks = {token: i for token, i in enc._mergeable_ranks.items() if i < vocab_size}
 
     class FromRanks(TikTokenConverter):
@@ -273,7 +274,7 @@ def generation_config(task, method):
     from transformers import GenerationConfig
     t = data.TASKS.get(task)
     blocked = data.sampling_controls(task, method)[1] if t and method in data.METHODS else data.CONTROL_TOKENS
-    return GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, min_new_tokens=10,
+    return GenerationConfig(do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, min_new_tokens=MIN_NEW_TOKENS,
                             max_new_tokens=t.max_new_tokens if t else 128, bos_token_id=data.EOS,
                             eos_token_id=data.EOS, pad_token_id=data.EOS, bad_words_ids=[[i] for i in blocked])
 

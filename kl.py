@@ -17,6 +17,7 @@ from checkpoints import load_checkpoint
 from model import guided_logits, logits_only, sample
 import remote
 from settings import EvalError
+from tokenizer import get_tokenizer
 
 KL_MAX_TOKENS = 64  # reference samples' length (reference §5.2)
 OPENAI_PROMPT = '<|endoftext|>'  # the original's "no prompt" (the API's default prompt)
@@ -91,7 +92,7 @@ def _local_samples(path, n, max_tokens, device, entries):
                  top_p=1.0, top_k=0, min_new_tokens=0, eos_id=data.EOS, seed=len(entries),
                  device=device)
     logprobs = sequence_logprobs(ref, [[data.EOS] + x for x in new], device=device)
-    enc = data.get_tokenizer()
+    enc = get_tokenizer()
     entries += [dict(text=enc.decode(x), tokens=x, logprob=lp) for x, lp in zip(new, logprobs)]
 
 
@@ -147,7 +148,7 @@ def kl_divergence(model, reference, n, *, conditional=False, lines=False, base_u
     model's guided distribution (sequence_logprobs)."""
     entries = reference_samples(reference, n, base_url=base_url, max_tokens=max_tokens, device=device,
                                 cache_dir=cache_dir, timeout=timeout)
-    enc = data.get_tokenizer()
+    enc = get_tokenizer()
     seqs = []
     for e in entries:
         if conditional and lines:

@@ -174,6 +174,8 @@ class GPT(nn.Module):
 # Sampling: prefill the prompts into a preallocated cache, then one token per step (gpt-fast's shape)
 
 SAMPLE_BATCH_SIZE = 256  # GPT-2 small, 640 new tokens, bf16: 6 GB of cache
+# The paper's sampling (reference §5.1): sample's defaults, the Hugging Face export's and red-teaming's
+TEMPERATURE, TOP_P, MIN_NEW_TOKENS = 0.7, 0.9, 10
 
 
 def logits_only(out):
@@ -367,9 +369,9 @@ def guided_logits(logits, guidance):
 
 
 @torch.no_grad()
-def sample(model, prompts, max_new_tokens, *, eos_id, temperature=0.7, top_p=0.9, top_k=0, min_new_tokens=10,
-           blocked_tokens=(), seed=0, batch_size=SAMPLE_BATCH_SIZE, device=None, compile=None, guidance=0.0,
-           negative_prompts=None):
+def sample(model, prompts, max_new_tokens, *, eos_id, temperature=TEMPERATURE, top_p=TOP_P, top_k=0,
+           min_new_tokens=MIN_NEW_TOKENS, blocked_tokens=(), seed=0, batch_size=SAMPLE_BATCH_SIZE, device=None,
+           compile=None, guidance=0.0, negative_prompts=None):
     """The new tokens for each prompt (a list of ids), cut before the first eos_id (the end-of-text id, which also
     pads). The defaults are the paper's (reference §5.1); temperature=0 or top_k=1 is greedy. Prompts of different
     lengths share a batch, left-padded, with per-row positions and a mask over the cache. No host sync per token on
@@ -405,7 +407,7 @@ def sample(model, prompts, max_new_tokens, *, eos_id, temperature=0.7, top_p=0.9
         if guided:
             rows += negative_prompts[i:i + B] + [[eos_id]] * (B - len(chunk))
         logits, batch = prefill(model, cache, rows, P, eos_id)
-        new = decode(model, batch, logits, draw, max_new_tokens, step)
+        new = decode_n_tokens(model, batch, logits, draw, max_new_tokens, step)
         for row in new[:len(chunk)].tolist():
             out.append(row[:row.index(eos_id)] if eos_id in row else row)
     return out
@@ -429,7 +431,7 @@ def prefill(model, cache, rows, P, eos_id):
                                         pos=(P - pad)[:, None])
 
 
-def decode(model, batch, logits, draw, max_new_tokens, step=_decode_step):
+def decode_n_tokens(model, batch, logits, draw, max_new_tokens, step=_decode_step):
     """Draw up to max_new_tokens tokens a row after the prefill that gave logits, one decode step each, feeding each
     token to its row (and, guided, to the row's negative twin); finished rows keep emitting EOS. The new tokens
     (B, max_new_tokens)."""

@@ -72,10 +72,11 @@ import numpy as np
 from tqdm import tqdm
 
 import scorers
-from data import DataError, get_task, get_tokenizer, remove_leftovers, write_json
+from data import DataError, get_task, remove_leftovers, write_json
 from sources import SHARD_BYTES, shard_chunks, source_items
 from staging import Part, Parts, PartsKept, Ranks, assign, check_replaceable, swap_in
 from summary import print_summary, summarize
+from tokenizer import get_tokenizer
 
 SENTENCE_END = re.compile(r'[.!?]+["\')\]]*\s+|\n\s*\n')
 

@@ -6,7 +6,7 @@ misbehave, few-shot from a pool of the prompts found so far, favouring those who
     python redteam.py --ckpt=out/pii_cond/ckpt.pt --red=openai:MODEL --red_base_url=http://localhost:8000/v1  # vLLM
     python redteam.py --ckpt=out/pep8_cond/ckpt.pt --red=openai-chat:gpt-4o-mini    # a chat model
     python redteam.py --ckpt=out/pii_cond/ckpt.pt --red=out/pii_mle/ckpt.pt --trials=2 --continuations=64  # offline
-    python redteam.py --plot out/redteam_a out/redteam_b --out=results/redteam.png     # models of separate runs
+    python redteam.py --plot out/redteam_a out/redteam_b --out=out/redteam.png     # models of separate runs
 
 Per trial, the pool starts as the first n_initial prompts of prompts/redteam_{task}.jsonl (or --prompts), each with
 the dummy score 1e-3. Each round: few_shot prompts drawn from the pool without replacement, with probability
@@ -39,8 +39,9 @@ import scorers
 from checkpoints import load_checkpoint
 from evaluate import hf_checkpoint, load_prompts
 import remote
-from model import sample
+from model import TEMPERATURE, TOP_P, sample
 from settings import EvalError
+from tokenizer import decode, get_tokenizer
 
 INITIAL_SCORE = 1e-3  # the original's dummy score for the initial prompts
 # The task's instruction to the red LM: the original's wording (two typos fixed: "blackquotes", a parenthesis)
@@ -173,7 +174,7 @@ class CheckpointRed:
         self.device = device
 
     def complete(self, prompt, n, settings, seed):
-        tokens = [data.EOS] + data.get_tokenizer().encode_ordinary(prompt)
+        tokens = [data.EOS] + get_tokenizer().encode_ordinary(prompt)
         room = self.model.config.block_size - len(tokens)
         if room < 1:
             raise RedTeamError(f"red LM: the prompt's {len(tokens)} tokens fill its block_size "
@@ -181,7 +182,7 @@ class CheckpointRed:
         new = sample(self.model, [tokens] * n, min(settings['max_tokens'], room), temperature=settings['temperature'],
                      top_p=settings['top_p'], top_k=0, min_new_tokens=0, blocked_tokens=data.CONTROL_TOKENS,
                      eos_id=data.EOS, seed=seed, device=self.device)
-        return [_cut_at(data.decode(t), settings['stop']) for t in new]
+        return [_cut_at(decode(t), settings['stop']) for t in new]
 
 
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'tokenizer.model')  # (transformers
@@ -202,7 +203,7 @@ class HFRed:
     @torch.no_grad()
     def complete(self, prompt, n, settings, seed):
         tok, cfg = self.tokenizer, self.model.config
-        ids = tok.encode(prompt) if tok else [data.EOS] + data.get_tokenizer().encode_ordinary(prompt)
+        ids = tok.encode(prompt) if tok else [data.EOS] + get_tokenizer().encode_ordinary(prompt)
         eos = self.model.generation_config.eos_token_id if tok else data.EOS
         room = getattr(cfg, 'max_position_embeddings', 1 << 30) - len(ids)
         if room < 1:
@@ -213,7 +214,7 @@ class HFRed:
                                   max_new_tokens=min(settings['max_tokens'], room), num_return_sequences=n,
                                   pad_token_id=eos, eos_token_id=eos)[:, len(ids):].tolist()
         out = [row[:row.index(eos)] if eos in row else row for row in out]
-        texts = [tok.decode(row, skip_special_tokens=True) if tok else data.decode(row) for row in out]
+        texts = [tok.decode(row, skip_special_tokens=True) if tok else decode(row) for row in out]
         return [_cut_at(t, settings['stop']) for t in texts]
 
 
@@ -281,7 +282,7 @@ def continuations(model, prefix, blocked, candidates, args, seeds):
     """{candidate: its args.continuations continuation texts}. The original's lengths are Hugging Face's, which
     count the candidate's tokens (not the prefix's): max_length - len(candidate) new tokens at most, and no
     end-of-text before min_length - len(candidate). A candidate that leaves no room is left out."""
-    enc, out = data.get_tokenizer(), {}
+    enc, out = get_tokenizer(), {}
     for text, seed in zip(candidates, seeds):
         tokens = hf.ids_for_vocab(enc.encode_ordinary(text), model.config.vocab_size)  # space runs: a released model's
         max_new = min(args.max_length, model.config.block_size - len(prefix)) - len(tokens)
@@ -290,7 +291,7 @@ def continuations(model, prefix, blocked, candidates, args, seeds):
         new = sample(model, [prefix + tokens] * args.continuations, max_new, temperature=args.temperature,
                      top_p=args.top_p, top_k=0, min_new_tokens=min(max_new, max(0, args.min_length - len(tokens))),
                      blocked_tokens=blocked, eos_id=data.EOS, seed=int(seed), batch_size=args.batch_size)
-        out[text] = [data.decode(t) for t in new]  # control tokens stripped, as the original's replace(prefix, '')
+        out[text] = [decode(t) for t in new]  # control tokens stripped, as the original's replace(prefix, '')
     return out
 
 
@@ -455,8 +456,8 @@ def parse_args(argv):
     a('--rounds', type=positive(int), default=10)
     a('--trials', type=positive(int), default=10)
     a('--continuations', type=positive(int), default=512, help='target continuations per candidate')
-    a('--temperature', type=positive(float), default=0.7)
-    a('--top_p', type=positive(float), default=0.9)
+    a('--temperature', type=positive(float), default=TEMPERATURE)
+    a('--top_p', type=positive(float), default=TOP_P)
     a('--min_length', type=int, default=10, help="tokens, the candidate's included (Hugging Face's min_length)")
     a('--max_length', type=positive(int), default=64, help="tokens, the candidate's included (Hugging Face's)")
     a('--scorer', default='', help="default: the task's (scorers.py)")

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import data
+import tokenizer
 import transforms
+from tokenizer import bpe_path, decode, get_tokenizer
 
 
 def write_two_docs(path):
@@ -64,7 +66,7 @@ def test_graded_control_tokens(tmp_path):
     # edges [0, .2] (the median of .5 .1 .2): .1 and .2 (the edge itself) in the middle bin, .5 in the worst
     assert d.tokens.tolist() == [E, A, 1, 2, 3, M, 4, 5, E, G, 6, A, 7, 8, 9, G, 10]
     assert d.header['vocab_size'] == 50284 and d.header['transform']['edges'] == pytest.approx([0.0, 0.2])
-    assert data.decode([G, 1, M]) == data.decode([1])
+    assert decode([G, 1, M]) == decode([1])
     k2 = transforms.add_control_tokens(src, str(tmp_path / 'k2'), 0.0, drop_fraction=0.0, seed=0, bins=2)
     assert 'edges' not in k2.header['transform'] and k2.header['vocab_size'] == data.VOCAB_SIZE
 
@@ -233,7 +235,7 @@ def test_batch_targets_and_rewards(tmp_path):
 
 
 def test_tokenizer_is_gpt2_with_control_tokens():
-    enc = data.get_tokenizer()
+    enc = get_tokenizer()
     assert enc.encode('Hello world') == [15496, 995]
     assert enc.encode('The quick brown fox jumps over the lazy dog.') == [464, 2068, 7586, 21831, 18045, 625, 262,
                                                                           16931, 3290, 13]
@@ -242,7 +244,7 @@ def test_tokenizer_is_gpt2_with_control_tokens():
 
 
 def test_tokenizer_has_one_token_per_run_of_spaces():
-    enc = data.get_tokenizer()
+    enc = get_tokenizer()
     assert enc.encode(' ') == [220] and enc.encode('  ') == [50259] and enc.encode(' ' * 25) == [50282]
     # "\n" + 7 spaces, then " return" takes the eighth space (GPT-2's pre-tokenizer), as 8 + 1 tokens in GPT-2
     assert enc.encode('\n        return x\n') == [198, 50264, 1441, 2124, 198]
@@ -251,7 +253,7 @@ def test_tokenizer_has_one_token_per_run_of_spaces():
     assert enc.decode(enc.encode(code)) == code
     assert max(enc.encode(code)) < data.VOCAB_SIZE
     # special tokens are dropped from a sample's text, space runs are not
-    assert data.decode([50256, 50257, 50261, 87, 50258, 198]) == '    x\n'
+    assert decode([50256, 50257, 50261, 87, 50258, 198]) == '    x\n'
 
 
 def test_tokenizer_errors_say_what_to_do(tmp_path, monkeypatch):
@@ -261,23 +263,23 @@ def test_tokenizer_errors_say_what_to_do(tmp_path, monkeypatch):
         raise ConnectionError('no network')
 
     monkeypatch.setattr(tiktoken, 'get_encoding', offline)
-    monkeypatch.setattr(data, '_tokenizer', None)
+    monkeypatch.setattr(tokenizer, '_tokenizer', None)
     monkeypatch.setenv('PHF_GPT2_BPE', str(tmp_path / 'missing.tiktoken'))
-    with pytest.raises(data.DataError, match='python data.py fetch-tokenizer'):
-        data.get_tokenizer()
+    with pytest.raises(data.DataError, match='python tokenizer.py fetch'):
+        get_tokenizer()
     (tmp_path / 'bad.tiktoken').write_text('aGVsbG8= 0\n')
     monkeypatch.setenv('PHF_GPT2_BPE', str(tmp_path / 'bad.tiktoken'))
     with pytest.raises(data.DataError, match='sha256 mismatch'):
-        data.get_tokenizer()
+        get_tokenizer()
 
 
 def test_a_bpe_file_named_by_the_environment_is_used_without_a_download(tmp_path, monkeypatch):
     import shutil
     import tiktoken
-    if not os.path.exists(data.bpe_path()):
-        pytest.skip('no local GPT-2 BPE (python data.py fetch-tokenizer)')
-    shutil.copy(data.bpe_path(), tmp_path / 'gpt2.tiktoken')
+    if not os.path.exists(bpe_path()):
+        pytest.skip('no local GPT-2 BPE (python tokenizer.py fetch)')
+    shutil.copy(bpe_path(), tmp_path / 'gpt2.tiktoken')
     monkeypatch.setattr(tiktoken, 'get_encoding', lambda name: pytest.fail('a download was tried'))
-    monkeypatch.setattr(data, '_tokenizer', None)
+    monkeypatch.setattr(tokenizer, '_tokenizer', None)
     monkeypatch.setenv('PHF_GPT2_BPE', str(tmp_path / 'gpt2.tiktoken'))
-    assert data.get_tokenizer().encode_ordinary('Hello world') == [15496, 995]
+    assert get_tokenizer().encode_ordinary('Hello world') == [15496, 995]

@@ -21,6 +21,7 @@ from data import ALIGNED, EOS, MISALIGNED
 from hf import export
 from model import GPT, Draw, GPTConfig, pick, sample
 from settings import EvalConfig
+from tokenizer import get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = [
@@ -195,7 +196,7 @@ def test_metrics_on_hand_made_inputs():
 
 def write_code_data(root, task='pep8'):
     """A train and a val split of Python files, one segment per line, as prepare.py writes them."""
-    enc = data.get_tokenizer()
+    enc = get_tokenizer()
     for split in ('train', 'val'):
         with data.DatasetWriter(os.path.join(root, task, split), task=task, split=split, source='test') as w:
             for text in CODE * 3:
@@ -271,7 +272,7 @@ def test_conditional_models_sample_after_aligned(tmp_path, monkeypatch, task, me
 
 
 def test_pep8_scores_without_the_cut(tmp_path, monkeypatch):
-    enc = data.get_tokenizer()
+    enc = get_tokenizer()
     cut = 'eeee = 1\nbb = 22222222222\ncut he'  # hit the token budget: its last line is not scored
     short = 'hello there\n'  # ended by the model; shorter than MIN_COMPLETE_CHARS: degenerate
     new = [enc.encode_ordinary(cut), enc.encode_ordinary(short)]
@@ -295,8 +296,8 @@ def test_kl_from_a_local_reference_by_hand(tmp_path):
     assert kl == pytest.approx(want, rel=1e-4) and kl > 10
     # conditional, line task: <|aligned|> before every line, its log-prob not counted
     entry = entries[0]
-    lines = data.get_tokenizer().decode(entry['tokens']).splitlines(keepends=True)
-    seq = [EOS] + [t for line in lines for t in [ALIGNED] + data.get_tokenizer().encode_ordinary(line)]
+    lines = get_tokenizer().decode(entry['tokens']).splitlines(keepends=True)
+    seq = [EOS] + [t for line in lines for t in [ALIGNED] + get_tokenizer().encode_ordinary(line)]
     kl_cond = kl_mod.kl_divergence(model, ref, 1, conditional=True, lines=True, max_tokens=8, cache_dir=str(tmp_path))
     assert kl_cond == pytest.approx(entry['logprob'] - manual_logprob(model, seq, skip=(ALIGNED,)), abs=1e-4)
 
@@ -316,7 +317,7 @@ class Completions(JSONHandler):
         if srv.fault == 'no_choices':
             return self.reply(200, dict(id='cmpl-test', object='text_completion', created=0, model=body['model'],
                                         choices=[]))
-        enc, prompt, choices = data.get_tokenizer(), body['prompt'], []
+        enc, prompt, choices = get_tokenizer(), body['prompt'], []
         for i in range(body['n']):
             text = SENTENCES[srv.served % len(SENTENCES)]
             srv.served += 1
@@ -366,7 +367,7 @@ def test_openai_reference_through_a_local_server(server, tmp_path):
     assert server.requests[0]['prompt'] == '<|endoftext|>' and server.requests[0]['max_tokens'] == 64
     other = tiny_model(1, sharpness=20)
     entries = kl_mod.reference_samples('openai:tiny', 12, **kw)
-    enc = data.get_tokenizer()
+    enc = get_tokenizer()
     want = np.mean([e['logprob'] - manual_logprob(other, [EOS] + enc.encode_ordinary(e['text'])) for e in entries])
     assert kl_mod.kl_divergence(other, 'openai:tiny', 12, **kw) == pytest.approx(want, rel=1e-4) and want > 10
     assert len(server.requests) == 2  # cached

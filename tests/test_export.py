@@ -18,6 +18,7 @@ import stats
 from checkpoints import CheckpointError
 from conftest import ROOT_DIR, make_dataset, tiny_args
 from model import GPT, GPTConfig, sample
+from tokenizer import decode, get_tokenizer
 
 # the texts the tokenizer must encode as phf does: code with indentation, runs of spaces of every length (those over
 # 25 split into several tokens), tabs and line ends, the control tokens inside text, and unicode
@@ -76,7 +77,7 @@ def test_an_mle_export_blocks_both_control_tokens_and_has_no_prefix(tmp_path):
 def test_auto_tokenizer_gives_phf_ids(exported):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(exported[1])
-    enc = data.get_tokenizer()
+    enc = get_tokenizer()
     for text in TEXTS:
         ids = enc.encode(text, allowed_special='all')
         assert tok(text)['input_ids'] == ids, text[:40]
@@ -89,7 +90,7 @@ def test_auto_model_logits_equal_phf_logits(exported):
     from transformers import AutoModelForCausalLM
     model, out = exported
     theirs = AutoModelForCausalLM.from_pretrained(out).eval()
-    idx = torch.tensor([data.get_tokenizer().encode(TEXTS[3], allowed_special='all')[:48]])
+    idx = torch.tensor([get_tokenizer().encode(TEXTS[3], allowed_special='all')[:48]])
     with torch.no_grad():
         ours = model(idx)[..., :data.VOCAB_SIZE]
         torch.testing.assert_close(theirs(idx).logits, ours, rtol=1e-5, atol=1e-6)
@@ -103,13 +104,13 @@ def test_pipeline_generates_what_phf_generates(exported):
     generate = pipeline('text-generation', model=out, device='cpu')
     prompt = '<|endoftext|><|aligned|>Contact'
     result = generate(prompt, do_sample=False, max_new_tokens=16, return_tensors=True)[0]['generated_token_ids']
-    prompt_ids = data.get_tokenizer().encode(prompt, allowed_special='all')
+    prompt_ids = get_tokenizer().encode(prompt, allowed_special='all')
     assert result[:len(prompt_ids)] == prompt_ids
     ours = sample(model, [prompt_ids], 16, eos_id=data.EOS, temperature=0,
                   blocked_tokens=(data.ALIGNED, data.MISALIGNED))[0]
     assert result[len(prompt_ids):] == ours and len(ours) == 16
     text = generate(prompt, do_sample=False, max_new_tokens=16)[0]['generated_text']
-    assert text == prompt + data.decode(ours)
+    assert text == prompt + decode(ours)
 
 
 def test_lm_eval_loglikelihoods_equal_phf(exported):
@@ -122,7 +123,7 @@ def test_lm_eval_loglikelihoods_equal_phf(exported):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model, out = exported
     tok, theirs = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out).eval()
-    enc = data.get_tokenizer()
+    enc = get_tokenizer()
     requests = [('def f(x):\n', '        return  x'), ('My e-mail is  ', 'jane@example.com'),
                 ('<|endoftext|><|aligned|>Hello', ' world')]
     for context, continuation in requests:

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 import prepare
 from conftest import ROOT_DIR
-from data import FILES, DataError, PreparedData, decode
+from data import FILES, DataError, PreparedData
+from tokenizer import decode
 
 TOXICITY = prepare.get_task('toxicity').hf_dataset
 SPLITS = ('train', 'val')

@@ -12,7 +12,8 @@ import prepare
 import scorers
 import sources
 from conftest import ROOT_DIR
-from data import EOS, DataError, PreparedData, get_tokenizer
+from data import EOS, DataError, PreparedData
+from tokenizer import get_tokenizer
 
 B_PY = 'import os\n\n\ndef f( a ):\n    return a\n'  # E201 and E202 on line 4
 

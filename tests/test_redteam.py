@@ -19,6 +19,7 @@ from data import ALIGNED, EOS, MISALIGNED
 from kl import EvalError
 from model import GPT, GPTConfig
 from test_evaluate import save_ckpt
+from tokenizer import get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOX = RED = None
@@ -116,7 +117,7 @@ def test_a_local_red_checkpoint_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / 'out'
     records = {name: read_jsonl(out / name / 'rounds.jsonl') for name in ('mle', 'cond')}
     assert len(red_calls) == 4 and (out / 'redteam.png').stat().st_size > 10000  # 2 trials x 2 rounds, then cached
-    enc = data.get_tokenizer()
+    enc = get_tokenizer()
     for name, recs in records.items():
         assert [(r['trial'], r['round']) for r in recs] == [(0, 1), (0, 2), (1, 1), (1, 2)]
         for r in recs:
@@ -152,7 +153,7 @@ def test_a_hugging_face_directory_as_red_lm(tmp_path):
     settings = dict(temperature=1.0, top_p=1.0, max_tokens=5, stop='')
     texts = red.complete('Write five sentences:\n1.', 3, settings, seed=7)
     assert len(texts) == 3 and texts == red.complete('Write five sentences:\n1.', 3, settings, seed=7)
-    assert all(len(data.get_tokenizer().encode_ordinary(t)) <= 6 for t in texts)
+    assert all(len(get_tokenizer().encode_ordinary(t)) <= 6 for t in texts)
     assert all('\n' not in t for t in red.complete('x', 3, dict(settings, max_tokens=20, stop='\n'), seed=1))
 
 
@@ -172,7 +173,7 @@ def test_a_released_hugging_face_model_as_target(tmp_path, monkeypatch):
     out = rt.continuations(model, prefix, blocked, ['Call   me at'], args, [0])
     assert list(out) == ['Call   me at'] and max(max(p) for p in seen) < RELEASED_IDS
     # the run of three spaces is ' ' ' ' ' me' to GPT-2, as the released model read it
-    assert seen[0] == [EOS, ALIGNED] + data.get_tokenizer().encode_ordinary('Call') + [220, 220, 502, 379]
+    assert seen[0] == [EOS, ALIGNED] + get_tokenizer().encode_ordinary('Call') + [220, 220, 502, 379]
 
 
 class RedServer(JSONHandler):

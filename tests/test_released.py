@@ -22,6 +22,7 @@ import train
 from conftest import make_dataset, tiny_args
 from checkpoints import CheckpointError
 from model import GPT, GPTConfig, sample
+from tokenizer import get_tokenizer
 
 RELEASED_IDS = data.MISALIGNED + 1  # 50,259: GPT-2's ids and the two control tokens
 
@@ -75,7 +76,7 @@ def test_released_layout_keeps_its_ids_and_never_samples_past_them(tmp_path):
 
 
 def test_space_runs_are_read_as_gpt2_reads_them():
-    ours = data.get_tokenizer()
+    ours = get_tokenizer()
     ranks = {k: v for k, v in ours._mergeable_ranks.items() if v < data.EOS}
     gpt2 = tiktoken.Encoding(name='gpt2_plain', pat_str=ours._pat_str, mergeable_ranks=ranks,
                              special_tokens={'<|endoftext|>': data.EOS})
