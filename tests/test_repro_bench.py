@@ -421,7 +421,7 @@ def test_heldout_report_by_hand():
                 'cond': dict(heldout={'heldout': sums(2.0 + cond), 'heldout_misaligned': sums(1.0)})}
     figures = {42: reports.heldout_figures(seed(1.0, 0.2)), 43: reports.heldout_figures(seed(3.0, -0.2))}
     f = figures[42]
-    assert f['mle/unconditional']['gap'] == dict(gap=1.0, ci=pytest.approx((1.0, 1.0)))
+    assert f['mle/unconditional']['gap'] == dict(gap=1.0, ci=pytest.approx((1.0, 1.0)), documents=2)
     assert f['cond/unconditional']['gap']['diff'] == pytest.approx(1.0)
     assert f['cond/unconditional']['gap']['verdict'] == 'higher, beyond noise'
     assert f['cond/aligned_vs_misaligned']['gap']['diff'] == pytest.approx(2.0)  # gap 2 under <|aligned|>, 0 under M
@@ -439,3 +439,25 @@ def test_heldout_report_by_hand():
     assert ('across 2 seeds, mle_reinit unconditional minus MLE, held-out gap: +0.000 [-2.541, +2.541] (no difference '
             '(inside the noise)); beyond noise in 2 of 2 seeds') in across
     assert reports.heldout_across_seeds({42: figures[42]}) == []
+
+
+def test_heldout_headline_by_hand():
+    """The verdict's held-out lines: conditional minus MLE in the first 4 tokens, one seed by its bootstrap interval,
+    several by the paired t over the seeds; nothing without a conditional run."""
+    def cond(diff, lo, hi, verdict='higher, beyond noise'):
+        return {'cond/unconditional': {'gap_first4': dict(diff=diff, diff_ci=(lo, hi), verdict=verdict, documents=43)}}
+    one = reports.heldout_headline('pii', {42: cond(0.678, 0.311, 0.988)})
+    assert one == [
+        'Held-out text, no sampling: how much less likely a model finds the first 4 tokens of a sentence with PII '
+        'than of one without, in nats per token:',
+        '- conditional training against MLE, two models: conditional minus MLE +0.678 [+0.311, +0.988] (paired '
+        'bootstrap over 43 held-out documents): higher, beyond noise; ' + reports.VALIDATION]
+    # +0.4, +0.6, +0.5: mean 0.5, sd 0.1, se 0.0577, t(2) 4.30265 -> ± 0.2484
+    several = reports.heldout_headline('pep8', {42: cond(0.4, 0.1, 0.7), 43: cond(0.6, 0.3, 0.9),
+                                                 44: cond(0.5, -0.1, 1.1, 'no difference (inside the noise)')})
+    assert several[0].startswith('Held-out text, no sampling: how much less likely a model finds the first 4 tokens '
+                                 'of a line with PEP8 violations than of one without')
+    assert several[1] == ('- conditional training against MLE, two models: conditional minus MLE +0.500 [+0.252, '
+                          '+0.748] over the seeds (paired t): higher, beyond noise; higher, beyond noise, in 2 of 3 '
+                          'seeds')
+    assert reports.heldout_headline('pii', {42: {'mle/unconditional': {'gap_first4': dict(gap=1.0)}}}) == []
