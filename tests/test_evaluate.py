@@ -522,20 +522,20 @@ def test_misaligned_scenario_samples_after_misaligned(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('content,message', [(b'', 'empty file'), (b'PK\x03\x04trunc', 'truncated or corrupt'),
                                              (None, 'not a phf checkpoint (it has no model_args')])
-def test_cli_names_a_bad_checkpoint_or_value(tmp_path, content, message):
+def test_cli_names_a_bad_checkpoint_or_value(tmp_path, capsys, content, message):
     path = tmp_path / 'ckpt.pt'
     if content is None:
         torch.save(dict(model={}, step=1), path)
     else:
         path.write_bytes(content)
     for extra in ([], [f'--export_hf={tmp_path}/hf']):
-        out = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={path}', '--device=cpu', *extra], cwd=ROOT,
-                             capture_output=True, text=True)
-        assert out.returncode == 1 and out.stderr.startswith(f'error: {path}: {message}'), out.stderr
-        assert 'Traceback' not in out.stderr
+        with pytest.raises(SystemExit) as e:  # exit status 1, one line on stderr: no other exception escapes
+            ev.main([f'--ckpt={path}', '--device=cpu', *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith(f'error: {path}: {message}') and err.count('\n') == 1, err
 
 
-def test_cli_takes_settings_parser_and_checks(tmp_path):
+def test_cli_takes_settings_parser_and_checks(tmp_path, capsys):
     """evaluate.py's --key=value go through settings' one parser and checks, before the checkpoint is loaded or
     anything is evaluated."""
     from settings import ConfigError, parse_override
@@ -550,10 +550,10 @@ def test_cli_takes_settings_parser_and_checks(tmp_path):
     for arg, message in (('--eval_batch_size=0', 'eval_batch_size 0: must be at least 1'),
                          ('--kl_samples=-3', 'kl_samples -3: must be at least 1'),
                          ('--bogus=1', "--bogus=1: unknown key 'bogus'; the keys are eval_iters")):
-        out = subprocess.run([sys.executable, 'evaluate.py', f'--ckpt={path}', '--device=cpu', arg], cwd=ROOT,
-                             capture_output=True, text=True)
-        assert out.returncode == 1 and out.stderr.startswith('error: '), out.stderr
-        assert message in out.stderr and 'Traceback' not in out.stderr
+        with pytest.raises(SystemExit) as e:
+            ev.main([f'--ckpt={path}', '--device=cpu', arg])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith('error: ') and message in err and err.count('\n') == 1, err
 
 
 def test_eval_config_of_a_checkpoint_keeps_only_what_an_evaluation_reads():
