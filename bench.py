@@ -34,7 +34,7 @@ import devices
 import objectives
 import train
 from checkpoints import CheckpointError, load_checkpoint
-from model import GPT, GPTConfig, sample
+from model import TEMPERATURE, TOP_P, GPT, GPTConfig, sample
 
 
 def emit(row):
@@ -194,7 +194,7 @@ def bench_sample(args):
     model = sampling_model(args, device)
     prompts = [[data.EOS]] * n
     # a fixed length: a fair timing
-    kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, eos_id=data.EOS, device=device)
+    kwargs = dict(temperature=TEMPERATURE, top_p=TOP_P, min_new_tokens=new, eos_id=data.EOS, device=device)
     warm_up = device.startswith('cuda')  # compile and CUDA start-up; on CPU a warm-up would only double the time
     if warm_up:
         sample(model, prompts[:args.sample_batch], new, **kwargs, batch_size=args.sample_batch)
@@ -213,9 +213,9 @@ def bench_sample(args):
     for batch in args.hf_sample_batches:
         batch = min(batch, n)
         ids = torch.full((batch, 1), data.EOS, device=device)
-        run = lambda n_new: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7,
-                                        top_p=0.9, top_k=0, max_new_tokens=n_new, min_new_tokens=n_new,
-                                        pad_token_id=data.EOS)
+        run = lambda n_new: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                        temperature=TEMPERATURE, top_p=TOP_P, top_k=0, max_new_tokens=n_new,
+                                        min_new_tokens=n_new, pad_token_id=data.EOS)
         with torch.no_grad():
             if warm_up:  # CUDA's start-up: generate is not compiled, a few tokens do
                 run(4)
@@ -247,7 +247,7 @@ def bench_guided(args):
     row's <|misaligned|> twin in the same batch), same model, same settings."""
     device, n, new = args.device, args.samples, args.new_tokens
     model = sampling_model(args, device)
-    kwargs = dict(temperature=0.7, top_p=0.9, min_new_tokens=new, eos_id=data.EOS, device=device,
+    kwargs = dict(temperature=TEMPERATURE, top_p=TOP_P, min_new_tokens=new, eos_id=data.EOS, device=device,
                   batch_size=args.sample_batch, blocked_tokens=(data.ALIGNED, data.MISALIGNED))
     seconds = {}
     for guidance in (0.0, 1.0):

@@ -210,7 +210,7 @@ class Draw:
 @dataclass
 class Batch:
     """A batch of prompts in the sampler: the cache they fill, which of its slots hold each row's tokens, and where the
-    next token goes. prefill makes it, decode moves it on."""
+    next token goes. prefill makes it, decode_n_tokens moves it on."""
     cache: KVCache
     slots: torch.Tensor  # (max_len,) the cache's slot numbers
     real: torch.Tensor  # (B, max_len) the slots holding each row's tokens, not its left padding
@@ -415,7 +415,7 @@ def sample(model, prompts, max_new_tokens, *, eos_id, temperature=TEMPERATURE, t
 
 def prefill(model, cache, rows, P, eos_id):
     """Run the prompts (rows, left-padded with eos_id to P tokens) into the cache: the last position's logits in fp32,
-    and the Batch that decode continues."""
+    and the Batch that decode_n_tokens continues."""
     slots = torch.arange(cache.k.size(3), device=cache.k.device)
     idx = torch.tensor([[eos_id] * (P - len(p)) + list(p) for p in rows], device=slots.device)
     pad = P - torch.tensor([len(p) for p in rows], device=slots.device)
