@@ -383,8 +383,14 @@ def test_ctrl_c_lets_the_training_run_save_its_checkpoint(tmp_path):
     results = tmp_path / 'results'
     argv = ['pii', '--methods=mle', f'--data_dir={tiny_data}', f'--results={results}',
             f'--extra={TINY} --max_tokens=64000000000 --ckpt_interval=10000000000']  # 10^9 steps: never done
-    proc = subprocess.Popen([sys.executable, 'repro.py'] + argv, cwd=ROOT_DIR, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    # A shell starts a background job with SIGINT ignored, which its children inherit (pytest run with `&`): repro.py
+    # starts with Python's own handler, as in a terminal's foreground
+    runners = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, 'repro.py'] + argv, cwd=ROOT_DIR, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, runners)
     log = results / 'seed42' / 'mle' / 'log.jsonl'
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 5):
