@@ -1,6 +1,6 @@
 """prepare.py's shards and ranks: the plan (byte ranges, runs of files, which rank takes which shard) by hand; any shard
-size, a full disk, a scorer failing on texts; 2 gloo ranks under torchrun write the bytes one process writes, also
-after a rank is killed mid-shard, and a rank that fails stops the job with one line naming it. Then a corpus scored
+size, a full disk, a scorer failing on texts; 2 gloo ranks under torchrun, on one machine or as two machines that meet
+at a rendezvous, write the bytes one process writes, also after a rank is killed mid-shard, and a rank that fails stops the job with one line naming it. Then a corpus scored
 by a Hugging Face classifier through to training's thresholds and evaluation's scorer."""
 import collections
 import errno
@@ -169,15 +169,36 @@ def one_process(*args):
     return output(out)
 
 
-def test_two_ranks_write_the_bytes_of_one_process(corpus, capsys):
+def two_nodes(*args):
+    """prepare.py as two machines of one rank each run it: a torchrun per node, which meet at a rendezvous (as srun
+    starts them under Slurm); here both on this machine. Returns both launchers' (code, stdout, stderr)."""
+    import socket
+    with socket.socket() as s:  # a free port for the rendezvous's store
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes=2', '--nproc_per_node=1',
+                               '--rdzv_id=two_nodes', '--rdzv_backend=c10d', f'--rdzv_endpoint=127.0.0.1:{port}',
+                               os.path.join(ROOT_DIR, 'prepare.py'), *args], cwd=ROOT_DIR, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+             for _ in range(2)]
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    return [(node.returncode, *out) for node, out in zip(nodes, outputs)]
+
+
+def test_two_nodes_write_the_bytes_of_one_process(corpus, capsys):
     root, args = corpus
     args = ['toxicity', *args, f"--scorer=hf:{root / 'clf'}", '--score_output=rude']  # a model, batched
     expected = one_process(*args, f"--out_dir={root / 'one'}")
     assert capsys.readouterr().out.startswith('toxicity: 380 documents')
-    done = torchrun(*args, f"--out_dir={root / 'two'}")
-    assert done.returncode == 0, done.stderr
+    nodes = two_nodes(*args, f"--out_dir={root / 'two'}")
+    assert [code for code, _, _ in nodes] == [0, 0], [err for _, _, err in nodes]
     assert output(str(root / 'two')) == expected
-    assert done.stdout.startswith('toxicity: 380 documents')  # rank 0's summary, once
+    summaries = [out for _, out, _ in nodes if out.startswith('toxicity: 380 documents')]
+    assert len(summaries) == 1  # global rank 0's, on one of the nodes
 
 
 KILLED = """import os, signal, sys
