@@ -1,7 +1,8 @@
 """prepare.py's shards and ranks: the plan (byte ranges, runs of files, which rank takes which shard) by hand; any shard
 size, a full disk, a scorer failing on texts; 2 gloo ranks under torchrun, on one machine or as two machines that meet
-at a rendezvous, write the bytes one process writes, also after a rank is killed mid-shard, and a rank that fails stops the job with one line naming it. Then a corpus scored
-by a Hugging Face classifier through to training's thresholds and evaluation's scorer."""
+at a rendezvous, write the bytes one process writes, also after a rank is killed mid-shard, and a rank that fails
+stops the job with one line naming it. Then a corpus scored by a Hugging Face classifier through to training's
+thresholds and evaluation's scorer."""
 import collections
 import errno
 import gzip
@@ -144,10 +145,19 @@ def test_a_corrupt_parquet_shard_is_one_line_naming_it(tmp_path, hub_cache):
 # ----------------------------------------------------------------------------------------------------------------
 # Two ranks under torchrun
 
+def launcher(launch, args, script=None):
+    """The command line of a torchrun launcher (its own arguments: launch) running prepare.py (or script) with args."""
+    return [sys.executable, '-m', 'torch.distributed.run', *launch, script or os.path.join(ROOT_DIR, 'prepare.py'),
+            *args]
+
+
+def one_thread(env=None):
+    return {**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})}
+
+
 def torchrun(*args, script=None, env=None):
-    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                           script or os.path.join(ROOT_DIR, 'prepare.py'), *args], cwd=ROOT_DIR, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})})
+    return subprocess.run(launcher(['--standalone', '--nproc_per_node=2'], args, script), cwd=ROOT_DIR,
+                          capture_output=True, text=True, timeout=300, env=one_thread(env))
 
 
 @pytest.fixture(scope='module')
@@ -176,11 +186,10 @@ def two_nodes(*args):
     with socket.socket() as s:  # a free port for the rendezvous's store
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    nodes = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes=2', '--nproc_per_node=1',
-                               '--rdzv_id=two_nodes', '--rdzv_backend=c10d', f'--rdzv_endpoint=127.0.0.1:{port}',
-                               os.path.join(ROOT_DIR, 'prepare.py'), *args], cwd=ROOT_DIR, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
-             for _ in range(2)]
+    launch = ['--nnodes=2', '--nproc_per_node=1', '--rdzv_id=two_nodes', '--rdzv_backend=c10d',
+              f'--rdzv_endpoint=127.0.0.1:{port}']
+    nodes = [subprocess.Popen(launcher(launch, args), cwd=ROOT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=one_thread()) for _ in range(2)]
     try:
         outputs = [node.communicate(timeout=300) for node in nodes]
     finally:
