@@ -102,8 +102,10 @@ def bench_scoring(args):
         scorer.load().tokenize(texts)  # the classifier's tokenizer alone: what feeds a GPU
         emit(dict(bench='scoring', impl='classifier_tokenizer', rank=rank, segments=n, tokens=n_tokens,
                   tokens_per_s=round(n_tokens / (time.perf_counter() - t0))))
-    emit(dict(bench='scoring', impl='ratio', rank=rank, max_abs_difference_fp32=float(np.abs(np.subtract(
-        scores['classifier_float32'], scores['detoxify_predict'])).max()), **{
+    differences = {f'max_abs_difference_{dtype}': float(np.abs(np.subtract(
+        scores[f'classifier_{dtype}'], scores['detoxify_predict'])).max())
+        for dtype in ('float32', 'bfloat16') if f'classifier_{dtype}' in scores}
+    emit(dict(bench='scoring', impl='ratio', rank=rank, **differences, **{
         f'{name}_vs_{base}': round(seconds[base] / seconds[name], 2) for name in seconds
         if name.startswith('classifier') for base in ('detoxify_predict_sorted', 'detoxify_predict')}))
     if not cuda:  # a GPU machine's image may lack scrubadub; the per-core figures are the CPU's

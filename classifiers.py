@@ -9,8 +9,9 @@ transformers model it wraps, which is built here and run the same way.
 Loading runs no code from the files: the weights come from model.safetensors (or a torch file that holds only tensors,
 weights.read_weights), the model class from transformers' own table for the config's model_type (never the
 repository's code: a config that asks for it is refused), the tokenizer from its files. The model runs in
-torch.inference_mode, in float32 on a CPU and bfloat16 on a GPU; texts are tokenized once, truncated at the model's
-maximum length, sorted by length and batched by a budget of padded tokens, so that a batch wastes little on padding.
+torch.inference_mode, in what dtype='auto' means on its device (devices.default_dtype: bfloat16 on a GPU and on a CPU
+with AMX or AVX512-BF16, else float32); texts are tokenized once, truncated at the model's maximum length, sorted by
+length and batched by a budget of padded tokens, so that a batch wastes little on padding.
 
 Which output is the score (output='[-]LABEL'): LABEL is a label name of the config's id2label or its index; the score is
 that label's probability (softmax over the labels, or a sigmoid for a multi-label model or one with a single output),
@@ -34,7 +35,7 @@ class Classifier:
     def __init__(self, net, tokenizer, index, activation, sign, max_length):
         self.net, self.tokenizer, self.index, self.activation, self.sign = net, tokenizer, index, activation, sign
         self.max_length = max_length
-        self.device = next(net.parameters()).device
+        self.device, self.dtype = next(net.parameters()).device, next(net.parameters()).dtype
 
     def score(self, texts, tokens_per_batch, max_texts):
         """(one score per text, [(position, exception)] of the texts that failed and scored 0.0). Texts are sorted by
@@ -135,7 +136,8 @@ def build(config, state_dict, tokenizer, output, device=None, dtype='auto'):
         net.config.pad_token_id = tokenizer.pad_token_id
     device = device or default_device()
     if dtype == 'auto':
-        dtype = 'bfloat16' if device.startswith('cuda') else 'float32'
+        import devices
+        dtype = devices.default_dtype(torch.device(device).type)
     net = net.to(device=device, dtype=getattr(torch, dtype)).eval()
     index, activation, sign = output_of(config, output)
     return Classifier(net, tokenizer, index, activation, sign, max_length(config, tokenizer))

@@ -1,5 +1,5 @@
 """
-What the machine is: the dtype 'auto' means on it, the peak FLOPS that MFU divides by, the one-line description that
+What the machine is: the dtype 'auto' means on it and the one evaluation runs in, the peak FLOPS that MFU divides by, the one-line description that
 results records carry, and the CPU allocator setting that training and sampling make. Imported by train.py,
 evaluate.py, bench.py and repro.py, so none of them imports another for these facts.
 """
@@ -39,6 +39,12 @@ def default_dtype(device_type):
     if device_type == 'cuda':
         return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
     return 'bfloat16' if cpu_has_native_bf16() else 'float32'
+
+
+def evaluation_dtype(device_type):
+    """Evaluation's dtype, its scorer's too: bf16 on a GPU that has it, else float32; on a CPU always float32, so that
+    its figures do not depend on the CPU's instruction set."""
+    return 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
 
 
 def cpu_name():

@@ -314,7 +314,8 @@ def evaluate(model, cfg, step, tokens_seen, device, autocast_ctx=nullcontext(), 
         if scorer is None:  # the one the training data was scored by (on the task's scale: the task's, as the paper)
             name = scorers.evaluation_scorer(prepared_with(cfg), task.scorer)
             if name not in _scorer_cache:  # loaded once per process (detoxify's weights are large)
-                _scorer_cache[name] = scorers.get_scorer(name)
+                dtype = devices.evaluation_dtype(devices.default_device())  # where a model scorer runs
+                _scorer_cache[name] = scorers.get_scorer(name, dtype=dtype)
             scorer = _scorer_cache[name]
         return {}
 
@@ -410,7 +411,7 @@ def main(argv=None):
             return
         cfg = eval_config(ckpt['config'], **overrides)
         check_eval_config(cfg)
-        use_bf16 = device.startswith('cuda') and torch.cuda.is_bf16_supported()
+        use_bf16 = devices.evaluation_dtype(torch.device(device).type) == 'bfloat16'
         ctx = torch.autocast('cuda', dtype=torch.bfloat16) if use_bf16 else nullcontext()
         result = evaluate(model, cfg, ckpt['step'], ckpt['tokens_seen'], device, ctx)
         print(json.dumps(result, indent=1))

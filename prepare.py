@@ -35,8 +35,9 @@ out too, so a small corpus has some. Files are read in the order of another hash
 --max_docs/--max_bytes prefix is a random sample. --max_bytes counts the input's bytes on disk.
 Scorers (--scorer): the task's (detoxify, scrubadub, pycodestyle), profanity, or hf:NAME, any Hugging Face sequence
 classifier (a folder or a hub name; scorers.ClassifierScorer, classifiers.py) with --score_output saying which output
-is the misalignment score; a model runs on this rank's GPU in bfloat16, else on the CPU in float32, its texts cut at
-the model's maximum length (the summary says it). A scorer whose scale is not the task's re-scores the dataset's
+is the misalignment score; a model runs on this rank's GPU, else on the CPU, in bfloat16 where the device has it
+natively (a CPU with AMX or AVX512-BF16), else in float32, its texts cut at the model's maximum length (the summary
+says both). A scorer whose scale is not the task's re-scores the dataset's
 records, and the summary prints the thresholds train.py takes for it: its scores' quantiles at the shares of aligned
 segments and kept documents that the paper's thresholds give on the paper's data (data.Task). The split's header
 records the scorer (scorers.describe), and evaluation judges samples with it.
@@ -286,13 +287,12 @@ def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=No
     """Build {out_dir}/train, {out_dir}/val and {out_dir}/summary.json; returns the summary (None on the ranks but
     0 under torchrun). Continues after the shards that an interrupted run with the same source and settings finished
     (staging.py). A scorer on another scale than the task's re-scores the dataset's scored records. score_dtype: a
-    model scorer's (auto: bfloat16 on a GPU, float32 on a CPU)."""
+    model scorer's (auto: devices.default_dtype, bfloat16 where the device has it natively)."""
     t0 = time.time()
     task = get_task(task_name)
     out_dir = (out_dir or os.path.join('data', task.name)).rstrip('/')
     scorer_desc = scorers.describe(scorer or task.scorer, scorer_kwargs)
-    runtime = dict(dtype=score_dtype) if score_dtype != 'auto' else {}  # how it runs, not what it scores
-    main_scorer = scorers.get_scorer(scorer_desc, **runtime)  # an unknown name fails here, before any work
+    main_scorer = scorers.get_scorer(scorer_desc, dtype=score_dtype)  # an unknown name fails here, before any work
     rescore = rescore or not scorers.on_scale_of(scorer_desc, task.scorer)
     check_replaceable(out_dir)
     ranks = Ranks()
@@ -387,8 +387,9 @@ def main(argv=None):
                         "output as it is), by name or index; '-LABEL' negates it (higher = better, e.g. -0 for "
                         "FineWeb-Edu's educational score); default: the only output")
     p.add_argument('--score_dtype', default='auto', choices=('auto', 'float32', 'bfloat16'),
-                   help="a model scorer's precision: auto is bfloat16 on a GPU, float32 (Detoxify.predict's numbers) "
-                        "on a CPU; bfloat16 pays on a CPU with AMX or AVX512-BF16 (docs/benchmarks.md)")
+                   help="a model scorer's precision: auto is bfloat16 on a GPU and on a CPU with AMX or AVX512-BF16 "
+                        "(4x float32 there, docs/benchmarks.md), else float32; float32 gives Detoxify.predict's "
+                        "numbers")
     p.add_argument('--detoxify_model', default='original',
                    help="toxicity scorer model: 'original' scored the paper's training data, 'unbiased' evaluates")
     p.add_argument('--pii_detectors', default=None,

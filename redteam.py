@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import data
+import devices
 import hf
 import scorers
 from checkpoints import load_checkpoint
@@ -353,7 +354,8 @@ def red_team(args):
             raise RedTeamError(f"{len(prompts)} initial prompts for task {task}; --few_shot={args.few_shot} needs "
                                f"at least as many (--prompts=FILE.jsonl)")
         scorer_name = args.scorer or data.get_task(task).scorer
-        scorer = scorer if scorer and scorer.name == scorer_name else scorers.get_scorer(scorer_name)
+        scorer = scorer if scorer and scorer.name == scorer_name else scorers.get_scorer(
+            scorer_name, dtype=devices.evaluation_dtype(devices.default_device()))
         folder = os.path.join(args.out_dir, name)
         os.makedirs(folder, exist_ok=True)
         runs[name] = []
@@ -479,8 +481,9 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        cuda = (args.device or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda')
-        with torch.autocast('cuda', dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else nullcontext():
+        device_type = torch.device(args.device or devices.default_device()).type
+        bf16 = devices.evaluation_dtype(device_type) == 'bfloat16'
+        with torch.autocast('cuda', dtype=torch.bfloat16) if bf16 else nullcontext():
             runs = read_runs(args.plot) if args.plot else red_team(args)
         print(plot(runs, args.out or os.path.join(args.out_dir, 'redteam.png')))
     except (RedTeamError, EvalError, data.DataError, scorers.ScorerError, ValueError, OSError) as e:

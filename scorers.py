@@ -83,8 +83,9 @@ TOKENS_PER_BATCH = {'cpu': 8192, 'cuda': 131072}  # a classifier's batch: padded
 class ClassifierScorer(Scorer):
     """A Hugging Face sequence classifier's output (classifiers.py): model, a folder or hub name; output, '[-]LABEL',
     which output is the misalignment score (a label's probability, or a regression output; '-': negated). On this
-    rank's GPU in bfloat16, else on the CPU in float32 (dtype= overrides); batches of tokens_per_batch padded tokens
-    (default TOKENS_PER_BATCH for the device) and at most batch_size texts."""
+    rank's GPU, else on the CPU, in devices.default_dtype (bfloat16 where it is native, else float32; dtype=
+    overrides); batches of tokens_per_batch padded tokens (default TOKENS_PER_BATCH for the device) and at most
+    batch_size texts."""
     name = 'hf'
     parallel = False  # one batched model (a GPU, or all CPU threads) rather than a copy per process
 
@@ -113,6 +114,10 @@ class ClassifierScorer(Scorer):
     def max_length(self):
         """The most tokens of a text the model reads; the rest is cut."""
         return self.load().max_length
+
+    def precision(self):
+        """The dtype the model runs in: 'bfloat16', 'float32', ..."""
+        return str(self.load().dtype).removeprefix('torch.')
 
     def score(self, texts):
         self.failed_at = []
@@ -278,8 +283,9 @@ def parse(description):
     return name, settings
 
 
-def get_scorer(name, **kwargs):
-    """A scorer from its name or description (describe), kwargs added to its settings."""
+def get_scorer(name, dtype='auto', **kwargs):
+    """A scorer from its name or description (describe), kwargs added to its settings. dtype: how a model scorer
+    runs ('auto': devices.default_dtype), not one of its settings; a scorer that runs no model ignores it."""
     name, settings = parse(name)
     if name.startswith(HF) and len(name) > len(HF):
         cls, args = ClassifierScorer, (name[len(HF):],)
@@ -288,6 +294,8 @@ def get_scorer(name, **kwargs):
     else:
         raise ScorerError(f"unknown scorer {name!r}; choose one of {', '.join(SCORERS)}, or hf:NAME (a Hugging Face "
                           f"sequence classifier: a folder or a hub name)")
+    if issubclass(cls, ClassifierScorer):
+        kwargs['dtype'] = dtype
     try:
         return cls(*args, **settings, **kwargs)
     except TypeError as e:

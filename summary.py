@@ -53,7 +53,8 @@ def print_summary(s):
     if s['score_failures']:
         print(f"the scorer failed on {s['score_failures']:,} texts, scored 0 (e.g. {s['score_failure_examples'][0]})")
     if s.get('scorer_max_tokens'):
-        print(f"{s['scorer']}: each text cut at {s['scorer_max_tokens']:,} tokens, the most the model reads")
+        print(f"{s['scorer']}: run in {s['scorer_dtype']}, each text cut at {s['scorer_max_tokens']:,} tokens, the most "
+              f"the model reads")
     a = s['aligned']
     print(f"aligned ({s['scorer']} scores): {a['conditional']['segments']:.1%} of segments <= "
           f"{a['conditional']['threshold']:g} (conditional), {a['unlikelihood']['segments']:.1%} <= "
@@ -92,6 +93,7 @@ def summarize(cfg, totals, staging, t0):
                       max_docs=cfg.max_docs, max_bytes=cfg.max_bytes, processes=cfg.processes))
     if totals['scored'] and hasattr(cfg.scorer, 'max_length'):
         summary['scorer_max_tokens'] = cfg.scorer.max_length()
+        summary['scorer_dtype'] = cfg.scorer.precision()
     if not scorers.on_scale_of(scorer_desc, task.scorer):
         summary['thresholds'] = scale_thresholds(task, splits['train'])
     return summary

@@ -139,8 +139,9 @@ def test_toxicity_through_detoxify_loading(tmp_path):
     with torch.no_grad():
         expected = [torch.sigmoid(model(**tok([t], return_tensors='pt')).logits[0, 0]).item() for t in texts]
     assert max(expected) - min(expected) > 0.05  # the check below can tell texts apart
-    for s in (scorers.ToxicityScorer(checkpoint=checkpoint, device='cpu', batch_size=3),
-              scorers.ToxicityScorer(checkpoint=checkpoint, huggingface_config_path=folder, device='cpu')):
+    for s in (scorers.ToxicityScorer(checkpoint=checkpoint, device='cpu', dtype='float32', batch_size=3),
+              scorers.ToxicityScorer(checkpoint=checkpoint, huggingface_config_path=folder, device='cpu',
+                                     dtype='float32')):
         assert s.score(texts) == pytest.approx(expected, abs=1e-5)  # input order, though batched by length
         assert s.score(texts[1:2]) == pytest.approx(expected[1:2], abs=1e-5)  # a batch of one
         assert s.n_failed == 0
@@ -195,11 +196,11 @@ def test_a_hugging_face_classifier_scores_a_labels_probability(tmp_path):
     with torch.no_grad():
         probs = [torch.softmax(model(**tokenizer([t], truncation=True, return_tensors='pt')).logits[0], -1)
                  for t in texts]
-    s = scorers.get_scorer(f'hf:{folder}', output='rude', batch_size=2, device='cpu')
+    s = scorers.get_scorer(f'hf:{folder}', output='rude', batch_size=2, device='cpu', dtype='float32')
     assert s.score(texts) == pytest.approx([p[1].item() for p in probs], abs=1e-6)  # in input order
     assert s.max_length() == 32 and s.n_failed == 0
     assert len(tokenizer('hello world ' * 20)['input_ids']) == 42
-    negated = scorers.get_scorer(f'hf:{folder}', output='-2', device='cpu').score(texts)
+    negated = scorers.get_scorer(f'hf:{folder}', output='-2', device='cpu', dtype='float32').score(texts)
     assert negated == pytest.approx([-p[2].item() for p in probs], abs=1e-6)
     with pytest.raises(scorers.ScorerError, match=r"3 outputs; its labels are ok, rude, spam: say which is the "
                                                   r"misalignment score with --score_output=LABEL"):
@@ -212,9 +213,27 @@ def test_a_hugging_face_classifier_scores_a_labels_probability(tmp_path):
     model, tokenizer = tiny_classifier(regression, labels=('quality',), problem_type='regression')
     with torch.no_grad():
         raw = [model(**tokenizer([t], return_tensors='pt')).logits[0, 0].item() for t in texts[:3]]
-    assert scorers.get_scorer(f'hf:{regression}').score(texts[:3]) == pytest.approx(raw, abs=1e-6)
-    assert scorers.get_scorer(f'hf:{regression}', output='-quality').score(texts[:3]) == pytest.approx(
+    assert scorers.get_scorer(f'hf:{regression}', dtype='float32').score(texts[:3]) == pytest.approx(raw, abs=1e-6)
+    assert scorers.get_scorer(f'hf:{regression}', output='-quality', dtype='float32').score(texts[:3]) == pytest.approx(
         [-r for r in raw], abs=1e-6)
+
+
+def test_a_classifiers_auto_precision_is_bfloat16_only_on_a_cpu_that_has_it_natively(tmp_path, monkeypatch):
+    import torch
+
+    import devices
+    from conftest import tiny_classifier
+    folder = str(tmp_path / 'clf')
+    tiny_classifier(folder)
+    texts = ['you are an idiot', 'have a nice day .', 'hello']
+    exact = scorers.get_scorer(f'hf:{folder}', output='rude', device='cpu', dtype='float32').score(texts)
+    for native, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        monkeypatch.setattr(devices, 'cpu_has_native_bf16', lambda: native)
+        s = scorers.get_scorer(f'hf:{folder}', output='rude', device='cpu')
+        got = s.score(texts)
+        assert s.load().net.dtype == dtype and s.precision() == str(dtype)[len('torch.'):]
+        assert got == (exact if not native else pytest.approx(exact, abs=0.02))  # bf16: 8 bits of mantissa
+        assert devices.evaluation_dtype('cpu') == 'float32'  # evaluation's figures do not depend on the CPU
 
 
 def test_a_classifier_failing_on_a_text_counts_it_and_on_every_text_stops(tmp_path, monkeypatch):
@@ -273,7 +292,8 @@ def test_detoxify_through_the_classifier_path_agrees_with_predict(tmp_path):
              'you are an idiot and you are an idiot', 'nice']  # one of 42 tokens: cut at 32 by both
     expected = detoxify.Detoxify(checkpoint=checkpoint, device='cpu').predict(texts)['toxicity']
     for budget in (64, 8192):  # many batches of similar lengths, or one
-        got = scorers.ToxicityScorer(checkpoint=checkpoint, device='cpu', tokens_per_batch=budget).score(texts)
+        got = scorers.ToxicityScorer(checkpoint=checkpoint, device='cpu', dtype='float32',
+                                     tokens_per_batch=budget).score(texts)
         assert np.abs(np.array(got) - np.array(expected)).max() < 1e-4
     assert scorers.ToxicityScorer(checkpoint=checkpoint).max_length() == 32
 
@@ -289,6 +309,7 @@ def test_a_scorer_is_one_string_that_rebuilds_it(tmp_path, monkeypatch):
     assert type(s) is scorers.PIIScorer and s.detectors == ['email']
     s = scorers.get_scorer(f'hf:{tmp_path}/clf {{"output": "-0"}}', device='cpu')
     assert (s.model, s.output, s.device) == (f'{tmp_path}/clf', '-0', 'cpu')
+    assert type(scorers.get_scorer('pii', dtype='float32')) is scorers.PIIScorer  # runs no model: ignored
     with pytest.raises(scorers.ScorerError, match="scorer 'pii': .*unexpected keyword argument 'output'"):
         scorers.get_scorer('pii', output='x')
     assert scorers.on_scale_of('toxicity {"model": "original"}', 'toxicity')

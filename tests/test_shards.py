@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+import devices
 import prepare
 import scorers
 import settings
@@ -202,7 +203,10 @@ def test_two_nodes_write_the_bytes_of_one_process(corpus, capsys):
     root, args = corpus
     args = ['toxicity', *args, f"--scorer=hf:{root / 'clf'}", '--score_output=rude']  # a model, batched
     expected = one_process(*args, f"--out_dir={root / 'one'}")
-    assert capsys.readouterr().out.startswith('toxicity: 380 documents')
+    out = capsys.readouterr().out
+    assert out.startswith('toxicity: 380 documents')
+    assert f"{root / 'clf'} {{\"output\": \"rude\"}}: run in {devices.default_dtype('cpu')}, each text cut at 32 " \
+           f"tokens, the most the model reads\n" in out
     nodes = two_nodes(*args, f"--out_dir={root / 'two'}")
     assert [code for code, _, _ in nodes] == [0, 0], [err for _, _, err in nodes]
     assert output(str(root / 'two')) == expected
@@ -328,6 +332,7 @@ def test_a_classifier_scored_split_is_judged_by_that_classifier(tmp_path):
                         scorer_kwargs=dict(output='rude'), min_val_docs=2, processes=1, progress=False)
     description = f'hf:{folder} {{"output": "rude"}}'
     assert s['scorer'] == description and s['scorer_max_tokens'] == 32
+    assert s['scorer_dtype'] == devices.default_dtype('cpu')  # bfloat16 where the CPU has it natively
     assert PreparedData(str(tmp_path / 'data' / 'toxicity' / 'train')).header['scorer'] == description
     segment = prepare.split_sentences(sentences(0))[0]
     assert PreparedData(str(tmp_path / 'data' / 'toxicity' / 'val')).seg_scores[0] == pytest.approx(
@@ -341,6 +346,7 @@ def test_a_classifier_scored_split_is_judged_by_that_classifier(tmp_path):
     with open(tmp_path / 'o' / 'eval_step1.json') as f:
         saved = json.load(f)
     texts = [x['text'] for x in saved['samples']['unconditional']]
-    assert saved['scores']['unconditional'] == pytest.approx(scorers.get_scorer(description).score(texts), abs=1e-6)
+    exact = scorers.get_scorer(description, dtype='float32').score(texts)
+    assert saved['scores']['unconditional'] == pytest.approx(exact, abs=1e-6)  # float32 on a CPU, as the rest
     hits = np.mean(np.array(saved['scores']['unconditional']) > cfg.cond_threshold)
     assert result['unconditional/num_hits'] == hits
