@@ -1,7 +1,8 @@
 """
-What the machine is: the dtype 'auto' means on it and the one evaluation runs in, the peak FLOPS that MFU divides by, the one-line description that
-results records carry, and the CPU allocator setting that training and sampling make. Imported by train.py,
-evaluate.py, bench.py and repro.py, so none of them imports another for these facts.
+What the machine is: the dtype 'auto' means on it and the one evaluation runs in, the peak FLOPS that MFU divides by,
+the one-line description that results records carry, the CPU allocator setting that training and sampling make, and
+how a process joins its torchrun group. Imported by train.py, evaluate.py, bench.py, repro.py and staging.py, so
+none of them imports another for these facts.
 """
 import ctypes
 import os
@@ -45,6 +46,17 @@ def evaluation_dtype(device_type):
     """Evaluation's dtype, its scorer's too: bf16 on a GPU that has it, else float32; on a CPU always float32, so that
     its figures do not depend on the CPU's instruction set."""
     return 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+
+
+def init_process_group(backend, **kwargs):
+    """torch.distributed's, with torch.distributed.nn imported first. That module binds the default group into its
+    functions' default arguments when it is imported, and torch._dynamo imports it (an optimizer's constructor does, a
+    model's loading may): imported after the group exists, it keeps the group alive past destroy_process_group, so
+    gloo's worker threads run into the interpreter's exit, where one that still drops a tensor aborts the process
+    ("terminate called without an active exception")."""
+    import torch.distributed as dist
+    import torch.distributed.nn  # noqa: F401 (binds None: there is no group yet)
+    dist.init_process_group(backend, **kwargs)
 
 
 def cpu_name():

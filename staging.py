@@ -69,8 +69,9 @@ class Ranks:
         self.cores = max(1, cores // self.local_world)  # this rank's share of the machine's cores
         if self.world > 1:
             import torch
-            import torch.distributed as dist
-            dist.init_process_group('gloo', timeout=datetime.timedelta(days=7))
+
+            import devices
+            devices.init_process_group('gloo', timeout=datetime.timedelta(days=7))
             torch.set_num_threads(self.cores)  # a model scorer on the CPU (torchrun sets 1 thread a process)
 
     def barrier(self):

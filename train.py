@@ -195,7 +195,7 @@ def train(cfg):
     if cfg.device == 'auto':
         cfg.device = devices.default_device()
     if ddp:
-        dist.init_process_group(backend='nccl' if cfg.device.startswith('cuda') else 'gloo')
+        devices.init_process_group('nccl' if cfg.device.startswith('cuda') else 'gloo')
         rank, world = dist.get_rank(), dist.get_world_size()
         if cfg.device.startswith('cuda'):
             cfg.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"

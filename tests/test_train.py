@@ -170,6 +170,30 @@ def test_ddp_matches_gradient_accumulation(tiny_data, tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
+GROUP_THREADS = """import os, sys
+sys.path.insert(0, {root!r})
+import torch.distributed as dist
+import devices
+threads = lambda: len(os.listdir('/proc/self/task'))
+alone = threads()
+devices.init_process_group('gloo', init_method='file://' + {store!r}, rank=0, world_size=1)
+import torch._dynamo  # as an optimizer's constructor does: it imports torch.distributed.nn
+joined = threads()
+dist.destroy_process_group()
+print(alone, joined, threads())
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/task'), reason='counts threads in /proc')
+def test_a_destroyed_group_takes_its_gloo_threads_along(tmp_path):
+    """Else they live into the interpreter's exit, where one can abort the process after the run has ended."""
+    script = GROUP_THREADS.format(root=ROOT, store=str(tmp_path / 'store'))
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+    alone, joined, left = map(int, done.stdout.split())
+    assert joined > alone and left == alone, done.stderr
+
+
 def test_nan_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
     calls = []
     real_mle = train.objectives.mle
