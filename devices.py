@@ -54,8 +54,10 @@ def init_process_group(backend, **kwargs):
     model's loading may): imported after the group exists, it keeps the group alive past destroy_process_group, so
     gloo's worker threads run into the interpreter's exit, where one that still drops a tensor aborts the process
     ("terminate called without an active exception")."""
+    import importlib
+
     import torch.distributed as dist
-    import torch.distributed.nn  # noqa: F401 (binds None: there is no group yet)
+    importlib.import_module('torch.distributed.nn')  # binds None: there is no group yet
     dist.init_process_group(backend, **kwargs)
 
 

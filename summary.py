@@ -53,8 +53,8 @@ def print_summary(s):
     if s['score_failures']:
         print(f"the scorer failed on {s['score_failures']:,} texts, scored 0 (e.g. {s['score_failure_examples'][0]})")
     if s.get('scorer_max_tokens'):
-        print(f"{s['scorer']}: run in {s['scorer_dtype']}, each text cut at {s['scorer_max_tokens']:,} tokens, the most "
-              f"the model reads")
+        print(f"{s['scorer']}: run in {s['scorer_dtype']}, each text cut at {s['scorer_max_tokens']:,} tokens, "
+              f"the most the model reads")
     a = s['aligned']
     print(f"aligned ({s['scorer']} scores): {a['conditional']['segments']:.1%} of segments <= "
           f"{a['conditional']['threshold']:g} (conditional), {a['unlikelihood']['segments']:.1%} <= "
