@@ -111,6 +111,17 @@ def default_device():
     return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else 'cpu'
 
 
+def run_dtype(device, dtype):
+    """The name of the dtype a model runs in on device (None: default_device): dtype, or for 'auto' what it means
+    there (devices.default_dtype)."""
+    if dtype != 'auto':
+        return dtype
+    import torch
+
+    import devices
+    return devices.default_dtype(torch.device(device or default_device()).type)
+
+
 def quiet_transformers():
     import transformers
     transformers.utils.logging.set_verbosity_error()  # no load reports or progress bars in prepare.py's output
@@ -135,10 +146,7 @@ def build(config, state_dict, tokenizer, output, device=None, dtype='auto'):
     if net.config.pad_token_id is None:
         net.config.pad_token_id = tokenizer.pad_token_id
     device = device or default_device()
-    if dtype == 'auto':
-        import devices
-        dtype = devices.default_dtype(torch.device(device).type)
-    net = net.to(device=device, dtype=getattr(torch, dtype)).eval()
+    net = net.to(device=device, dtype=getattr(torch, run_dtype(device, dtype))).eval()
     index, activation, sign = output_of(config, output)
     return Classifier(net, tokenizer, index, activation, sign, max_length(config, tokenizer))
 

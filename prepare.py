@@ -313,8 +313,9 @@ def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=No
 def prepare_shards(cfg, shards, ranks, t0):
     """Each rank scores its share of the unfinished shards into parts; then rank 0 assembles them."""
     settings = dict(source=cfg.source, shards=[[s.name, s.nbytes] for s in shards], task=cfg.task,
-                    scorer=cfg.scorer_desc, rescore=cfg.rescore, val_fraction=cfg.val_fraction,
-                    min_val_docs=cfg.min_val_docs, max_docs=cfg.max_docs, max_bytes=cfg.max_bytes)
+                    scorer=cfg.scorer_desc, score_dtype=cfg.scorer.precision(), rescore=cfg.rescore,
+                    val_fraction=cfg.val_fraction, min_val_docs=cfg.min_val_docs, max_docs=cfg.max_docs,
+                    max_bytes=cfg.max_bytes)
     ranks.check_same(json.dumps(settings))
     parts, scored = Parts(cfg.out_dir, settings), False
     if ranks.rank == 0:

@@ -65,6 +65,10 @@ class Scorer:
                         scores.append(0.0)
         return scores
 
+    def precision(self):
+        """The dtype a model scorer runs in ('bfloat16', 'float32', ...); None for one that runs no model."""
+        return None
+
     def failed(self, text, exc, position=None):
         message = f"{type(exc).__name__}: {exc} (text {text[:60]!r})"
         self.n_failed += 1
@@ -116,8 +120,8 @@ class ClassifierScorer(Scorer):
         return self.load().max_length
 
     def precision(self):
-        """The dtype the model runs in: 'bfloat16', 'float32', ..."""
-        return str(self.load().dtype).removeprefix('torch.')
+        import classifiers
+        return classifiers.run_dtype(self.device, self.dtype)
 
     def score(self, texts):
         self.failed_at = []

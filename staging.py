@@ -86,7 +86,7 @@ class Ranks:
 
     def check_same(self, plan):
         """Stop the job if a rank's plan differs from rank 0's (the source is not on a filesystem all nodes share, or
-        changed while they listed it); the lowest such rank says so."""
+        changed while they listed it; a model scorer would run in another dtype); the lowest such rank says so."""
         if self.world == 1:
             return
         import torch
@@ -96,8 +96,8 @@ class Ranks:
         dist.all_gather(gathered, digest)
         differ = [r for r, d in enumerate(gathered) if not torch.equal(d, gathered[0])]
         if differ and self.rank == differ[0]:
-            raise DataError("the source's shards differ from rank 0's; every rank must see the same files (a "
-                            "filesystem all nodes share)")
+            raise DataError("the source's shards or the scorer's dtype differ from rank 0's; every rank must see the "
+                            "same files (a filesystem all nodes share) and run the scorer in one dtype (--score_dtype)")
         if differ:
             raise SystemExit(1)
 

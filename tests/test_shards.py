@@ -242,6 +242,46 @@ def logged(self, path, **header):  # which shards this run scores
 staging.Part.__init__ = logged
 prepare.main(sys.argv[1:])
 """
+OTHER_DTYPE = """import os, sys
+sys.path.insert(0, {root!r})
+import prepare, scorers
+if os.environ['RANK'] == '1':  # as on a node whose device runs the model in another dtype than rank 0's
+    scorers.ClassifierScorer.precision = lambda self: 'float16'
+prepare.main(sys.argv[1:])
+"""
+
+
+def test_ranks_that_would_score_in_other_dtypes_stop_before_scoring(corpus, tmp_path):
+    root, args = corpus
+    (tmp_path / 'other_dtype.py').write_text(OTHER_DTYPE.format(root=ROOT_DIR))
+    done = torchrun('toxicity', *args, f"--scorer=hf:{root / 'clf'}", '--score_output=rude',
+                    f"--out_dir={tmp_path / 'out'}", script=str(tmp_path / 'other_dtype.py'))
+    errors = [line for line in done.stderr.splitlines() if line.startswith('error')]
+    assert done.returncode != 0 and errors == ["error: rank 1: the source's shards or the scorer's dtype differ from "
+                                               "rank 0's; every rank must see the same files (a filesystem all nodes "
+                                               "share) and run the scorer in one dtype (--score_dtype)"], done.stderr
+    assert not os.path.exists(tmp_path / 'out.parts')  # nothing scored
+
+
+def test_a_resumed_run_scores_in_the_dtype_of_the_parts_it_takes(corpus, tmp_path, monkeypatch, capsys):
+    root, args = corpus
+    out, process_item, seen = str(tmp_path / 'out'), prepare.process_item, []
+
+    def interrupted(kind, payload, key, nbytes):  # in the third shard, after two finished
+        seen.append(key)
+        if seen.count('50') == 3:
+            raise RuntimeError('connection lost')
+        return process_item(kind, payload, key, nbytes)
+    args = ['toxicity', *args, f"--scorer=hf:{root / 'clf'}", '--score_output=rude', f'--out_dir={out}']
+    for dtype, resumed in (('float32', 'resuming: 2 of 6 shards'), ('bfloat16', 'with other settings; starting again')):
+        seen.clear()
+        monkeypatch.setattr(prepare, 'process_item', interrupted)
+        with pytest.raises(RuntimeError):
+            prepare.main(args + ['--score_dtype=float32'])
+        monkeypatch.setattr(prepare, 'process_item', process_item)
+        capsys.readouterr()
+        prepare.main(args + [f'--score_dtype={dtype}'])
+        assert resumed in capsys.readouterr().err
 
 
 def test_a_rank_killed_mid_shard_then_the_same_command(corpus, tmp_path):
