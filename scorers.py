@@ -139,11 +139,12 @@ class ClassifierScorer(Scorer):
 
 
 class ToxicityScorer(ClassifierScorer):
-    """detoxify's toxicity probability, through the classifier path (classifiers.load_detoxify): the same number as
-    Detoxify.predict. model: 'unbiased' (the paper's evaluation scorer, RoBERTa) or 'original' (the BERT that scored
-    the paper's training data), or any detoxify model name; its checkpoint downloads at first use (~500 MB) into
-    torch hub's cache, as detoxify does. Offline: checkpoint= a file in detoxify's format whose config names a local
-    Hugging Face folder (config + tokenizer) as its model_type, or pass that folder as huggingface_config_path."""
+    """detoxify's toxicity probability, through the classifier path (classifiers.load_detoxify): in float32 the same
+    number as Detoxify.predict (bfloat16's distance: docs/benchmarks.md#scoring). model: 'unbiased' (the paper's
+    evaluation scorer, RoBERTa) or 'original' (the BERT that scored the paper's training data), or any detoxify model
+    name; its checkpoint downloads at first use (~500 MB) into torch hub's cache, as detoxify does. Offline:
+    checkpoint= a file in detoxify's format whose config names a local Hugging Face folder (config + tokenizer) as its
+    model_type, or pass that folder as huggingface_config_path."""
     name = 'toxicity'
 
     def __init__(self, model='unbiased', checkpoint=None, huggingface_config_path=None, device=None, dtype='auto',
