@@ -98,6 +98,8 @@ def bench_scoring(args):
             emit(dict(bench='scoring', impl=name, rank=rank, device=device, segments=n, tokens=n_tokens,
                       seconds=round(seconds[name], 3), segments_per_s=round(n / seconds[name], 1),
                       tokens_per_s=round(n_tokens / seconds[name])))
+        if not args.small:
+            bench_budgets(scorer, texts, n_tokens, rank, device)
         t0 = time.perf_counter()
         scorer.load().tokenize(texts)  # the classifier's tokenizer alone: what feeds a GPU
         emit(dict(bench='scoring', impl='classifier_tokenizer', rank=rank, segments=n, tokens=n_tokens,
@@ -110,6 +112,22 @@ def bench_scoring(args):
         if name.startswith('classifier') for base in ('detoxify_predict_sorted', 'detoxify_predict')}))
     if not cuda:  # a GPU machine's image may lack scrubadub; the per-core figures are the CPU's
         bench_cpu_scorers(texts, args.small)
+
+
+def bench_budgets(scorer, texts, n_tokens, rank, device):
+    """The classifier path's tokens/s at other batch budgets (padded tokens a batch) than the device's default
+    (scorers.TOKENS_PER_BATCH): a larger batch keeps a device busier but pads more, its texts' lengths further apart."""
+    import scorers
+    default = scorers.TOKENS_PER_BATCH[scorer.load().device.type]
+    for budget in (default // 4, default // 2, default, default * 2, default * 4):
+        scorer.tokens_per_batch = budget
+        sync(device)
+        t0 = time.perf_counter()
+        scorer.score(texts)
+        sync(device)
+        emit(dict(bench='scoring', impl=f'classifier_{scorer.precision()}_budget', rank=rank, tokens_per_batch=budget,
+                  default=budget == default, tokens_per_s=round(n_tokens / (time.perf_counter() - t0))))
+    scorer.tokens_per_batch = None
 
 
 def bench_cpu_scorers(texts, small):

@@ -4,7 +4,7 @@ detoxify's models through the same path (scorers.ToxicityScorer): detoxify's che
 transformers model it wraps, which is built here and run the same way.
 
     clf = load_folder('HuggingFaceFW/fineweb-edu-classifier', output='-0')   # or a local folder
-    scores, failed = clf.score(texts, tokens_per_batch=8192)
+    scores, failed = clf.score(texts, tokens_per_batch=2048)
 
 Loading runs no code from the files: the weights come from model.safetensors (or a torch file that holds only tensors,
 weights.read_weights), the model class from transformers' own table for the config's model_type (never the

@@ -84,6 +84,11 @@ def scoring_table(rows):
             lines.append('\n' + ', '.join(f"{k} {v}" for k, v in r.items() if k not in ('bench', 'impl', 'rank')))
         elif r['bench'] == 'scoring' and r['impl'] == 'classifier_tokenizer':
             lines.append(f"\nthe classifier's tokenizer alone: {r['tokens_per_s']:,} tokens/s")
+    budgets = [r for r in rows if r['bench'] == 'scoring' and r['impl'].endswith('_budget')]
+    if budgets:
+        lines.append(f"\n{budgets[0]['impl'].removesuffix('_budget')} by its batch budget (padded tokens, * the "
+                     f"default): " + ', '.join(f"{r['tokens_per_batch']:,}{'*' * r['default']} {r['tokens_per_s']:,} "
+                                               f"tokens/s" for r in budgets))
     return lines
 
 

@@ -389,7 +389,7 @@ def main(argv=None):
                         "FineWeb-Edu's educational score); default: the only output")
     p.add_argument('--score_dtype', default='auto', choices=('auto', 'float32', 'bfloat16'),
                    help="a model scorer's precision: auto is bfloat16 on a GPU and on a CPU with AMX or AVX512-BF16 "
-                        "(4x float32 there, docs/benchmarks.md), else float32; float32 gives Detoxify.predict's "
+                        "(3.6x float32 there, docs/benchmarks.md), else float32; float32 gives Detoxify.predict's "
                         "numbers")
     p.add_argument('--detoxify_model', default='original',
                    help="toxicity scorer model: 'original' scored the paper's training data, 'unbiased' evaluates")

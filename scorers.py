@@ -81,7 +81,7 @@ class Scorer:
         return {k: None if k.startswith('_') else v for k, v in self.__dict__.items()}
 
 
-TOKENS_PER_BATCH = {'cpu': 8192, 'cuda': 131072}  # a classifier's batch: padded tokens (docs/scoring.md)
+TOKENS_PER_BATCH = {'cpu': 2048, 'cuda': 131072}  # a classifier's batch: padded tokens (docs/benchmarks.md#scoring)
 
 
 class ClassifierScorer(Scorer):

@@ -116,3 +116,15 @@ def test_fewer_parts_share_a_smaller_gpu():
     assert gpu_check.fewer_at_once(gpu_check.GPU, 140.4).at_once == dict(compile=4, objective=7)  # an H200
     assert gpu_check.fewer_at_once(gpu_check.GPU, 79.6).at_once == dict(compile=2, objective=4)  # an H100
     assert gpu_check.fewer_at_once(gpu_check.GPU, None).at_once == dict(compile=4, objective=7)  # not known
+
+
+def test_the_scoring_report_reads_the_batch_budgets():
+    import gpu_report
+    rows = [dict(bench='scoring', impl='classifier_bfloat16', rank=0, device='cuda:0', segments=20000, tokens=460000,
+                 seconds=0.5, segments_per_s=40000.0, tokens_per_s=920000)] + [
+        dict(bench='scoring', impl='classifier_bfloat16_budget', rank=0, tokens_per_batch=b, default=b == 131072,
+             tokens_per_s=s) for b, s in ((32768, 700000), (131072, 920000), (524288, 1010000))]
+    lines = gpu_report.scoring_table(rows)
+    assert '| classifier_bfloat16 | cuda:0 | 20,000 | 460,000 | 0.5 | 920,000 |' in lines
+    assert lines[-1] == ('\nclassifier_bfloat16 by its batch budget (padded tokens, * the default): 32,768 700,000 '
+                         'tokens/s, 131,072* 920,000 tokens/s, 524,288 1,010,000 tokens/s')
