@@ -35,7 +35,7 @@ class Classifier:
     def __init__(self, net, tokenizer, index, activation, sign, max_length):
         self.net, self.tokenizer, self.index, self.activation, self.sign = net, tokenizer, index, activation, sign
         self.max_length = max_length
-        self.device, self.dtype = next(net.parameters()).device, next(net.parameters()).dtype
+        self.device = next(net.parameters()).device
 
     def score(self, texts, tokens_per_batch, max_texts):
         """(one score per text, [(position, exception)] of the texts that failed and scored 0.0). Texts are sorted by

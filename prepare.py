@@ -37,10 +37,10 @@ Scorers (--scorer): the task's (detoxify, scrubadub, pycodestyle), profanity, or
 classifier (a folder or a hub name; scorers.ClassifierScorer, classifiers.py) with --score_output saying which output
 is the misalignment score; a model runs on this rank's GPU, else on the CPU, in bfloat16 where the device has it
 natively (a CPU with AMX or AVX512-BF16), else in float32, its texts cut at the model's maximum length (the summary
-says both). A scorer whose scale is not the task's re-scores the dataset's
-records, and the summary prints the thresholds train.py takes for it: its scores' quantiles at the shares of aligned
-segments and kept documents that the paper's thresholds give on the paper's data (data.Task). The split's header
-records the scorer (scorers.describe), and evaluation judges samples with it.
+says both). A scorer whose scale is not the task's re-scores the dataset's records, and the summary prints the
+thresholds train.py takes for it: its scores' quantiles at the shares of aligned segments and kept documents that the
+paper's thresholds give on the paper's data (data.Task). The split's header records the scorer (scorers.describe),
+and evaluation judges samples with it.
 Large corpora: all cores (a process pool over chunks of documents, at most two chunks per process in flight, so
 memory does not grow with the corpus), a progress bar on stderr (input bytes against the source's size with rate
 and ETA, documents, tokens, shard). The source is planned as shards (sources.py): the hub's data files, a folder's
