@@ -108,7 +108,13 @@ def batches(order, lengths, tokens_per_batch, max_texts):
 def default_device():
     """This rank's GPU (LOCAL_RANK under torchrun) where there is one, else the CPU."""
     import torch
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else 'cpu'
+    if not torch.cuda.is_available():
+        return 'cpu'
+    local_rank, n_gpus = int(os.environ.get('LOCAL_RANK', 0)), torch.cuda.device_count()
+    if local_rank >= n_gpus:
+        raise ClassifierError(f"local rank {local_rank} on a machine with {n_gpus} GPUs: a model scorer takes a GPU "
+                              f"a rank, so start at most {n_gpus} a machine (torchrun --nproc_per_node={n_gpus})")
+    return f"cuda:{local_rank}"
 
 
 def run_dtype(device, dtype):
@@ -145,7 +151,9 @@ def build(config, state_dict, tokenizer, output, device=None, dtype='auto'):
         tokenizer.pad_token = tokenizer.eos_token
     if net.config.pad_token_id is None:
         net.config.pad_token_id = tokenizer.pad_token_id
-    device = device or default_device()
+    device = torch.device(device or default_device())
+    if device.type == 'cuda':  # this rank's GPU is the current one, so no other GPU's memory is touched
+        torch.cuda.set_device(device)
     net = net.to(device=device, dtype=getattr(torch, run_dtype(device, dtype))).eval()
     index, activation, sign = output_of(config, output)
     return Classifier(net, tokenizer, index, activation, sign, max_length(config, tokenizer))

@@ -121,7 +121,10 @@ class ClassifierScorer(Scorer):
 
     def precision(self):
         import classifiers
-        return classifiers.run_dtype(self.device, self.dtype)
+        try:
+            return classifiers.run_dtype(self.device, self.dtype)
+        except classifiers.ClassifierError as e:  # no GPU for this rank
+            raise ScorerError(str(e)) from None
 
     def score(self, texts):
         self.failed_at = []

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+import classifiers
 import devices
 import prepare
 import scorers
@@ -282,6 +283,21 @@ def test_a_resumed_run_scores_in_the_dtype_of_the_parts_it_takes(corpus, tmp_pat
         capsys.readouterr()
         prepare.main(args + [f'--score_dtype={dtype}'])
         assert resumed in capsys.readouterr().err
+
+
+def test_a_rank_beyond_the_machines_gpus_stops_with_one_line(corpus, tmp_path, monkeypatch):
+    import torch
+    root, args = corpus
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # as on a node with 2 GPUs and a third rank
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setenv('LOCAL_RANK', '2')
+    with pytest.raises(SystemExit, match=r"^error: local rank 2 on a machine with 2 GPUs: a model scorer takes a GPU "
+                                         r"a rank, so start at most 2 a machine \(torchrun --nproc_per_node=2\)$"):
+        prepare.main(['toxicity', *args, f"--scorer=hf:{root / 'clf'}", '--score_output=rude',
+                      f"--out_dir={tmp_path / 'out'}"])
+    assert not os.path.exists(tmp_path / 'out.parts')  # stopped before scoring
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    assert classifiers.default_device() == 'cuda:1'
 
 
 def test_a_rank_killed_mid_shard_then_the_same_command(corpus, tmp_path):
