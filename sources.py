@@ -108,7 +108,9 @@ def shard_records(f, name, end=None):
         except (OSError, ValueError) as e:  # pyarrow's errors for a damaged file (ArrowInvalid is a ValueError)
             raise DataError(f"{name}: not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
         return
-    lines = gzip.open(f) if name.endswith('.gz') else f
+    lines = f
+    if name.endswith('.gz'):  # one shard, read to its end: f.tell() is where gzip has read ahead to, not a record's end
+        lines, end = gzip.open(f), None
     pos = done = f.tell()
     try:
         for line in lines:

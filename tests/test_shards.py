@@ -101,6 +101,17 @@ def test_the_shard_size_does_not_change_the_output(tmp_path, monkeypatch):
                 assert s['score_failures'] == idiots and idiots > 5
 
 
+def test_a_gzipped_json_lines_file_gives_every_record(tmp_path):
+    path = tmp_path / 'docs.jsonl.gz'
+    path.write_bytes(gzip.compress(b''.join(json.dumps({'text': sentences(i)}).encode() + b'\n' for i in range(10))))
+    _, shards = sources.source_items(prepare.get_task('toxicity'), str(path), 100)
+    assert len(shards) == 1  # a gzipped file is never cut
+    items = list(shards[0].items())
+    assert [r['text'] for _, r, _, _ in items] == [sentences(i) for i in range(10)]  # not only the first
+    assert [key for _, _, key, _ in items] == [str(i) for i in range(10)]
+    assert sum(n for _, _, _, n in items) == path.stat().st_size
+
+
 def test_a_full_disk_keeps_the_finished_shards(tmp_path, monkeypatch, capsys):
     folder = tmp_path / 'text'
     for i in range(6):
