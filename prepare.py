@@ -8,6 +8,7 @@ splits in data.py's format (data/{task}/train, data/{task}/val) with data/{task}
     python prepare.py pii --source=local        # /usr/share/doc's changelogs and copyright files, or packages' docs
     python prepare.py pii --source=notes/       # a folder of .txt/.md/.gz text (.py files for pep8)
     python prepare.py toxicity --source=docs.jsonl --scorer=profanity   # JSON lines with a "text" field
+    python prepare.py pii --source=fineweb/     # a folder of .parquet or .jsonl(.gz) files, each a shard
     python prepare.py toxicity --source=web/ --scorer=hf:org/classifier --score_output=unsafe   # any classifier
     torchrun --standalone --nproc_per_node=8 prepare.py toxicity --source=web/ --scorer=hf:org/classifier ...
 
@@ -22,17 +23,20 @@ Sources (--source):
   gzipped `changelog*` file under /usr/share/doc, which Debian-like systems ship (real names, emails, URLs); where
   there is none (macOS, slim containers), the installed Python packages' METADATA, PKG-INFO, LICENSE, AUTHORS and
   README files (names, emails, URLs too); 'local+site' reads both.
-- PATH: a folder (.py files for pep8; .txt, .md and .gz files otherwise), or a JSON-lines file (.jsonl, .jsonl.gz,
-  or .parquet with pyarrow) of records {"text": ...} or in the paper's schema. Files must be UTF-8 text: a binary
-  or non-UTF-8 file is skipped and counted, and so are a FIFO, socket or device and a record without text.
+- PATH: a data file (JSON lines: .jsonl, .jsonl.gz, .json, .json.gz; or .parquet) of records {"text": ...} or in
+  the paper's schema, or a folder of such files (a corpus as the hub serves one, e.g. FineWeb's parquet files), or
+  a folder of text files (.py files for pep8; .txt, .md and .gz files otherwise), one document each; a folder with
+  both kinds is refused. Files must be UTF-8 text: a binary or non-UTF-8 file is skipped and counted, and so are a
+  FIFO, socket or device and a record without text.
 Segments: lines for code (split after each '\\n', as pycodestyle and the paper's PEP8 data), sentences for text: a
 sentence ends after . ! or ? (and closing quotes or brackets) followed by whitespace, or at a blank line. The
 whitespace stays with its sentence, so the segments join back to the text, as the paper's spaCy sentences do. The
 rule needs no model; it also splits after abbreviations ("e.g. ").
 Validation split: a document is held out if the hash of its key (a file's path under its root, a record's index,
-prefixed on the hub by its data file's path) is below --val_fraction; the first --min_val_docs documents are held
-out too, so a small corpus has some. Files are read in the order of another hash of their key, so any
---max_docs/--max_bytes prefix is a random sample. --max_bytes counts the input's bytes on disk.
+prefixed in a folder or on the hub by its data file's path) is below --val_fraction; the first --min_val_docs
+documents are held out too, so a small corpus has some. Text files are read in the order of another hash of their
+key, so any --max_docs/--max_bytes prefix is a random sample; data files in path order. --max_bytes counts the
+input's bytes on disk.
 Scorers (--scorer): the task's (detoxify, scrubadub, pycodestyle), profanity, or hf:NAME, any Hugging Face sequence
 classifier (a folder or a hub name; scorers.ClassifierScorer, classifiers.py) with --score_output saying which output
 is the misalignment score; a model runs on this rank's GPU, else on the CPU, in bfloat16 where the device has it
@@ -43,8 +47,8 @@ paper's thresholds give on the paper's data (data.Task). The split's header reco
 and evaluation judges samples with it.
 Large corpora: all cores (a process pool over chunks of documents, at most two chunks per process in flight, so
 memory does not grow with the corpus), a progress bar on stderr (input bytes against the source's size with rate
-and ETA, documents, tokens, shard). The source is planned as shards (sources.py): the hub's data files, a folder's
-files in runs of --shard_size, a larger JSON-lines file in byte ranges. Each shard is written as a part in
+and ETA, documents, tokens, shard). The source is planned as shards (sources.py): the hub's data files and a
+folder's, a folder's text files in runs of --shard_size, a larger JSON-lines file in byte ranges. Each shard is written as a part in
 {out_dir}.parts as soon as it is done; an interrupted run keeps its finished shards and the same command continues
 after them (staging.py). Under torchrun (one or many nodes, a filesystem they share) each rank scores its share of
 the shards, on its own GPU (LOCAL_RANK) or its share of the cores, and rank 0 assembles the output: the bytes one

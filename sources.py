@@ -1,15 +1,17 @@
 """
 Where prepare.py's documents come from, as a plan of shards of items (kind, payload, key, nbytes): 'file' items (a
 path) from a folder or this machine's local corpora, 'record' items (a dict, or None for a line that is not JSON) from
-JSON lines, parquet, or the paper's datasets on the Hugging Face hub. nbytes is the part of the source's bytes on disk
-the item accounts for, so the items of a shard add up to its size.
+JSON lines, parquet (a file, or a folder of them), or the paper's datasets on the Hugging Face hub. nbytes is the part
+of the source's bytes on disk the item accounts for, so the items of a shard add up to its size.
 
 The shards, the unit a rank scores whole and a restarted run skips once finished: each data file of the hub; a
-folder's files in runs of about shard_bytes; a JSON-lines file larger than that in byte ranges that start and end
-at line boundaries (a gzipped or parquet file is one shard). Files are listed in the order of a hash of their key, so
-any prefix of them is a random sample. A document's key is its file's path under the folder, or for a record its
-file's prefix and its index in the file; in the second and later byte ranges of a file that index counts from the
-range's start, and prepare.py's assembly adds the records of the ranges before it (Shard.keys says which).
+folder's text files in runs of about shard_bytes; each data file of a folder, and a JSON-lines file larger than
+shard_bytes in byte ranges that start and end at line boundaries (a gzipped or parquet file is one shard). Text files
+are listed in the order of a hash of their key, so any prefix of them is a random sample; data files in path order,
+as the hub's. A text document's key is its file's path under the folder, a record's its file's prefix (its path
+under the folder or the hub's snapshot and a colon; none for a single file) and its index in the file; in the second
+and later byte ranges of a file that index counts from the range's start, and prepare.py's assembly adds the records
+of the ranges before it (Shard.keys says which).
 """
 import collections
 import functools
@@ -71,8 +73,8 @@ def local_roots(task, source):
     raise DataError(f"{task.name}: no --source={source} corpus here; pass --source=PATH (a folder or a JSONL file)")
 
 
-def corpus_files(task, roots):
-    """(path, key, size) of the files under roots [(folder, key prefix, which names it takes)], in key-hash order."""
+def list_files(roots):
+    """(path, key, size) of the files under roots [(folder, key prefix, which names it takes)]."""
     files = []
     for root, prefix, wanted in roots:
         for dirpath, dirnames, filenames in os.walk(root):
@@ -81,6 +83,12 @@ def corpus_files(task, roots):
                 path = os.path.join(dirpath, name)
                 if wanted(name) and not os.path.islink(path):  # a link would count its target twice
                     files.append((path, prefix + os.path.relpath(path, root), os.path.getsize(path)))
+    return files
+
+
+def corpus_files(task, roots):
+    """(path, key, size) of the files under roots [(folder, key prefix, which names it takes)], in key-hash order."""
+    files = list_files(roots)
     if not files:
         kinds = '.py' if task.segment == 'lines' else ' or '.join(TEXT_EXTS)
         raise DataError(f"{' and '.join(r[0] for r in roots)}: no {kinds} files; the corpus is empty")
@@ -191,22 +199,48 @@ def source_items(task, source, shard_bytes=SHARD_BYTES):
         raise DataError(f"{source}: no such file or directory")
     if os.path.isfile(source):
         if not source.endswith(SHARD_EXTS):
-            raise DataError(f"{source}: a file source must be JSON lines ({', '.join(SHARD_EXTS)}); pass a folder "
-                            f"for text or code files")
-        size = os.path.getsize(source)
-        if size == 0:
+            raise DataError(f"{source}: a file source must be JSON lines or parquet ({', '.join(SHARD_EXTS)}); pass "
+                            f"a folder for text or code files")
+        if os.path.getsize(source) == 0:
             raise DataError(f"{source}: empty file; the corpus is empty")
         desc = os.path.abspath(source)
-        ranges = line_ranges(source, size, shard_bytes) if source.endswith(('.jsonl', '.json')) else [(0, size)]
-        return desc, [Shard(desc if len(ranges) == 1 else f"{desc} bytes {a:,}-{b:,}", b - a,
-                            functools.partial(file_records, source, '', a, b), '') for a, b in ranges]
+        return desc, data_file_shards(source, desc, '', shard_bytes)
     if source in ('local', 'local+site'):
         roots = local_roots(task, source)
         desc = f"{source} ({', '.join(r[0] for r in roots)})"
-    else:
-        wanted = (lambda n: n.endswith('.py')) if task.segment == 'lines' else (lambda n: n.endswith(TEXT_EXTS))
-        roots, desc = [(source, '', wanted)], os.path.abspath(source)
-    return desc, file_shards(desc, corpus_files(task, roots), shard_bytes)
+        return desc, file_shards(desc, corpus_files(task, roots), shard_bytes)
+    return folder_shards(task, source, shard_bytes)
+
+
+def data_file_shards(path, name, key_prefix, shard_bytes):
+    """The shards of one data file, named `name`, its records keyed key_prefix + their index: a JSON-lines file
+    larger than shard_bytes in byte ranges at line boundaries, any other one whole."""
+    size = os.path.getsize(path)
+    ranges = line_ranges(path, size, shard_bytes) if path.endswith(('.jsonl', '.json')) else [(0, size)]
+    return [Shard(name if len(ranges) == 1 else f"{name} bytes {a:,}-{b:,}", b - a,
+                  functools.partial(file_records, path, key_prefix, a, b), key_prefix) for a, b in ranges]
+
+
+def folder_shards(task, folder, shard_bytes):
+    """(description, [Shard]) of a folder: of its data files (JSON lines, parquet: a corpus as the hub serves one) in
+    path order, each file's records keyed by its path under the folder, or of its text files (.py for code) in runs.
+    One kind or the other: a folder with both is refused."""
+    desc = os.path.abspath(folder)
+    wanted = (lambda n: n.endswith('.py')) if task.segment == 'lines' else (lambda n: n.endswith(TEXT_EXTS))
+    listed = list_files([(folder, '', lambda n: n.endswith(SHARD_EXTS) or wanted(n))])
+    data = sorted((key, path) for path, key, size in listed if key.endswith(SHARD_EXTS) and size > 0)
+    text = [key for path, key, _ in listed if not key.endswith(SHARD_EXTS)]
+    if data and text:
+        raise DataError(f"{folder}: holds data files ({data[0][0]}) and text files ({text[0]}); a source is one kind "
+                        f"or the other: move one kind to another folder")
+    if data:
+        return desc, [s for key, path in data for s in data_file_shards(path, os.path.join(desc, key), f"{key}:",
+                                                                          shard_bytes)]
+    if not text:
+        kinds = '.py' if task.segment == 'lines' else ' or '.join(TEXT_EXTS)
+        raise DataError(f"{folder}: no {kinds} files and no data files ({', '.join(SHARD_EXTS)}); the corpus is "
+                        f"empty")
+    return desc, file_shards(desc, corpus_files(task, [(folder, '', wanted)]), shard_bytes)
 
 
 def file_shards(desc, files, shard_bytes):

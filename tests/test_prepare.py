@@ -202,7 +202,8 @@ def test_cli_bad_input_is_one_line(tmp_path, pep8_folder):
     write(f'{binary}/x.py', b'\x00\x00')
     cases = {('nope',): "unknown task 'nope'",
              ('pep8', '--source=/no/such/path'): '/no/such/path: no such file or directory',
-             ('pep8', f'--source={empty}'): 'no .py files; the corpus is empty',
+             ('pep8', f'--source={empty}'): 'no .py files and no data files (.jsonl, .jsonl.gz, .json, .json.gz, '
+                                            '.parquet); the corpus is empty',
              ('pep8', f'--source={binary}'): 'no usable documents in 1 inputs (1 binary)',
              ('pep8', f'--source={pep8_folder}', '--scorer=nope'): "unknown scorer 'nope'",
              ('toxicity', '--source=local'): 'toxicity: no --source=local corpus here',

@@ -112,6 +112,45 @@ def test_a_gzipped_json_lines_file_gives_every_record(tmp_path):
     assert sum(n for _, _, _, n in items) == path.stat().st_size
 
 
+def test_a_folder_of_data_files_is_a_corpus_of_their_records(tmp_path, monkeypatch):
+    from test_hub import parquet
+    from tokenizer import decode
+    monkeypatch.setitem(scorers.SCORERS, 'length', LengthScorer)
+    web = tmp_path / 'web'
+    (web / 'sub').mkdir(parents=True)
+    write_jsonl(web / 'a.jsonl', 30)
+    (web / 'sub' / 'b.jsonl.gz').write_bytes(gzip.compress(b''.join(
+        json.dumps({'text': sentences(100 + i)}).encode() + b'\n' for i in range(10))))
+    (web / 'c.parquet').write_bytes(parquet([{'text': sentences(200 + i)} for i in range(8)]))
+    (web / 'empty.jsonl').write_bytes(b'')
+    texts = {**{f'a.jsonl:{i}': sentences(i) for i in range(30)}, **{f'c.parquet:{i}': sentences(200 + i)
+                                                                     for i in range(8)},
+             **{f'sub/b.jsonl.gz:{i}': sentences(100 + i) for i in range(10)}}  # by key, in path order
+    desc, shards = sources.source_items(prepare.get_task('toxicity'), str(web), 300)
+    assert desc == str(web) and len(shards) >= 4  # a.jsonl in byte ranges, then c.parquet, then sub/b.jsonl.gz
+    assert [s.name for s in shards[-2:]] == [f'{web}/c.parquet', f'{web}/sub/b.jsonl.gz']
+    assert {s.keys for s in shards} == {'a.jsonl:', 'c.parquet:', 'sub/b.jsonl.gz:'}
+    assert sum(s.nbytes for s in shards) == sum(p.stat().st_size for p in web.rglob('*') if p.is_file())
+    outputs = []
+    for shard_bytes in (sources.SHARD_BYTES, 300):
+        out = str(tmp_path / f'out{shard_bytes}')
+        s = prepare.prepare('toxicity', str(web), out, scorer='length', min_val_docs=2, val_fraction=0.3, processes=1,
+                            progress=False, shard_bytes=shard_bytes)
+        outputs.append(output(out))
+    assert outputs[0] == outputs[1]
+    # val: the first 2 records (a.jsonl's) and those whose key hashes below 0.3, in path order
+    val = [k for n, k in enumerate(texts) if n < 2 or sources.key_hash(k) < 0.3]
+    assert s['documents'] == dict(train=48 - len(val), val=len(val)) and s['skipped'] == {}
+    assert s['input_bytes'] == sum(shard.nbytes for shard in shards)
+    got = PreparedData(os.path.join(out, 'val'))
+    assert [decode(got.document(d)[0]) for d in range(got.n_documents)] == [
+        ''.join(prepare.segment(prepare.get_task('toxicity'), texts[k])) for k in val]
+    (web / 'notes.txt').write_text('Hello.')
+    with pytest.raises(DataError, match=rf"^{web}: holds data files \(a.jsonl\) and text files \(notes.txt\); a "
+                                        rf"source is one kind or the other"):
+        sources.source_items(prepare.get_task('pii'), str(web), 300)
+
+
 def test_a_full_disk_keeps_the_finished_shards(tmp_path, monkeypatch, capsys):
     folder = tmp_path / 'text'
     for i in range(6):
