@@ -46,17 +46,17 @@ thresholds train.py takes for it: its scores' quantiles at the shares of aligned
 paper's thresholds give on the paper's data (data.Task). The split's header records the scorer (scorers.describe),
 and evaluation judges samples with it.
 Large corpora: all cores (a process pool over chunks of documents, at most two chunks per process in flight, so
-memory does not grow with the corpus), a progress bar on stderr (input bytes against the source's size with rate
-and ETA, documents, tokens, shard). The source is planned as shards (sources.py): the hub's data files and a
-folder's, a folder's text files in runs of --shard_size, a larger JSON-lines file in byte ranges. Each shard is written as a part in
-{out_dir}.parts as soon as it is done; an interrupted run keeps its finished shards and the same command continues
-after them (staging.py). Under torchrun (one or many nodes, a filesystem they share) each rank scores its share of
-the shards, on its own GPU (LOCAL_RANK) or its share of the cores, and rank 0 assembles the output: the bytes one
-process writes, whatever the number of ranks or where a run stopped (a batched model's scores depend in their last
-bits on which texts share a batch, so keep --shard_size to get the same bytes again). The output is assembled in
-{out_dir}.tmp-PID and moved into place only when complete; what an interrupted run leaves is removed by the next one.
-Its memory follows the largest document, not the corpus; docs/benchmarks.md has its speed and memory as measured,
-docs/scoring.md how to score a large corpus on many GPUs.
+memory does not grow with the corpus), a progress bar on stderr (input bytes against the source's size with rate and
+ETA, documents, tokens, shard). The source is planned as shards (sources.py): the hub's data files and a folder's (a
+JSON-lines file larger than --shard_size in byte ranges), a folder's text files in runs of --shard_size. Each shard
+is written as a part in {out_dir}.parts as soon as it is done; an interrupted run keeps its finished shards and the
+same command continues after them (staging.py). Under torchrun (one or many nodes, a filesystem they share) each
+rank scores its share of the shards, on its own GPU (LOCAL_RANK) or its share of the cores, and rank 0 assembles the
+output: the bytes one process writes, whatever the number of ranks or where a run stopped (a batched model's scores
+depend in their last bits on which texts share a batch, so keep --shard_size to get the same bytes again). The
+output is assembled in {out_dir}.tmp-PID and moved into place only when complete; what an interrupted run leaves is
+removed by the next one. Its memory follows the largest document, not the corpus; docs/benchmarks.md has its speed
+and memory as measured, docs/scoring.md how to score a large corpus on many GPUs.
 """
 import argparse
 import collections

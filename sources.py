@@ -4,9 +4,9 @@ path) from a folder or this machine's local corpora, 'record' items (a dict, or 
 JSON lines, parquet (a file, or a folder of them), or the paper's datasets on the Hugging Face hub. nbytes is the part
 of the source's bytes on disk the item accounts for, so the items of a shard add up to its size.
 
-The shards, the unit a rank scores whole and a restarted run skips once finished: each data file of the hub; a
-folder's text files in runs of about shard_bytes; each data file of a folder, and a JSON-lines file larger than
-shard_bytes in byte ranges that start and end at line boundaries (a gzipped or parquet file is one shard). Text files
+The shards, the unit a rank scores whole and a restarted run skips once finished: each data file of the hub or of a
+folder, or a single one, a JSON-lines file larger than shard_bytes in byte ranges that start and end at line
+boundaries (a gzipped or parquet file is one shard); a folder's text files in runs of about shard_bytes. Text files
 are listed in the order of a hash of their key, so any prefix of them is a random sample; data files in path order,
 as the hub's. A text document's key is its file's path under the folder, a record's its file's prefix (its path
 under the folder or the hub's snapshot and a colon; none for a single file) and its index in the file; in the second
@@ -191,10 +191,8 @@ def source_items(task, source, shard_bytes=SHARD_BYTES):
     if not source:
         folder, files = hub_files(task.hf_dataset)
         commit = os.path.basename(folder)  # the snapshot folder is named after the commit: part of each shard's name
-        return f"hf:{task.hf_dataset}", [
-            Shard(f"{commit}/{name}", os.path.getsize(os.path.join(folder, name)),
-                  functools.partial(file_records, os.path.join(folder, name), f"{name}:"), f"{name}:")
-            for name in files]
+        return f"hf:{task.hf_dataset}", [s for name in files for s in data_file_shards(
+            os.path.join(folder, name), f"{commit}/{name}", f"{name}:", shard_bytes)]
     if source not in ('local', 'local+site') and not os.path.exists(source):
         raise DataError(f"{source}: no such file or directory")
     if os.path.isfile(source):

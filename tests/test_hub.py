@@ -16,6 +16,7 @@ import pytest
 from tqdm import tqdm
 
 import prepare
+import sources
 from conftest import ROOT_DIR
 from data import FILES, DataError, PreparedData
 from tokenizer import decode
@@ -200,6 +201,12 @@ def test_pii_parquet_and_pep8_jsonl_shards(tmp_path, hub_cache):
     assert s['documents']['train'] + s['documents']['val'] == 5
     assert s['aligned']['conditional']['segments'] == 0.5  # the released line scores: 0.25 and 0.0
     assert os.path.getsize(plain) < s['input_bytes'] <= os.path.getsize(plain) + os.path.getsize(gz)
+    shards = sources.source_items(prepare.get_task('pep8'), '', 100)[1]  # the JSON-lines file in byte ranges
+    assert [s.keys for s in shards] == ['data/train-00000-of-00002.jsonl:'] * 2 + [
+        'data/train-00001-of-00002.jsonl.gz:']
+    assert shards[0].name.endswith('data/train-00000-of-00002.jsonl bytes 0-238')
+    prepare.prepare('pep8', '', str(tmp_path / 'ranges'), min_val_docs=1, processes=1, progress=False, shard_bytes=100)
+    assert output(str(tmp_path / 'ranges')) == output(str(tmp_path / 'pep8'))
 
 
 def test_progress_shows_bytes_documents_tokens_and_eta(tmp_path, toxicity_hub, monkeypatch):
