@@ -23,11 +23,11 @@ Sources (--source):
   gzipped `changelog*` file under /usr/share/doc, which Debian-like systems ship (real names, emails, URLs); where
   there is none (macOS, slim containers), the installed Python packages' METADATA, PKG-INFO, LICENSE, AUTHORS and
   README files (names, emails, URLs too); 'local+site' reads both.
-- PATH: a data file (JSON lines: .jsonl, .jsonl.gz, .json, .json.gz; or .parquet) of records {"text": ...} or in
-  the paper's schema, or a folder of such files (a corpus as the hub serves one, e.g. FineWeb's parquet files), or
-  a folder of text files (.py files for pep8; .txt, .md and .gz files otherwise), one document each; a folder with
-  both kinds is refused. Files must be UTF-8 text: a binary or non-UTF-8 file is skipped and counted, and so are a
-  FIFO, socket or device and a record without text.
+- PATH: a data file (JSON lines: .jsonl, .jsonl.gz, .json, .json.gz; or .parquet) of records {"text": ...} (another
+  field with --text_field) or in the paper's schema, or a folder of such files (a corpus as the hub serves one, e.g.
+  FineWeb's parquet files), or a folder of text files (.py files for pep8; .txt, .md and .gz files otherwise), one
+  document each; a folder with both kinds is refused. Files must be UTF-8 text: a binary or non-UTF-8 file is
+  skipped and counted, and so are a FIFO, socket or device and a record without text.
 Segments: lines for code (split after each '\\n', as pycodestyle and the paper's PEP8 data), sentences for text: a
 sentence ends after . ! or ? (and closing quotes or brackets) followed by whitespace, or at a blank line. The
 whitespace stays with its sentence, so the segments join back to the text, as the paper's spaCy sentences do. The
@@ -122,9 +122,9 @@ def read_text(path):
         raise DataError('not UTF-8') from None
 
 
-def record_segments(task, r, rescore):
+def record_segments(task, r, rescore, text_field='text'):
     """(segments, scores or None if we must score them, document score or None) of a record: the paper's schema
-    (texts, scores, avg_score) or {'text': ...}."""
+    (texts, scores, avg_score) or {text_field: ...}."""
     if isinstance(r, dict) and isinstance(r.get('texts'), list) and all(isinstance(t, str) for t in r['texts']):
         scores = r.get('scores')
         if scores is None or rescore:
@@ -137,9 +137,9 @@ def record_segments(task, r, rescore):
         if len(values) != len(r['texts']) + 1 or not np.isfinite(values).all():
             raise DataError('scores do not match texts')
         return r['texts'], values[:-1].tolist(), doc_score
-    if isinstance(r, dict) and isinstance(r.get('text'), str):
-        return segment(task, r['text']), None, None
-    raise DataError("no 'text' or 'texts'")
+    if isinstance(r, dict) and isinstance(r.get(text_field), str):
+        return segment(task, r[text_field]), None, None
+    raise DataError(f"no {text_field!r} or 'texts'")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,8 +148,9 @@ def record_segments(task, r, rescore):
 _worker = {}
 
 
-def init_worker(task_name, scorer, rescore):
-    _worker.update(task=get_task(task_name), scorer=scorers.get_scorer(scorer), rescore=rescore, enc=get_tokenizer())
+def init_worker(task_name, scorer, rescore, text_field):
+    _worker.update(task=get_task(task_name), scorer=scorers.get_scorer(scorer), rescore=rescore, text_field=text_field,
+                   enc=get_tokenizer())
 
 
 def process_item(kind, payload, key, nbytes):
@@ -161,7 +162,7 @@ def process_item(kind, payload, key, nbytes):
         elif payload is None:
             raise DataError('invalid JSON')
         else:
-            segments, scores, doc_score = record_segments(task, payload, _worker['rescore'])
+            segments, scores, doc_score = record_segments(task, payload, _worker['rescore'], _worker['text_field'])
     except DataError as e:
         return Doc(None, None, None, None, None, nbytes, str(e), False, 0, [])
     if not ''.join(segments).strip():
@@ -238,7 +239,7 @@ def score_shards(shards, todo, parts, cfg):
     bar = progress_bar(min(size, cfg.max_bytes or size), 0, cfg.progress)
     part, i, n_docs, n_tokens = None, None, 0, 0
     try:
-        for i, docs in run_chunks(chunks, cfg.processes, (cfg.task, cfg.scorer_desc, cfg.rescore)):
+        for i, docs in run_chunks(chunks, cfg.processes, (cfg.task, cfg.scorer_desc, cfg.rescore, cfg.text_field)):
             part = part or Part(parts.path(i), task=cfg.task, source=cfg.source, scorer=cfg.scorer_desc)
             if not docs:  # the shard is complete
                 part.finish()
@@ -277,6 +278,7 @@ class Run:
     scorer_desc: str  # the scorer's description (scorers.describe), what the headers record
     scorer: scorers.Scorer  # the main process's: a batched model scores here
     rescore: bool
+    text_field: str  # a record's text, where it is not in the paper's schema
     val_fraction: float
     min_val_docs: int
     max_docs: Optional[int]
@@ -286,8 +288,8 @@ class Run:
 
 
 def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=None, score_dtype='auto',
-            rescore=False, val_fraction=0.05, min_val_docs=3, max_docs=None, max_bytes=None, shard_bytes=SHARD_BYTES,
-            processes=None, progress=True):
+            rescore=False, text_field='text', val_fraction=0.05, min_val_docs=3, max_docs=None, max_bytes=None,
+            shard_bytes=SHARD_BYTES, processes=None, progress=True):
     """Build {out_dir}/train, {out_dir}/val and {out_dir}/summary.json; returns the summary (None on the ranks but
     0 under torchrun). Continues after the shards that an interrupted run with the same source and settings finished
     (staging.py). A scorer on another scale than the task's re-scores the dataset's scored records. score_dtype: a
@@ -307,8 +309,9 @@ def prepare(task_name, source='', out_dir=None, *, scorer=None, scorer_kwargs=No
         if ranks.rank == 0:
             ranks.barrier()
         cfg = Run(task=task.name, source=desc, out_dir=out_dir, scorer_desc=scorer_desc, scorer=main_scorer,
-                  rescore=rescore, val_fraction=val_fraction, min_val_docs=min_val_docs, max_docs=max_docs,
-                  max_bytes=max_bytes, processes=processes or ranks.cores, progress=progress and ranks.rank == 0)
+                  rescore=rescore, text_field=text_field, val_fraction=val_fraction, min_val_docs=min_val_docs,
+                  max_docs=max_docs, max_bytes=max_bytes, processes=processes or ranks.cores,
+                  progress=progress and ranks.rank == 0)
         return prepare_shards(cfg, shards, ranks, t0)
     finally:
         ranks.close()
@@ -318,8 +321,8 @@ def prepare_shards(cfg, shards, ranks, t0):
     """Each rank scores its share of the unfinished shards into parts; then rank 0 assembles them."""
     settings = dict(source=cfg.source, shards=[[s.name, s.nbytes] for s in shards], task=cfg.task,
                     scorer=cfg.scorer_desc, score_dtype=cfg.scorer.precision(), rescore=cfg.rescore,
-                    val_fraction=cfg.val_fraction, min_val_docs=cfg.min_val_docs, max_docs=cfg.max_docs,
-                    max_bytes=cfg.max_bytes)
+                    text_field=cfg.text_field, val_fraction=cfg.val_fraction, min_val_docs=cfg.min_val_docs,
+                    max_docs=cfg.max_docs, max_bytes=cfg.max_bytes)
     ranks.check_same(json.dumps(settings))
     parts, scored = Parts(cfg.out_dir, settings), False
     if ranks.rank == 0:
@@ -351,7 +354,8 @@ def assemble(cfg, shards, parts, t0):
     n, skipped = totals['documents'], totals['skipped']
     if not n['train'] + n['val']:
         reasons = ', '.join(f'{k} {r}' for r, k in skipped.items())
-        raise DataError(f"{cfg.source}: no usable documents in {totals['inputs']:,} inputs ({reasons})")
+        hint = '; --text_field names the field that holds the text' if any(r.startswith('no ') for r in skipped) else ''
+        raise DataError(f"{cfg.source}: no usable documents in {totals['inputs']:,} inputs ({reasons}){hint}")
     if not n['train'] or not n['val']:
         raise DataError(f"{cfg.source}: {n['train'] + n['val']} documents, none left for "
                         f"{'train' if not n['train'] else 'val'}; change --min_val_docs or --val_fraction")
@@ -384,6 +388,9 @@ def main(argv=None):
     p.add_argument('--source', default='', help="'' (the paper's dataset from the hub), local, local+site, or PATH")
     p.add_argument('--out_dir', default=None, help='default data/TASK')
     p.add_argument('--rescore', action='store_true', help="re-score the dataset's records with our scorer")
+    p.add_argument('--text_field', default='text',
+                   help="a JSON-lines or parquet record's text, where it is not in the paper's schema (texts): e.g. "
+                        "content (The Stack), raw_content (RedPajama)")
     p.add_argument('--scorer', default=None,
                    help="default the task's (toxicity, pii, pep8); or profanity (offline); or hf:NAME, a Hugging Face "
                         "sequence classifier (a folder or a hub name)")
@@ -422,9 +429,9 @@ def main(argv=None):
                 raise DataError(f"--score_output is for --scorer=hf:NAME, not {scorer}")
             kwargs['output'] = args.score_output
         summary = prepare(args.task, args.source, args.out_dir, scorer=scorer, scorer_kwargs=kwargs,
-                          score_dtype=args.score_dtype, rescore=args.rescore, val_fraction=args.val_fraction,
-                          min_val_docs=args.min_val_docs, max_docs=args.max_docs, max_bytes=args.max_bytes,
-                          shard_bytes=args.shard_size, processes=args.processes)
+                          score_dtype=args.score_dtype, rescore=args.rescore, text_field=args.text_field,
+                          val_fraction=args.val_fraction, min_val_docs=args.min_val_docs, max_docs=args.max_docs,
+                          max_bytes=args.max_bytes, shard_bytes=args.shard_size, processes=args.processes)
     except (DataError, scorers.ScorerError) as e:
         sys.exit(f"error: {rank}{e}")
     except KeyboardInterrupt:

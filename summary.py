@@ -89,8 +89,9 @@ def summarize(cfg, totals, staging, t0):
         score_failures=totals['score_failures'], score_failure_examples=totals['score_failure_examples'],
         **score_stats(task, list(splits.values())),
         peak_rss_mb=dict(main=ru_self.ru_maxrss / 1024, largest_worker=ru_children.ru_maxrss / 1024),
-        settings=dict(rescore=cfg.rescore, val_fraction=cfg.val_fraction, min_val_docs=cfg.min_val_docs,
-                      max_docs=cfg.max_docs, max_bytes=cfg.max_bytes, processes=cfg.processes))
+        settings=dict(rescore=cfg.rescore, text_field=cfg.text_field, val_fraction=cfg.val_fraction,
+                      min_val_docs=cfg.min_val_docs, max_docs=cfg.max_docs, max_bytes=cfg.max_bytes,
+                      processes=cfg.processes))
     if totals['scored'] and hasattr(cfg.scorer, 'max_length'):
         summary['scorer_max_tokens'] = cfg.scorer.max_length()
         summary['scorer_dtype'] = cfg.scorer.precision()

@@ -151,6 +151,24 @@ def test_a_folder_of_data_files_is_a_corpus_of_their_records(tmp_path, monkeypat
         sources.source_items(prepare.get_task('pii'), str(web), 300)
 
 
+def test_records_whose_text_is_in_another_field(tmp_path, monkeypatch, capsys):
+    from tokenizer import decode
+    monkeypatch.setitem(scorers.SCORERS, 'length', LengthScorer)
+    code = tmp_path / 'stack.jsonl'  # The Stack's schema: the file's text in 'content'
+    code.write_text(''.join(json.dumps({'content': f'x = {i}\ny = {i}\n', 'lang': 'Python'}) + '\n' for i in range(4)))
+    out = str(tmp_path / 'out')
+    with pytest.raises(SystemExit, match=rf"^error: {code}: no usable documents in 4 inputs \(4 no 'text' or "
+                                         rf"'texts'\); --text_field names the field that holds the text$"):
+        prepare.main(['pep8', f'--source={code}', f'--out_dir={out}', '--processes=1'])
+    s = prepare.prepare('pep8', str(code), out, scorer='length', text_field='content', min_val_docs=1, processes=1,
+                        progress=False)
+    assert s['documents'] == dict(train=3, val=1) and s['segments'] == dict(train=6, val=2)
+    assert s['settings']['text_field'] == 'content'
+    val = PreparedData(os.path.join(out, 'val'))
+    assert decode(val.document(0)[0]) == 'x = 0\ny = 0\n'  # the first, held out as --min_val_docs says
+    assert val.seg_scores.tolist() == pytest.approx([0.06, 0.06])  # LengthScorer: 6 characters a line
+
+
 def test_a_full_disk_keeps_the_finished_shards(tmp_path, monkeypatch, capsys):
     folder = tmp_path / 'text'
     for i in range(6):
