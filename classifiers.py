@@ -152,7 +152,7 @@ def build(config, state_dict, tokenizer, output, device=None, dtype='auto'):
     if net.config.pad_token_id is None:
         net.config.pad_token_id = tokenizer.pad_token_id
     device = torch.device(device or default_device())
-    if device.type == 'cuda':  # this rank's GPU is the current one, so no other GPU's memory is touched
+    if device.type == 'cuda' and device.index is not None:  # the current GPU: no other GPU's memory is touched
         torch.cuda.set_device(device)
     net = net.to(device=device, dtype=getattr(torch, run_dtype(device, dtype))).eval()
     index, activation, sign = output_of(config, output)
