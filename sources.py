@@ -73,17 +73,24 @@ def local_roots(task, source):
     raise DataError(f"{task.name}: no --source={source} corpus here; pass --source=PATH (a folder or a JSONL file)")
 
 
-def list_files(roots):
-    """(path, key, size) of the files under roots [(folder, key prefix, which names it takes)]."""
+def list_files(roots, links=False):
+    """(path, key, size) of the files under roots [(folder, key prefix, which names it takes)]; links to files too if
+    links (a hub snapshot's files are links to its blobs), else not (a link would count its target twice)."""
     files = []
     for root, prefix, wanted in roots:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith('.')]
             for name in filenames:
                 path = os.path.join(dirpath, name)
-                if wanted(name) and not os.path.islink(path):  # a link would count its target twice
+                if wanted(name) and (links or not os.path.islink(path)) and os.path.exists(path):
                     files.append((path, prefix + os.path.relpath(path, root), os.path.getsize(path)))
     return files
+
+
+def in_hash_order(files):
+    """Files (path, key, size) in the order of a hash of their key, independent of the split's hash: any prefix of
+    them is a random sample."""
+    return sorted(files, key=lambda f: key_hash('order:' + f[1]))
 
 
 def corpus_files(task, roots):
@@ -92,8 +99,7 @@ def corpus_files(task, roots):
     if not files:
         kinds = '.py' if task.segment == 'lines' else ' or '.join(TEXT_EXTS)
         raise DataError(f"{' and '.join(r[0] for r in roots)}: no {kinds} files; the corpus is empty")
-    files.sort(key=lambda f: key_hash('order:' + f[1]))  # independent of the split hash
-    return files
+    return in_hash_order(files)
 
 
 def shard_records(f, name, end=None):
@@ -225,20 +231,24 @@ def folder_shards(task, folder, shard_bytes):
     One kind or the other: a folder with both is refused."""
     desc = os.path.abspath(folder)
     wanted = (lambda n: n.endswith('.py')) if task.segment == 'lines' else (lambda n: n.endswith(TEXT_EXTS))
-    listed = list_files([(folder, '', lambda n: n.endswith(SHARD_EXTS) or wanted(n))])
-    data = sorted((key, path) for path, key, size in listed if key.endswith(SHARD_EXTS) and size > 0)
-    text = [key for path, key, _ in listed if not key.endswith(SHARD_EXTS)]
+    listed = list_files([(folder, '', lambda n: n.endswith(SHARD_EXTS) or wanted(n))], links=True)
+    data, targets = [], set()
+    for path, key, size in sorted(listed, key=lambda f: f[1]):
+        if key.endswith(SHARD_EXTS) and size > 0 and os.path.realpath(path) not in targets:  # each file once
+            data.append((path, key))
+            targets.add(os.path.realpath(path))
+    text = [f for f in listed if not f[1].endswith(SHARD_EXTS) and not os.path.islink(f[0])]
     if data and text:
-        raise DataError(f"{folder}: holds data files ({data[0][0]}) and text files ({text[0]}); a source is one kind "
-                        f"or the other: move one kind to another folder")
+        raise DataError(f"{folder}: holds data files ({data[0][1]}) and text files ({text[0][1]}); a source is one "
+                        f"kind or the other: move one kind to another folder")
     if data:
-        return desc, [s for key, path in data for s in data_file_shards(path, os.path.join(desc, key), f"{key}:",
+        return desc, [s for path, key in data for s in data_file_shards(path, os.path.join(desc, key), f"{key}:",
                                                                           shard_bytes)]
     if not text:
         kinds = '.py' if task.segment == 'lines' else ' or '.join(TEXT_EXTS)
         raise DataError(f"{folder}: no {kinds} files and no data files ({', '.join(SHARD_EXTS)}); the corpus is "
                         f"empty")
-    return desc, file_shards(desc, corpus_files(task, [(folder, '', wanted)]), shard_bytes)
+    return desc, file_shards(desc, in_hash_order(text), shard_bytes)
 
 
 def file_shards(desc, files, shard_bytes):

@@ -151,6 +151,20 @@ def test_a_folder_of_data_files_is_a_corpus_of_their_records(tmp_path, monkeypat
         sources.source_items(prepare.get_task('pii'), str(web), 300)
 
 
+def test_a_folder_of_links_to_data_files_reads_each_target_once(tmp_path):
+    from test_hub import parquet
+    blobs, snapshot = tmp_path / 'blobs', tmp_path / 'snapshot'  # as the hub client's cache keeps a dataset
+    (snapshot / 'data').mkdir(parents=True)
+    blobs.mkdir()
+    write_jsonl(blobs / 'x', 5)
+    (blobs / 'y').write_bytes(parquet([{'text': sentences(i)} for i in range(3)]))
+    for name, target in (('a.jsonl', 'x'), ('b.parquet', 'y'), ('c.jsonl', 'x'), ('d.jsonl', 'gone')):
+        (snapshot / 'data' / name).symlink_to(blobs / target)
+    desc, shards = sources.source_items(prepare.get_task('pii'), str(snapshot), 10 ** 6)
+    assert [s.name for s in shards] == [f'{snapshot}/data/a.jsonl', f'{snapshot}/data/b.parquet']  # x once; no 'gone'
+    assert [len(list(s.items())) for s in shards] == [5, 3]
+
+
 def test_records_whose_text_is_in_another_field(tmp_path, monkeypatch, capsys):
     from tokenizer import decode
     monkeypatch.setitem(scorers.SCORERS, 'length', LengthScorer)
