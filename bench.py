@@ -44,7 +44,7 @@ def emit(row):
 
 def sync(device):
     if device.startswith('cuda'):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)  # that GPU's (the current one for 'cuda')
 
 
 def timed_steps(step_fn, warmup, steps, device):

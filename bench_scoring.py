@@ -60,13 +60,17 @@ def bench_scoring(args):
     """Scoring speed in one process: our classifier path (scorers.ToxicityScorer; float32, and bfloat16 where the
     device has it) against Detoxify.predict, 64 texts a call, sorted by length (as prepare.py called it) and not, on
     the same model (detoxify_format_model) and texts (scoring_texts); then, on a CPU, bench_cpu_scorers. Under
-    torchrun each rank measures its own GPU (LOCAL_RANK) while the others run: N ranks against one."""
+    torchrun each rank measures its own GPU (LOCAL_RANK) while the others run (each timed pass starts together): N
+    ranks against one."""
     import transformers
     from detoxify import Detoxify
 
     import scorers
     rank, cuda = int(os.environ.get('RANK', 0)), args.device.startswith('cuda')
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else 'cpu'
+    if cuda:
+        torch.cuda.set_device(device)
+    together = Together()
     n = 64 if args.small else 20000 if cuda else 256
     texts = scoring_texts(n)
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,6 +95,7 @@ def bench_scoring(args):
         for name, run in variants.items():
             run(texts[:8])  # warm-up: loading, CUDA's start
             sync(device)
+            together.wait()
             t0 = time.perf_counter()
             scores[name] = run(texts)
             sync(device)
@@ -99,7 +104,7 @@ def bench_scoring(args):
                       seconds=round(seconds[name], 3), segments_per_s=round(n / seconds[name], 1),
                       tokens_per_s=round(n_tokens / seconds[name])))
         if not args.small:
-            bench_budgets(scorer, texts, n_tokens, rank, device)
+            bench_budgets(scorer, texts, n_tokens, rank, device, together)
         t0 = time.perf_counter()
         scorer.load().tokenize(texts)  # the classifier's tokenizer alone: what feeds a GPU
         emit(dict(bench='scoring', impl='classifier_tokenizer', rank=rank, segments=n, tokens=n_tokens,
@@ -110,11 +115,30 @@ def bench_scoring(args):
     emit(dict(bench='scoring', impl='ratio', rank=rank, **differences, **{
         f'{name}_vs_{base}': round(seconds[base] / seconds[name], 2) for name in seconds
         if name.startswith('classifier') for base in ('detoxify_predict_sorted', 'detoxify_predict')}))
+    together.close()
     if not cuda:  # a GPU machine's image may lack scrubadub; the per-core figures are the CPU's
         bench_cpu_scorers(texts, args.small)
 
 
-def bench_budgets(scorer, texts, n_tokens, rank, device):
+class Together:
+    """Under torchrun, a gloo group whose barrier starts the ranks' timed passes at once, so that each rank's
+    figure is its device's while every other rank runs too."""
+
+    def __init__(self):
+        self.world = int(os.environ.get('WORLD_SIZE', 1))
+        if self.world > 1:
+            devices.init_process_group('gloo')
+
+    def wait(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self):
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def bench_budgets(scorer, texts, n_tokens, rank, device, together):
     """The classifier path's tokens/s at other batch budgets (padded tokens a batch) than the device's default
     (scorers.TOKENS_PER_BATCH): a larger batch keeps a device busier but pads more, its texts' lengths further apart."""
     import scorers
@@ -122,6 +146,7 @@ def bench_budgets(scorer, texts, n_tokens, rank, device):
     for budget in (default // 4, default // 2, default, default * 2, default * 4):
         scorer.tokens_per_batch = budget
         sync(device)
+        together.wait()
         t0 = time.perf_counter()
         scorer.score(texts)
         sync(device)
