@@ -13,6 +13,7 @@ import torch
 import data
 import devices
 import sources
+import staging
 from bench import emit, sync
 from tokenizer import get_tokenizer
 
@@ -70,7 +71,7 @@ def bench_scoring(args):
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else 'cpu'
     if cuda:
         torch.cuda.set_device(device)
-    together = Together()
+    ranks = staging.Ranks()  # prepare.py's: under torchrun a gloo group, and each rank its share of the cores
     n = 64 if args.small else 20000 if cuda else 256
     texts = scoring_texts(n)
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +96,7 @@ def bench_scoring(args):
         for name, run in variants.items():
             run(texts[:8])  # warm-up: loading, CUDA's start
             sync(device)
-            together.wait()
+            ranks.barrier()
             t0 = time.perf_counter()
             scores[name] = run(texts)
             sync(device)
@@ -104,7 +105,7 @@ def bench_scoring(args):
                       seconds=round(seconds[name], 3), segments_per_s=round(n / seconds[name], 1),
                       tokens_per_s=round(n_tokens / seconds[name])))
         if not args.small:
-            bench_budgets(scorer, texts, n_tokens, rank, device, together)
+            bench_budgets(scorer, texts, n_tokens, rank, device, ranks)
         t0 = time.perf_counter()
         scorer.load().tokenize(texts)  # the classifier's tokenizer alone: what feeds a GPU
         emit(dict(bench='scoring', impl='classifier_tokenizer', rank=rank, segments=n, tokens=n_tokens,
@@ -115,30 +116,12 @@ def bench_scoring(args):
     emit(dict(bench='scoring', impl='ratio', rank=rank, **differences, **{
         f'{name}_vs_{base}': round(seconds[base] / seconds[name], 2) for name in seconds
         if name.startswith('classifier') for base in ('detoxify_predict_sorted', 'detoxify_predict')}))
-    together.close()
+    ranks.close()
     if not cuda:  # a GPU machine's image may lack scrubadub; the per-core figures are the CPU's
         bench_cpu_scorers(texts, args.small)
 
 
-class Together:
-    """Under torchrun, a gloo group whose barrier starts the ranks' timed passes at once, so that each rank's
-    figure is its device's while every other rank runs too."""
-
-    def __init__(self):
-        self.world = int(os.environ.get('WORLD_SIZE', 1))
-        if self.world > 1:
-            devices.init_process_group('gloo')
-
-    def wait(self):
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def close(self):
-        if self.world > 1:
-            torch.distributed.destroy_process_group()
-
-
-def bench_budgets(scorer, texts, n_tokens, rank, device, together):
+def bench_budgets(scorer, texts, n_tokens, rank, device, ranks):
     """The classifier path's tokens/s at other batch budgets (padded tokens a batch) than the device's default
     (scorers.TOKENS_PER_BATCH): a larger batch keeps a device busier but pads more, its texts' lengths further apart."""
     import scorers
@@ -146,7 +129,7 @@ def bench_budgets(scorer, texts, n_tokens, rank, device, together):
     for budget in (default // 4, default // 2, default, default * 2, default * 4):
         scorer.tokens_per_batch = budget
         sync(device)
-        together.wait()
+        ranks.barrier()
         t0 = time.perf_counter()
         scorer.score(texts)
         sync(device)
