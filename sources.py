@@ -82,7 +82,7 @@ def list_files(roots, links=False):
             dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith('.')]
             for name in filenames:
                 path = os.path.join(dirpath, name)
-                if wanted(name) and (links or not os.path.islink(path)) and os.path.exists(path):
+                if wanted(name) and (not os.path.islink(path) or links and os.path.exists(path)):  # not dangling
                     files.append((path, prefix + os.path.relpath(path, root), os.path.getsize(path)))
     return files
 
@@ -234,9 +234,10 @@ def folder_shards(task, folder, shard_bytes):
     listed = list_files([(folder, '', lambda n: n.endswith(SHARD_EXTS) or wanted(n))], links=True)
     data, targets = [], set()
     for path, key, size in sorted(listed, key=lambda f: f[1]):
-        if key.endswith(SHARD_EXTS) and size > 0 and os.path.realpath(path) not in targets:  # each file once
+        target = os.path.realpath(path)
+        if key.endswith(SHARD_EXTS) and size > 0 and target not in targets:  # each file once
             data.append((path, key))
-            targets.add(os.path.realpath(path))
+            targets.add(target)
     text = [f for f in listed if not f[1].endswith(SHARD_EXTS) and not os.path.islink(f[0])]
     if data and text:
         raise DataError(f"{folder}: holds data files ({data[0][1]}) and text files ({text[0][1]}); a source is one "
