@@ -139,7 +139,12 @@ def record_segments(task, r, rescore, text_field='text'):
         return r['texts'], values[:-1].tolist(), doc_score
     if isinstance(r, dict) and isinstance(r.get(text_field), str):
         return segment(task, r[text_field]), None, None
-    raise DataError(f"no {text_field!r} or 'texts'")
+    raise DataError(no_text(text_field))
+
+
+def no_text(text_field):
+    """Why a record is skipped that holds no text where record_segments looks."""
+    return f"no {text_field!r} or 'texts'"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -354,7 +359,7 @@ def assemble(cfg, shards, parts, t0):
     n, skipped = totals['documents'], totals['skipped']
     if not n['train'] + n['val']:
         reasons = ', '.join(f'{k} {r}' for r, k in skipped.items())
-        hint = '; --text_field names the field that holds the text' if any(r.startswith('no ') for r in skipped) else ''
+        hint = '; --text_field names the field that holds the text' if no_text(cfg.text_field) in skipped else ''
         raise DataError(f"{cfg.source}: no usable documents in {totals['inputs']:,} inputs ({reasons}){hint}")
     if not n['train'] or not n['val']:
         raise DataError(f"{cfg.source}: {n['train'] + n['val']} documents, none left for "
